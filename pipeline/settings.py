@@ -1,0 +1,90 @@
+"""All settings, read from the environment and ``.env`` (see ``.env.example`` for every one)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+
+class Settings(BaseSettings):
+    """One object for the bot, the CLI and the engine. Names match the environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # --- Discord ---
+    DISCORD_TOKEN: SecretStr | None = None
+    DISCORD_GUILD_IDS: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    DISCORD_API_BASE: str = "https://discord.com/api/v10"
+    DISCORD_GATEWAY_URL: str = "wss://gateway.discord.gg/"
+
+    # --- Gemini (empty key: local director + CLIP critic, no cloud at all) ---
+    GEMINI_API_KEY: SecretStr | None = None
+    GEMINI_MODEL: str = "gemini-2.5-flash"
+    GOOGLE_GEMINI_BASE_URL: str | None = None
+    GEMINI_TIMEOUT_S: float = Field(30.0, gt=0)
+    GEMINI_RETRIES: int = Field(3, ge=0, le=10)
+
+    # --- models ---
+    WHISPER_MODEL: str = "openai/whisper-large-v3-turbo"
+    DIFFUSION_MODEL: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    CLIP_MODEL: str = "openai/clip-vit-large-patch14"
+    DEVICE: Literal["auto", "cuda", "cpu"] = "auto"
+    SAFETY_CHECKER: bool = True
+
+    # --- rendering defaults ---
+    STEPS: int = Field(25, ge=1, le=150)
+    GUIDANCE: float = Field(7.5, ge=0, le=30)
+    WIDTH: int = Field(512, ge=64, le=2048)
+    HEIGHT: int = Field(512, ge=64, le=2048)
+
+    # --- self-correction ---
+    QA_THRESHOLD: int = Field(85, ge=0, le=100)
+    QA_MAX_ROUNDS: int = Field(1, ge=0, le=5)
+
+    # --- queue ---
+    MAX_AUDIO_SECONDS: float = Field(120, gt=0)
+    MAX_AUDIO_BYTES: int = Field(25 * 1024 * 1024, gt=0)
+    MAX_JOBS_PER_USER: int = Field(2, ge=1)
+    MAX_QUEUE: int = Field(100, ge=1)
+    DYNAMIC_BATCHING: bool = True
+    MAX_BATCH: int = Field(4, ge=1, le=16)
+    BATCH_WINDOW_MS: float = Field(10.0, ge=0, le=1000)
+
+    # --- storage ---
+    DATA_DIR: Path = Path("./data")
+    RETENTION_DAYS: int = Field(30, ge=0)
+
+    LOG_LEVEL: str = "INFO"
+
+    @field_validator("DISCORD_GUILD_IDS", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [int(part) for part in value.replace(";", ",").split(",") if part.strip()]
+        if isinstance(value, int):
+            return [value]
+        return value
+
+    @field_validator("DISCORD_TOKEN", "GEMINI_API_KEY", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @property
+    def gemini_enabled(self) -> bool:
+        return self.GEMINI_API_KEY is not None
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests build their own ``Settings(...)`` instead)."""
+    return Settings()
