@@ -420,7 +420,7 @@ class GPUExecutor:
         """Pick the next item (and its batch mates). Called with the condition held."""
         order = self._priority_order()
         head = order[0]
-        if head.kind != "render" or self.max_batch <= 1:
+        if head.request is None or self.max_batch <= 1:
             self._pending.remove(head)
             self._rotate_past([head])
             return [head]
@@ -435,7 +435,7 @@ class GPUExecutor:
         for it in order[1:]:
             if len(batch) >= self.max_batch:
                 break
-            if it.kind == "render":
+            if it.request is not None:
                 it.key = it.key or synth.batch_key(it.request)
                 if it.key == head.key:
                     batch.append(it)
@@ -460,7 +460,7 @@ class GPUExecutor:
                         self._cond.wait()
                     if self._stopping and not self._pending:
                         return
-                    needs_model = any(it.kind == "render" for it in self._pending)
+                    needs_model = any(it.request is not None for it in self._pending)
                 if needs_model and self.max_batch > 1 and not self.engine.synthesizer.loaded:
                     # Batch keys need the tokenizer: load outside the lock, never blocking submitters.
                     if not self._load_synthesizer():
@@ -501,7 +501,7 @@ class GPUExecutor:
             return True
         except Exception as exc:
             with self._cond:
-                renders = [it for it in self._pending if it.kind == "render"]
+                renders = [it for it in self._pending if it.request is not None]
                 for it in renders:
                     self._pending.remove(it)
             for it in renders:
@@ -518,7 +518,7 @@ class GPUExecutor:
             self._start_thread()
 
     def _execute(self, batch: list[_Item]) -> None:
-        if batch[0].kind == "render":
+        if batch[0].request is not None:
             self._execute_render(batch)
             return
         item = batch[0]

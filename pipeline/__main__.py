@@ -1,0 +1,191 @@
+"""``python -m pipeline``: turn a voice note or a text into image.png, palette.png and result.json.
+
+    python -m pipeline note.ogg --out out/
+    python -m pipeline --text "a lighthouse in a storm" --style watercolour --out out/
+
+Exit codes: 0 done, 2 bad input (the message says what to change), 3 a model could not be
+loaded (the message names the setting), 1 anything unexpected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_MODEL = 0, 1, 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Voice note or text → directed prompt → Stable Diffusion → critic → image + palette.",
+    )
+    p.add_argument("audio", nargs="?", type=Path, help="a voice note or audio file (OGG/Opus, WAV, FLAC, MP3, M4A)")
+    p.add_argument("--text", help="the idea as text, instead of an audio file")
+    p.add_argument("--out", type=Path, default=Path("out"), help="output directory (default: out/)")
+    p.add_argument("--style", help="a style name (e.g. photographic, watercolour, anime, pixel art)")
+    p.add_argument("--negative", help="things to keep out of the picture")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--guidance", type=float)
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--image", type=Path, help="an init image: image-to-image")
+    p.add_argument("--strength", type=float, default=0.75, help="image-to-image strength (0-1]")
+    p.add_argument(
+        "--task",
+        choices=["auto", "transcribe", "translate"],
+        default="auto",
+        help="auto: translate non-English speech to English (the prompt must be English)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if (args.audio is None) == (args.text is None):
+        print("error: give either an audio file or --text \"your idea\" (not both)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("httpx", "diffusers", "transformers", "urllib3", "google_genai"):
+        if not args.verbose:
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        return asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from .errors import ModelUnavailable, VoxCanvasError
+    from .executor import GPUExecutor
+    from .loop import Idea, Studio
+    from .settings import get_settings
+
+    try:
+        settings = get_settings()
+    except Exception as exc:
+        print(f"error: invalid settings: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        audio = args.audio.read_bytes() if args.audio is not None else None
+        init_image = args.image.read_bytes() if args.image is not None else None
+    except OSError as exc:
+        print(f"error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    idea = Idea(
+        text=args.text,
+        audio=audio,
+        audio_filename=args.audio.name if args.audio is not None else None,
+        style=args.style,
+        negative_prompt=args.negative,
+        seed=args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        width=args.width,
+        height=args.height,
+        init_image=init_image,
+        strength=args.strength,
+        task=args.task,
+    )
+    executor = GPUExecutor(settings)
+    await executor.start()
+    progress = _Progress(enabled=not args.quiet)
+    job = executor.admit("cli")
+    job.listener = progress.update
+    try:
+        output = await Studio(settings, executor).run(job, idea)
+    except ModelUnavailable as exc:
+        progress.close()
+        print(f"error: {exc}", file=sys.stderr)
+        job.finish("failed")
+        return EXIT_MODEL
+    except VoxCanvasError as exc:
+        progress.close()
+        print(f"error: {exc}", file=sys.stderr)
+        job.finish("failed")
+        return EXIT_BAD_INPUT
+    finally:
+        progress.close()
+        await executor.shutdown(timeout_s=5)
+    job.finish("done")
+
+    result = output.result
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "image.png").write_bytes(output.image_png)
+    (args.out / "palette.png").write_bytes(output.palette_png)
+    (args.out / "result.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
+
+    if result.transcript is not None:
+        lang = f" [{result.language}{', translated' if result.translated else ''}]"
+        print(f"heard:     {result.transcript}{lang}")
+    best = result.best
+    corrected = " (corrected automatically)" if result.corrected else ""
+    print(f"score:     {best.score}/100{corrected}  threshold {result.threshold}")
+    print(f"rounds:    {len(result.rounds)}  " + "  ".join(f"#{r.index}: {r.score}" for r in result.rounds))
+    print(f"director:  {result.director}" + (f"  (fallback: {result.director_fallback})" if result.director_fallback else ""))
+    print(f"critic:    {result.critic}" + (f"  (fallback: {result.critic_fallback})" if result.critic_fallback else ""))
+    print(f"prompt:    {best.prompt}")
+    print(f"seed:      {best.seed}  steps {best.steps}  guidance {best.guidance:g}")
+    print(f"palette:   {' '.join(result.palette)}")
+    print(f"wrote:     {args.out / 'image.png'}, {args.out / 'palette.png'}, {args.out / 'result.json'}")
+    return EXIT_OK
+
+
+class _Progress:
+    """Stage names, then a diffusion step bar, on stderr."""
+
+    LABELS = {
+        "queued": "Waiting",
+        "decode": "Reading audio",
+        "transcribe": "Transcribing",
+        "direct": "Directing",
+        "render": "Rendering",
+        "review": "Reviewing",
+        "correct": "Correcting",
+    }
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr is not None
+        self.bar = None
+        self.stage = None
+
+    def update(self, event) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if event.stage == "render" and event.total:
+            if self.bar is None or self.stage != "render":
+                self.close()
+                self.bar = tqdm(total=event.total, desc="Rendering", unit="step", file=sys.stderr, leave=False)
+                self.stage = "render"
+            self.bar.n = event.step
+            self.bar.refresh()
+            return
+        if event.stage != self.stage:
+            self.close()
+            self.stage = event.stage
+            print(f"{self.LABELS.get(event.stage, event.stage)}…", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+            self.stage = None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

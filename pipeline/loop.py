@@ -1,0 +1,440 @@
+"""The self-correcting loop: transcribe → direct → render → review → (correct → review)*.
+
+``Studio`` is the one entry point the bot, the CLI and the benchmarks share. It awaits GPU stages
+through the :class:`~pipeline.executor.GPUExecutor` and network stages (Gemini) on the event loop,
+so the GPU thread never waits on the network and the event loop never runs torch.
+
+Provider policy: with ``GEMINI_API_KEY`` set, Gemini directs and judges; when Gemini fails after
+its retries, times out or answers something unusable, the local director / CLIP critic take over
+for that job and the reason is recorded in the :class:`Result`. With no key, everything is local.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+from pydantic import BaseModel, Field
+
+from .audio import decode_audio
+from .critic import ClipCritic, GeminiCritic, QAReport
+from .director import GeminiDirector, LocalDirector, Scene
+from .errors import BadRequest, ProviderError
+from .executor import GPUExecutor, Job, ProgressEvent
+from .palette import extract_palette, swatch_png
+from .settings import Settings
+from .synthesis import RenderedImage, RenderRequest, image_to_png
+
+log = logging.getLogger(__name__)
+
+GUIDANCE_STEP = 1.5  # each correction round: guidance +1.5 (7.5 → 9.0)
+STEPS_STEP = 5  # each correction round: steps +5 (25 → 30)
+MAX_GUIDANCE = 30.0
+MAX_STEPS = 100
+
+
+# ------------------------------------------------------------------------------------------------
+# What goes in and what comes out
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Idea:
+    """A request as a user made it: a text, or a voice note, plus options."""
+
+    text: str | None = None
+    audio: bytes | None = field(default=None, repr=False)
+    audio_filename: str | None = None
+    style: str | None = None
+    negative_prompt: str | None = None
+    seed: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    width: int | None = None
+    height: int | None = None
+    init_image: bytes | None = field(default=None, repr=False)
+    strength: float = 0.75
+    task: Literal["auto", "transcribe", "translate"] = "auto"
+
+    @property
+    def kind(self) -> str:
+        return "voice" if self.audio is not None else "text"
+
+
+class Round(BaseModel):
+    """One render and its review."""
+
+    index: int
+    prompt: str
+    negative_prompt: str
+    seed: int
+    guidance: float
+    steps: int
+    width: int
+    height: int
+    mode: str = "text2img"
+    strength: float | None = None
+    prompt_tokens: int
+    prompt_chunks: int
+    nsfw: bool = False
+    batch_size: int = 1
+    score: int | None = None
+    missing_elements: list[str] = Field(default_factory=list)
+    correction_prompt: str | None = None
+    critic_notes: str | None = None
+    critic: str | None = None  # "gemini" | "local"
+    render_s: float = 0.0
+    review_s: float = 0.0
+
+
+class Result(BaseModel):
+    """Everything about a finished job except the image bytes (see :class:`Output`)."""
+
+    job_id: str
+    kind: str  # "text" | "voice" | "regenerate" | "vary"
+    parent_job_id: str | None = None
+    idea: str
+    transcript: str | None = None
+    language: str | None = None
+    translated: bool = False
+    audio_seconds: float | None = None
+    style: str | None = None
+    scene: Scene
+    palette: list[str]
+    palette_source: str  # "director" | "image"
+    tags: list[str]
+    rounds: list[Round]
+    best_round: int
+    threshold: int
+    director: str
+    director_fallback: str | None = None
+    critic: str
+    critic_fallback: str | None = None
+    timings: dict[str, float] = Field(default_factory=dict)
+    total_s: float = 0.0
+
+    @property
+    def best(self) -> Round:
+        return self.rounds[self.best_round]
+
+    @property
+    def score(self) -> int | None:
+        return self.best.score
+
+    @property
+    def corrected(self) -> bool:
+        """The picture shown came from an automatic correction round."""
+        return self.best_round > 0 and self.kind in ("text", "voice")
+
+
+@dataclass
+class Output:
+    result: Result
+    image_png: bytes = field(repr=False)
+    palette_png: bytes = field(repr=False)
+
+
+StageListener = Callable[[ProgressEvent], None]
+
+
+# ------------------------------------------------------------------------------------------------
+class Studio:
+    """Runs jobs through the engine. One per process; shares the executor."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        executor: GPUExecutor,
+        *,
+        gemini_client=None,
+    ) -> None:
+        self.settings = settings
+        self.executor = executor
+        self.local_director = LocalDirector()
+        self.gemini_director: GeminiDirector | None = None
+        self.gemini_critic: GeminiCritic | None = None
+        if settings.gemini_enabled:
+            self.gemini_director = GeminiDirector(
+                settings, client=gemini_client, count_tokens=executor.count_tokens
+            )
+            self.gemini_critic = GeminiCritic(settings, client=gemini_client)
+
+    # --- public entry points -------------------------------------------------------------------
+    async def run(self, job: Job, idea: Idea) -> Output:
+        """The whole loop for a new idea (text or voice note)."""
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        transcript = language = None
+        translated = False
+        audio_seconds = None
+        if idea.audio is not None:
+            self._stage(job, "decode")
+            t0 = time.perf_counter()
+            audio = await asyncio.to_thread(
+                decode_audio, idea.audio, max_seconds=self.settings.MAX_AUDIO_SECONDS, filename=idea.audio_filename
+            )
+            timings["decode"] = time.perf_counter() - t0
+            audio_seconds = len(audio) / 16_000
+            t0 = time.perf_counter()
+            heard = await self.executor.transcribe(job, audio, idea.task)
+            timings["transcribe"] = time.perf_counter() - t0
+            transcript, language, translated = heard.text, heard.language, heard.translated
+            text = heard.text
+        else:
+            text = (idea.text or "").strip()
+        if not text.strip():
+            raise BadRequest("There's nothing to draw yet — describe your idea in a few words.")
+
+        self._stage(job, "direct")
+        t0 = time.perf_counter()
+        scene, director, director_fallback = await self._direct(text, idea.style, language or "en")
+        timings["direct"] = time.perf_counter() - t0
+
+        first = RenderRequest(
+            prompt=scene.diffusion_prompt,
+            negative_prompt=_join_negative(scene.negative_prompt, idea.negative_prompt),
+            seed=idea.seed,
+            steps=idea.steps or self.settings.STEPS,
+            guidance=self.settings.GUIDANCE if idea.guidance is None else idea.guidance,
+            width=idea.width or self.settings.WIDTH,
+            height=idea.height or self.settings.HEIGHT,
+            init_image=idea.init_image,
+            strength=idea.strength,
+        )
+        return await self._render_and_correct(
+            job,
+            first,
+            scene=scene,
+            kind=idea.kind,
+            idea_text=idea.text or text,
+            transcript=transcript,
+            language=language or scene.language,
+            translated=translated,
+            audio_seconds=audio_seconds,
+            style=idea.style or scene.style,
+            director=director,
+            director_fallback=director_fallback,
+            timings=timings,
+            started=started,
+        )
+
+    async def regenerate(self, job: Job, previous: Result, *, init_image: bytes | None = None) -> Output:
+        """The Regenerate button: the last correction prompt (or the prompt), a new seed,
+        guidance +1.5; then review again (and correct again if still below the threshold)."""
+        last = previous.rounds[-1]
+        request = RenderRequest(
+            prompt=last.correction_prompt or last.prompt,
+            negative_prompt=last.negative_prompt,
+            seed=None,
+            steps=last.steps,
+            guidance=min(MAX_GUIDANCE, last.guidance + GUIDANCE_STEP),
+            width=last.width,
+            height=last.height,
+            init_image=init_image,
+            strength=last.strength or 0.75,
+        )
+        return await self._follow_up(job, previous, request, kind="regenerate")
+
+    async def vary(self, job: Job, previous: Result, *, init_image: bytes | None = None) -> Output:
+        """The Vary button: the shown picture's prompt and settings with a new seed."""
+        best = previous.best
+        request = RenderRequest(
+            prompt=best.prompt,
+            negative_prompt=best.negative_prompt,
+            seed=None,
+            steps=best.steps,
+            guidance=best.guidance,
+            width=best.width,
+            height=best.height,
+            init_image=init_image,
+            strength=best.strength or 0.75,
+        )
+        return await self._follow_up(job, previous, request, kind="vary")
+
+    # --- internals -------------------------------------------------------------------------------
+    async def _follow_up(self, job: Job, previous: Result, request: RenderRequest, *, kind: str) -> Output:
+        return await self._render_and_correct(
+            job,
+            request,
+            scene=previous.scene,
+            kind=kind,
+            idea_text=previous.idea,
+            transcript=previous.transcript,
+            language=previous.language,
+            translated=previous.translated,
+            audio_seconds=previous.audio_seconds,
+            style=previous.style,
+            director=previous.director,
+            director_fallback=previous.director_fallback,
+            timings={},
+            started=time.perf_counter(),
+            parent_job_id=previous.job_id,
+        )
+
+    async def _render_and_correct(
+        self,
+        job: Job,
+        request: RenderRequest,
+        *,
+        scene: Scene,
+        kind: str,
+        idea_text: str,
+        transcript: str | None,
+        language: str | None,
+        translated: bool,
+        audio_seconds: float | None,
+        style: str | None,
+        director: str,
+        director_fallback: str | None,
+        timings: dict[str, float],
+        started: float,
+        parent_job_id: str | None = None,
+    ) -> Output:
+        rounds: list[Round] = []
+        images: list[RenderedImage] = []
+        critic_used = "local"
+        critic_fallback: str | None = None
+        while True:
+            if rounds:
+                self._stage(job, "correct", step=len(rounds), total=self.settings.QA_MAX_ROUNDS)
+            t0 = time.perf_counter()
+            rendered = await self.executor.render(job, request)
+            render_s = time.perf_counter() - t0
+            timings["render"] = timings.get("render", 0.0) + render_s
+
+            self._stage(job, "review")
+            t0 = time.perf_counter()
+            report, critic_used, fallback = await self._review(job, rendered, scene)
+            critic_fallback = critic_fallback or fallback
+            review_s = time.perf_counter() - t0
+            timings["review"] = timings.get("review", 0.0) + review_s
+
+            rounds.append(
+                Round(
+                    index=len(rounds),
+                    prompt=rendered.prompt,
+                    negative_prompt=rendered.negative_prompt,
+                    seed=rendered.seed,
+                    guidance=rendered.guidance,
+                    steps=rendered.steps,
+                    width=rendered.width,
+                    height=rendered.height,
+                    mode=rendered.mode,
+                    strength=request.strength if rendered.mode == "img2img" else None,
+                    prompt_tokens=rendered.prompt_tokens,
+                    prompt_chunks=rendered.prompt_chunks,
+                    nsfw=rendered.nsfw,
+                    batch_size=rendered.batch_size,
+                    score=report.alignment_score,
+                    missing_elements=list(report.missing_elements),
+                    correction_prompt=report.correction_prompt or None,
+                    critic_notes=getattr(report, "notes", None) or None,
+                    critic=critic_used,
+                    render_s=render_s,
+                    review_s=review_s,
+                )
+            )
+            images.append(rendered)
+            corrections_done = len(rounds) - 1
+            if report.alignment_score >= self.settings.QA_THRESHOLD or corrections_done >= self.settings.QA_MAX_ROUNDS:
+                break
+            # Below the threshold: the critic's correction, more guidance, more steps, a new seed.
+            request = RenderRequest(
+                prompt=report.correction_prompt or request.prompt,
+                negative_prompt=request.negative_prompt,
+                seed=None,
+                steps=min(MAX_STEPS, request.steps + STEPS_STEP),
+                guidance=min(MAX_GUIDANCE, request.guidance + GUIDANCE_STEP),
+                width=request.width,
+                height=request.height,
+                init_image=request.init_image,
+                strength=request.strength,
+            )
+
+        # Keep the best-scoring image, not merely the last (the earliest wins a tie).
+        best = max(range(len(rounds)), key=lambda i: (rounds[i].score or 0, -i))
+        best_image = images[best].image
+        palette, palette_source = _palette_for(scene, best_image)
+        result = Result(
+            job_id=job.id,
+            kind=kind,
+            parent_job_id=parent_job_id,
+            idea=idea_text,
+            transcript=transcript,
+            language=language,
+            translated=translated,
+            audio_seconds=audio_seconds,
+            style=style,
+            scene=scene,
+            palette=palette,
+            palette_source=palette_source,
+            tags=list(scene.tags),
+            rounds=rounds,
+            best_round=best,
+            threshold=self.settings.QA_THRESHOLD,
+            director=director,
+            director_fallback=director_fallback,
+            critic=critic_used,
+            critic_fallback=critic_fallback,
+            timings={k: round(v, 4) for k, v in timings.items()},
+            total_s=round(time.perf_counter() - started, 4),
+        )
+        return Output(result=result, image_png=image_to_png(best_image), palette_png=swatch_png(palette))
+
+    async def _direct(self, text: str, style: str | None, language: str) -> tuple[Scene, str, str | None]:
+        if self.gemini_director is not None:
+            try:
+                scene = await self.gemini_director.direct(text, style=style, language=language)
+                return scene, "gemini", None
+            except ProviderError as exc:
+                log.warning("Gemini director failed, using the local director: %s", exc)
+                reason = str(exc)
+            except Exception as exc:  # an SDK bug must not lose the job
+                log.exception("Gemini director crashed, using the local director")
+                reason = f"{type(exc).__name__}: {exc}"
+            scene = await self.local_director.direct(text, style=style, language=language)
+            return scene, "local", reason
+        scene = await self.local_director.direct(text, style=style, language=language)
+        return scene, "local", None
+
+    async def _review(self, job: Job, rendered: RenderedImage, scene: Scene) -> tuple[QAReport, str, str | None]:
+        reason = None
+        if self.gemini_critic is not None:
+            try:
+                report = await self.gemini_critic.review(rendered.png_bytes(), scene, rendered.prompt)
+                return report, "gemini", None
+            except ProviderError as exc:
+                log.warning("Gemini critic failed, using the CLIP critic: %s", exc)
+                reason = str(exc)
+            except Exception as exc:
+                log.exception("Gemini critic crashed, using the CLIP critic")
+                reason = f"{type(exc).__name__}: {exc}"
+        report = await self.executor.review(job, rendered.image, scene, rendered.prompt)
+        return report, "local", reason
+
+    @staticmethod
+    def _stage(job: Job, stage: str, step: int = 0, total: int = 0) -> None:
+        job.stage = stage
+        if job.listener is not None:
+            try:
+                job.listener(ProgressEvent(job.id, stage, step, total))
+            except Exception:
+                log.exception("progress listener failed")
+
+
+def _join_negative(scene_negative: str, user_negative: str | None) -> str:
+    parts = [p.strip() for p in (user_negative or "", scene_negative or "") if p and p.strip()]
+    return ", ".join(parts)
+
+
+def _palette_for(scene: Scene, image) -> tuple[list[str], str]:
+    """The director's palette when it chose one on purpose; else the rendered image's colours."""
+    if scene.palette and getattr(scene, "palette_source", "director") != "default":
+        return list(scene.palette), "director"
+    return extract_palette(image, 5), "image"
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:12]
