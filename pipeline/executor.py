@@ -274,20 +274,24 @@ class GPUExecutor:
         return [job.id for job in self._jobs.values() if not job.finished]
 
     # --- admission ---------------------------------------------------------------------------
-    def admit(self, user_id: str | int, job_id: str | None = None) -> Job:
-        """Take a slot for a user's job or raise a user-facing error."""
+    def admit(self, user_id: str | int, job_id: str | None = None, *, force: bool = False) -> Job:
+        """Take a slot for a user's job or raise a user-facing error.
+
+        ``force`` skips the caps: for jobs already accepted before a restart."""
         user = str(user_id)
         if not self._accepting:
             raise ShuttingDown()
         active = [j for j in self._jobs.values() if not j.finished]
         mine = sum(1 for j in active if j.user_id == user)
-        if mine >= self.settings.MAX_JOBS_PER_USER:
+        if force:
+            pass
+        elif mine >= self.settings.MAX_JOBS_PER_USER:
             raise TooManyJobs(
                 f"You already have {mine} picture{'s' if mine != 1 else ''} in progress "
                 f"(the limit is {self.settings.MAX_JOBS_PER_USER}). Wait for one to finish, "
                 "then try again."
             )
-        if len(active) >= self.settings.MAX_QUEUE:
+        elif len(active) >= self.settings.MAX_QUEUE:
             raise QueueFull(
                 f"The queue is full ({self.settings.MAX_QUEUE} pictures waiting) — please try "
                 "again in a few minutes."

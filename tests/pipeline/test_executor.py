@@ -301,6 +301,7 @@ class ThreadKiller(BaseException):
     """Not an Exception: escapes the per-item handler and takes the thread down."""
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 async def test_thread_death_fails_held_work_and_restarts(make_executor):
     ex = await make_executor(MAX_JOBS_PER_USER=5)
     first_thread = ex.thread

@@ -1,0 +1,125 @@
+"""``python -m bot`` (``make run``): start VoxCanvas.
+
+Exit codes: 0 clean shutdown, 2 configuration problem (missing token, bad settings, unusable
+data directory), 3 Discord rejected the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+EXIT_CONFIG, EXIT_TOKEN = 2, 3
+
+
+class _RedactSecrets(logging.Filter):
+    """Belt and braces: no log line ever carries the Discord token or the Gemini key."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s and len(s) >= 6]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            if any(s in message for s in self.secrets):
+                for s in self.secrets:
+                    message = message.replace(s, "[redacted]")
+                record.msg, record.args = message, ()
+        return True
+
+
+def setup_logging(level: str, secrets: list[str]) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(_RedactSecrets(secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("discord.gateway", "httpx", "diffusers", "transformers", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main() -> int:
+    from pipeline.settings import Settings
+
+    try:
+        settings = Settings()
+    except Exception as exc:
+        print(f"VoxCanvas: invalid settings:\n{exc}\nSee .env.example for every setting.", file=sys.stderr)
+        return EXIT_CONFIG
+    if settings.DISCORD_TOKEN is None:
+        print(
+            "VoxCanvas: DISCORD_TOKEN is not set.\n"
+            "  1. Create an application and a bot at https://discord.com/developers/applications\n"
+            "  2. Copy .env.example to .env and put the bot token in DISCORD_TOKEN=\n"
+            "  3. Run `make run` again.\n"
+            "README.md ('Set up your Discord bot') walks through it, intents and invite link included.",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    secrets = [settings.DISCORD_TOKEN.get_secret_value()]
+    if settings.GEMINI_API_KEY is not None:
+        secrets.append(settings.GEMINI_API_KEY.get_secret_value())
+    setup_logging(settings.LOG_LEVEL, secrets)
+    return asyncio.run(run(settings))
+
+
+async def run(settings) -> int:
+    import discord
+
+    from .client import VoxCanvasBot, configure_endpoints
+    from .store import StoreError
+
+    configure_endpoints(settings)
+    log = logging.getLogger("bot")
+    try:
+        from .store import JobStore
+
+        store = await JobStore.open(settings.DATA_DIR)
+    except StoreError as exc:
+        print(f"VoxCanvas: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    bot = VoxCanvasBot(settings, store=store)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def request_stop(signame: str) -> None:
+        if not stopping.is_set():
+            log.info("%s received: shutting down gracefully", signame)
+            stopping.set()
+            loop.create_task(bot.close())
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, request_stop, sig.name)
+        except NotImplementedError:  # pragma: no cover - Windows
+            pass
+    try:
+        async with bot:
+            await bot.start(settings.DISCORD_TOKEN.get_secret_value())
+    except discord.LoginFailure:
+        print(
+            "VoxCanvas: Discord rejected DISCORD_TOKEN (401 Unauthorized). Reset the token in the "
+            "developer portal (Bot → Reset Token) and put the new one in .env.",
+            file=sys.stderr,
+        )
+        return EXIT_TOKEN
+    except discord.PrivilegedIntentsRequired:
+        print(
+            "VoxCanvas: the MESSAGE CONTENT intent is not enabled for this bot. Enable it in the "
+            "developer portal (Bot → Privileged Gateway Intents → Message Content Intent); it is "
+            "needed to read voice notes.",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    finally:
+        if not bot.is_closed():
+            await bot.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""The Discord client: a ``commands.Bot`` subclass with its dependencies injected.
+
+``setup_hook`` opens the job store, starts the GPU executor (models warm up in the background so
+the bot connects at once), loads the cogs, registers the persistent buttons, syncs slash
+commands only when they changed, and resumes jobs a previous process left unfinished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import discord
+import yarl
+from discord import app_commands
+from discord.ext import commands
+
+from pipeline.errors import VoxCanvasError
+from pipeline.executor import GPUExecutor
+from pipeline.loop import Studio
+from pipeline.settings import Settings
+
+from .runtime import JobRunner
+from .store import JobStore
+from .views import DYNAMIC_ITEMS
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.imagine", "cogs.voice")
+SHUTDOWN_GRACE_S = 30.0
+
+
+def configure_endpoints(settings: Settings) -> None:
+    """Honour DISCORD_API_BASE / DISCORD_GATEWAY_URL (REST and gateway proxies; tests).
+
+    discord.py reads these class attributes for every request and for the first connection.
+    """
+    import discord.gateway
+    import discord.http
+
+    discord.http.Route.BASE = settings.DISCORD_API_BASE.rstrip("/")
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.DISCORD_GATEWAY_URL)
+
+
+def bot_intents() -> discord.Intents:
+    intents = discord.Intents.none()
+    intents.guilds = True
+    intents.guild_messages = True
+    intents.dm_messages = True
+    intents.guild_reactions = False
+    # Privileged: without it, attachments of messages that don't mention the bot arrive empty.
+    intents.message_content = True
+    return intents
+
+
+class VoxCanvasBot(commands.Bot):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        executor: GPUExecutor | None = None,
+        store: JobStore | None = None,
+        gemini_client=None,
+        warm_up: bool = True,
+    ) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=bot_intents(),
+            help_command=None,
+            allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True, replied_user=False),
+            max_messages=None,
+        )
+        self.settings = settings
+        self.executor = executor or GPUExecutor(settings)
+        self.store: JobStore | None = store
+        self._gemini_client = gemini_client
+        self._warm_up = warm_up
+        self.studio: Studio | None = None
+        self.runner = JobRunner(self)
+        self.warm_up_task: asyncio.Task | None = None
+        self.synced: bool | None = None  # whether the last start sent the command set to Discord
+        self._closing = False
+        self.tree.on_error = self.on_app_command_error
+
+    # --- start-up --------------------------------------------------------------------------
+    async def setup_hook(self) -> None:
+        if self.store is None:
+            self.store = await JobStore.open(self.settings.DATA_DIR)
+        await self.executor.start()
+        self.studio = Studio(self.settings, self.executor, gemini_client=self._gemini_client)
+        if self._warm_up:
+            self.warm_up_task = asyncio.create_task(self._warm(), name="warm-up")
+        for extension in EXTENSIONS:
+            try:
+                await self.load_extension(extension)
+            except Exception:
+                log.exception("failed to load extension %s", extension)
+                raise
+        self.add_dynamic_items(*DYNAMIC_ITEMS)
+        self.synced = await self.sync_commands_if_changed()
+        if self.settings.RETENTION_DAYS:
+            removed = await self.store.purge(self.settings.RETENTION_DAYS)
+            if removed:
+                log.info("retention: removed %d job(s) older than %d days", removed, self.settings.RETENTION_DAYS)
+
+    async def _warm(self) -> None:
+        started = asyncio.get_running_loop().time()
+        try:
+            await self.executor.warm_up(clip=not self.settings.gemini_enabled)
+            log.info("models warm in %.1fs", asyncio.get_running_loop().time() - started)
+        except VoxCanvasError as exc:
+            log.error("model warm-up failed: %s", exc)
+
+    async def on_ready(self) -> None:
+        log.info("connected as %s (id %s) to %d guild(s)", self.user, self.user.id if self.user else "?", len(self.guilds))
+        if not getattr(self, "_resumed", False):
+            self._resumed = True
+            await self.runner.resume()
+
+    # --- slash-command sync ----------------------------------------------------------------
+    def _command_fingerprint(self) -> str:
+        payload = sorted((cmd.to_dict(self.tree) for cmd in self.tree.get_commands()), key=lambda c: c["name"])
+        scope = sorted(self.settings.DISCORD_GUILD_IDS)
+        blob = json.dumps({"commands": payload, "guilds": scope}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    async def sync_commands_if_changed(self) -> bool:
+        """Discord limits daily command creates: send the command set only when it changed
+        (a fingerprint kept in DATA_DIR) — to DISCORD_GUILD_IDS instantly, else globally."""
+        marker = Path(self.settings.DATA_DIR) / "commands.sha256"
+        fingerprint = self._command_fingerprint()
+        if marker.exists() and marker.read_text().strip() == fingerprint:
+            log.info("slash commands unchanged; not syncing")
+            return False
+        if self.settings.DISCORD_GUILD_IDS:
+            for guild_id in self.settings.DISCORD_GUILD_IDS:
+                guild = discord.Object(id=guild_id)
+                self.tree.copy_global_to(guild=guild)
+                await self.tree.sync(guild=guild)
+            log.info("slash commands synced to %d guild(s)", len(self.settings.DISCORD_GUILD_IDS))
+        else:
+            await self.tree.sync()
+            log.info("slash commands synced globally (may take up to an hour to appear)")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(fingerprint)
+        return True
+
+    # --- errors: one place turns exceptions into user messages --------------------------------
+    async def on_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        original = getattr(error, "original", error)
+        if isinstance(original, VoxCanvasError):
+            text = f"🚫 {original}"
+        elif isinstance(error, app_commands.TransformerError):
+            text = f"🚫 I couldn't read the option `{error.value}` — please check it and try again."
+        elif isinstance(error, app_commands.CheckFailure):
+            text = "🚫 You can't use that command here."
+        else:
+            log.exception("unhandled error in /%s", interaction.command.name if interaction.command else "?", exc_info=original)
+            text = "😵 Sorry — something broke on my side. I've logged it; please try again."
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(text, ephemeral=True)
+            else:
+                await interaction.response.send_message(text, ephemeral=True)
+        except discord.HTTPException:
+            log.warning("could not tell the user about an error", exc_info=True)
+
+    async def on_error(self, event_method: str, /, *args, **kwargs) -> None:
+        log.exception("unhandled error in %s", event_method)  # never let an event take the bot down
+
+    # --- shutdown ---------------------------------------------------------------------------
+    async def close(self) -> None:
+        """Graceful: stop admitting, let running jobs finish (bounded), keep the rest queued in
+        the store for the next start, close the store."""
+        if self._closing:
+            return await super().close()
+        self._closing = True
+        log.info("shutting down: draining running jobs (up to %.0fs)", SHUTDOWN_GRACE_S)
+        self.executor._accepting = False
+        try:
+            await self.runner.drain(SHUTDOWN_GRACE_S)
+            remaining = await self.executor.shutdown(timeout_s=10)
+            if remaining:
+                log.info("%d job(s) stay queued in the store for the next start", len(remaining))
+        finally:
+            if self.warm_up_task is not None:
+                self.warm_up_task.cancel()
+            if self.store is not None:
+                await self.store.close()
+            await super().close()

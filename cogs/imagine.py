@@ -1,0 +1,165 @@
+"""/imagine, /queue, /history and /forget. Thin: parse, validate, acknowledge within 3 s."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from pipeline.director import STYLES
+from pipeline.loop import Idea
+from pipeline.synthesis import MAX_SEED, MAX_STEPS
+
+if TYPE_CHECKING:
+    from bot.client import VoxCanvasBot
+
+log = logging.getLogger(__name__)
+
+MAX_PROMPT = 1000
+MAX_IMAGE_BYTES = 10 * 1024 * 1024
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
+STYLE_CHOICES = [app_commands.Choice(name=name, value=name) for name in list(STYLES)[:25]]
+
+
+class Imagine(commands.Cog):
+    def __init__(self, bot: VoxCanvasBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="imagine", description="Turn an idea into a picture, checked and corrected automatically")
+    @app_commands.describe(
+        prompt="What should the picture show?",
+        negative_prompt="Things to keep out of the picture",
+        seed="Repeat a picture exactly (0 – 4294967295); empty = random",
+        steps="Denoising steps (more = finer, slower); default 25",
+        guidance="How closely to follow the prompt (0 – 30); default 7.5",
+        style="A visual style; empty = picked from your words",
+        image="A starting image: makes this image-to-image",
+        strength="Image-to-image: how much to change the starting image (0.05 – 1)",
+    )
+    @app_commands.choices(style=STYLE_CHOICES)
+    async def imagine(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, MAX_PROMPT],
+        negative_prompt: app_commands.Range[str, 0, 500] | None = None,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
+        guidance: app_commands.Range[float, 0.0, 30.0] | None = None,
+        style: app_commands.Choice[str] | None = None,
+        image: discord.Attachment | None = None,
+        strength: app_commands.Range[float, 0.05, 1.0] = 0.75,
+    ) -> None:
+        if not prompt.strip():
+            await interaction.response.send_message("🚫 The prompt is empty — tell me what to draw.", ephemeral=True)
+            return
+        init_image = None
+        if image is not None:
+            problem = _image_problem(image)
+            if problem:
+                await interaction.response.send_message(f"🚫 {problem}", ephemeral=True)
+                return
+            # Attachments of slash commands are served by Discord's CDN: reading is quick.
+            try:
+                init_image = await image.read()
+            except discord.HTTPException:
+                await interaction.response.send_message(
+                    "🚫 I couldn't download that image — please attach it again.", ephemeral=True
+                )
+                return
+        idea = Idea(
+            text=prompt,
+            style=style.value if style else None,
+            negative_prompt=negative_prompt,
+            seed=seed,
+            steps=steps,
+            guidance=guidance,
+            init_image=init_image,
+            strength=strength,
+        )
+        await self.bot.runner.start_imagine(interaction, idea)
+
+    @app_commands.command(name="queue", description="Your pictures in progress, with their place in the queue")
+    async def queue(self, interaction: discord.Interaction) -> None:
+        executor = self.bot.executor
+        jobs = executor.jobs_of(interaction.user.id)
+        metrics = executor.metrics()
+        lines = []
+        for job in jobs:
+            pos = job.position()
+            if pos is None:
+                lines.append(f"• `{job.id}` — {job.stage} (running)")
+            else:
+                eta = job.eta_s()
+                lines.append(f"• `{job.id}` — position {pos}" + (f", about {max(1, round(eta))} s" if eta else ""))
+        head = (
+            f"Queue: {metrics.queue_depth} waiting, {metrics.running_jobs} running · "
+            f"limit {self.bot.settings.MAX_JOBS_PER_USER} per person"
+        )
+        body = "\n".join(lines) if lines else "You have nothing in progress. Try /imagine or send a voice note!"
+        await interaction.response.send_message(f"{head}\n{body}", ephemeral=True)
+
+    @app_commands.command(name="history", description="Your recent pictures")
+    @app_commands.describe(count="How many (1 – 20)")
+    async def history(self, interaction: discord.Interaction, count: app_commands.Range[int, 1, 20] = 10) -> None:
+        records = await self.bot.store.history(interaction.user.id, limit=count)
+        if not records:
+            await interaction.response.send_message("No pictures yet — try /imagine or send a voice note!", ephemeral=True)
+            return
+        lines = []
+        for r in records:
+            when = f"<t:{int(_epoch(r.created_at))}:R>"
+            title = (r.title or _idea_text(r) or "untitled")[:80]
+            score = f"{r.score}/100" if r.score is not None else r.state
+            link = ""
+            if r.delivered_message_id and r.delivered_channel_id:
+                guild = r.guild_id or "@me"
+                link = f" · [open](https://discord.com/channels/{guild}/{r.delivered_channel_id}/{r.delivered_message_id})"
+            lines.append(f"• **{title}** — {score} · {when} · `{r.id}`{link}")
+        lines.append("Delete one with `/forget job:<id>`.")
+        await interaction.response.send_message("\n".join(lines)[:1990], ephemeral=True)
+
+    @app_commands.command(name="forget", description="Delete one of your pictures from my history (record and images)")
+    @app_commands.describe(job="The job id shown in /history or under the picture")
+    async def forget(self, interaction: discord.Interaction, job: app_commands.Range[str, 4, 40]) -> None:
+        job_id = job.strip().removeprefix("job ").strip()
+        deleted = await self.bot.store.delete(job_id, user_id=interaction.user.id)
+        if deleted:
+            text = f"🗑️ Deleted `{job_id}` — its record and images are gone. Buttons on that picture will say so."
+        else:
+            text = f"I couldn't find a picture `{job_id}` of yours."
+        await interaction.response.send_message(text, ephemeral=True)
+
+
+def _image_problem(image: discord.Attachment) -> str | None:
+    content_type = (image.content_type or "").split(";")[0].strip().lower()
+    if content_type not in IMAGE_TYPES:
+        return "The attachment must be a PNG, JPEG or WebP image."
+    if image.size > MAX_IMAGE_BYTES:
+        return f"The image is {image.size / 1e6:.1f} MB; please attach one under {MAX_IMAGE_BYTES // 1_000_000} MB."
+    return None
+
+
+def _epoch(value) -> float:
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        from datetime import datetime
+
+        return datetime.fromisoformat(str(value)).timestamp()
+    except ValueError:
+        return time.time()
+
+
+def _idea_text(record) -> str | None:
+    import json
+
+    idea = record.idea if isinstance(record.idea, dict) else json.loads(record.idea or "{}")
+    return idea.get("text")
+
+
+async def setup(bot: VoxCanvasBot) -> None:
+    await bot.add_cog(Imagine(bot))

@@ -1,0 +1,99 @@
+"""Voice notes (and audio attachments) in guild channels the bot can read and in DMs.
+
+Too long or too large → refused from the attachment's metadata, before anything is downloaded.
+Otherwise acknowledged at once (a 👂 reaction and a "Listening…" reply, which then shows the
+progress and finally becomes the result).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord.ext import commands
+
+from pipeline.errors import VoxCanvasError
+from pipeline.loop import new_job_id
+
+if TYPE_CHECKING:
+    from bot.client import VoxCanvasBot
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".ogg", ".oga", ".opus", ".wav", ".flac", ".mp3", ".m4a", ".aac", ".webm")
+
+
+def is_audio(attachment: discord.Attachment) -> bool:
+    if attachment.is_voice_message():
+        return True
+    content_type = (attachment.content_type or "").lower()
+    return content_type.startswith("audio/") or attachment.filename.lower().endswith(AUDIO_EXTENSIONS)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class Voice(commands.Cog):
+    def __init__(self, bot: VoxCanvasBot) -> None:
+        self.bot = bot
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        if message.author.bot or message.webhook_id is not None:
+            return
+        audio = next((a for a in message.attachments if is_audio(a)), None)
+        if audio is None:
+            return
+        try:
+            await self._handle(message, audio)
+        except Exception:
+            log.exception("voice note %s in channel %s failed", message.id, message.channel.id)
+            try:
+                await message.reply("😵 Sorry — something broke on my side while reading that voice note. Please try again.", mention_author=False)
+            except discord.HTTPException:
+                pass
+
+    async def _handle(self, message: discord.Message, attachment: discord.Attachment) -> None:
+        settings = self.bot.settings
+        limit = settings.MAX_AUDIO_SECONDS
+        if attachment.duration is not None and attachment.duration > limit:
+            await message.reply(
+                f"⏱️ That recording is {_clock(attachment.duration)} long; I can take up to {_clock(limit)}. "
+                "Try a shorter voice note with just your idea.",
+                mention_author=False,
+            )
+            return
+        if attachment.size == 0:
+            await message.reply("🔇 That voice note is empty — please record it again.", mention_author=False)
+            return
+        if attachment.size > settings.MAX_AUDIO_BYTES:
+            await message.reply(
+                f"📦 That file is {attachment.size / 1e6:.1f} MB; I can take up to "
+                f"{settings.MAX_AUDIO_BYTES / 1e6:.0f} MB of audio.",
+                mention_author=False,
+            )
+            return
+        try:
+            job = self.bot.executor.admit(message.author.id, new_job_id())
+        except VoxCanvasError as exc:
+            await message.reply(f"🚫 {exc}", mention_author=False)
+            return
+        try:
+            try:
+                await message.add_reaction("👂")
+            except discord.HTTPException:
+                pass  # no permission to react: the reply is enough
+            reply = await message.reply("👂 Listening…", mention_author=False)
+            data = await attachment.read()
+            await self.bot.runner.start_voice(message, data, attachment.filename, job, reply)
+        except BaseException:
+            if not job.finished and job.listener is None:
+                job.finish("failed")
+            raise
+
+
+async def setup(bot: VoxCanvasBot) -> None:
+    await bot.add_cog(Voice(bot))
