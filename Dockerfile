@@ -1,0 +1,38 @@
+# VoxCanvas on an NVIDIA GPU. Build: docker compose build   Run: docker compose up -d
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    HF_HOME=/cache/huggingface \
+    NUMBA_CACHE_DIR=/tmp/numba \
+    DATA_DIR=/data
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-dev ffmpeg libsndfile1 ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+RUN useradd --create-home --uid 1000 voxcanvas \
+ && mkdir -p /app /data /cache/huggingface \
+ && chown -R voxcanvas:voxcanvas /app /data /cache
+
+WORKDIR /app
+RUN python3 -m venv /opt/venv && chown -R voxcanvas:voxcanvas /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+USER voxcanvas
+ARG TORCH_PIP_ARGS="torch==2.13.0"
+RUN pip install --upgrade pip && pip install $TORCH_PIP_ARGS
+COPY --chown=voxcanvas:voxcanvas pyproject.toml README.md ./
+COPY --chown=voxcanvas:voxcanvas pipeline ./pipeline
+COPY --chown=voxcanvas:voxcanvas bot ./bot
+COPY --chown=voxcanvas:voxcanvas cogs ./cogs
+RUN pip install .
+
+VOLUME ["/data", "/cache/huggingface"]
+
+# Healthy while the process runs and its job store answers.
+HEALTHCHECK --interval=60s --timeout=10s --start-period=300s --retries=3 \
+  CMD python -c "import sqlite3,os; sqlite3.connect(os.path.join(os.environ['DATA_DIR'],'voxcanvas.db'), timeout=5).execute('select 1')" || exit 1
+
+CMD ["python", "-m", "bot"]
