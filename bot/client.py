@@ -65,8 +65,10 @@ class VoxCanvasBot(commands.Bot):
         store: JobStore | None = None,
         gemini_client=None,
         warm_up: bool = True,
+        **client_options,
     ) -> None:
         super().__init__(
+            **client_options,
             command_prefix=commands.when_mentioned,
             intents=bot_intents(),
             help_command=None,
