@@ -35,6 +35,8 @@ TOKEN_LIFETIME_S = 15 * 60
 TOKEN_SAFETY_S = 60  # stop using a token a minute before Discord expires it
 PROGRESS_INTERVAL_S = 2.0
 EXPIRED_TOKEN_CODES = {10015, 50027}  # Unknown Webhook, Invalid Webhook Token
+MAX_ATTEMPTS = 3  # a job that took the process down this often is failed, not re-queued
+GAVE_UP = "I tried this picture several times but the renderer kept crashing on it. Please try a different idea or smaller settings."
 
 
 # ------------------------------------------------------------------------------------------------
@@ -364,6 +366,13 @@ class JobRunner:
             picked += 1
             self._track(asyncio.create_task(self._redeliver(record), name=f"redeliver-{record.id}"))
         for record in await self.store.unfinished():
+            if record.attempts >= MAX_ATTEMPTS:
+                # It was started this often and the process died each time: don't crash-loop.
+                log.error("job %s died with the process %d times; giving up", record.id, record.attempts)
+                await self.store.fail(record.id, GAVE_UP)
+                self._track(asyncio.create_task(self._redeliver(await self.store.get(record.id))))
+                picked += 1
+                continue
             try:
                 job = self.executor.admit(record.user_id, record.id, force=True)
             except VoxCanvasError as exc:

@@ -105,8 +105,9 @@ async def _run(args: argparse.Namespace) -> int:
     progress = _Progress(enabled=not args.quiet)
     job = executor.admit("cli")
     job.listener = progress.update
+    studio = Studio(settings, executor)
     try:
-        output = await Studio(settings, executor).run(job, idea)
+        output = await studio.run(job, idea)
     except ModelUnavailable as exc:
         progress.close()
         print(f"error: {exc}", file=sys.stderr)
@@ -119,6 +120,7 @@ async def _run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     finally:
         progress.close()
+        await studio.aclose()
         await executor.shutdown(timeout_s=5)
     job.finish("done")
 

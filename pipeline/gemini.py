@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import aiohttp
 from pydantic import BaseModel, ValidationError
 
 from .errors import ProviderError
@@ -55,7 +56,8 @@ class RetryPolicy:
 
     The wait before retry *n* (1-based) is
     ``min(max_delay, initial_delay * exp_base**(n-1) + uniform(0, jitter))`` (tenacity's
-    ``wait_exponential_jitter``, which the SDK uses). Tests pass ``RetryPolicy(initial_delay=0.01, max_delay=0.05, jitter=0)``.
+    ``wait_exponential_jitter``, which the SDK uses). Tests pass
+    ``RetryPolicy(initial_delay=0.01, max_delay=0.05, jitter=0)``.
     """
 
     initial_delay: float = 1.0
@@ -143,7 +145,7 @@ async def generate_structured(
             client.aio.models.generate_content(model=model, contents=contents, config=config),
             timeout=settings.GEMINI_TIMEOUT_S,
         )
-    except (asyncio.TimeoutError, TimeoutError) as exc:
+    except TimeoutError as exc:  # asyncio.TimeoutError is TimeoutError since 3.11
         raise ProviderError(
             f"{what} did not answer within {settings.GEMINI_TIMEOUT_S:g} s."
         ) from exc
@@ -154,9 +156,15 @@ async def generate_structured(
         raise ProviderError(f"{what} answered {status}: {_short(exc.message)}") from exc
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # connection errors, SDK errors: always fall back, never crash
+    except (OSError, aiohttp.ClientError) as exc:  # refused, DNS, TLS, reset, ...
+        raise ProviderError(
+            f"{what} could not be reached: {type(exc).__name__}: {_short(str(exc))}"
+        ) from exc
+    except Exception as exc:  # an SDK or schema error: fall back, never crash the job
         log.warning("%s request failed", what, exc_info=exc)
-        raise ProviderError(f"{what} could not be reached: {type(exc).__name__}: {_short(str(exc))}") from exc
+        raise ProviderError(
+            f"{what} request failed: {type(exc).__name__}: {_short(str(exc))}"
+        ) from exc
     log.debug("%s answered in %.2f s", what, time.perf_counter() - started)
     return parse_structured(response, schema, what=what)
 
@@ -185,7 +193,9 @@ def parse_structured(response: Any, schema: type[M], *, what: str = "Gemini") ->
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ProviderError(f"{what} did not answer with JSON ({exc.msg}): {_short(text, 80)}") from exc
+        raise ProviderError(
+            f"{what} did not answer with JSON ({exc.msg}): {_short(text, 80)}"
+        ) from exc
     try:
         return schema.model_validate(data)
     except ValidationError as exc:

@@ -21,10 +21,11 @@ from typing import Callable, Literal
 from pydantic import BaseModel, Field
 
 from .audio import decode_audio
-from .critic import ClipCritic, GeminiCritic, QAReport
+from .critic import GeminiCritic, QAReport
 from .director import GeminiDirector, LocalDirector, Scene
 from .errors import BadRequest, ProviderError
 from .executor import GPUExecutor, Job, ProgressEvent
+from .gemini import make_client
 from .palette import extract_palette, swatch_png
 from .settings import Settings
 from .synthesis import RenderedImage, RenderRequest, image_to_png
@@ -155,11 +156,23 @@ class Studio:
         self.local_director = LocalDirector()
         self.gemini_director: GeminiDirector | None = None
         self.gemini_critic: GeminiCritic | None = None
+        self._own_client = False
+        self._gemini_client = None
         if settings.gemini_enabled:
-            self.gemini_director = GeminiDirector(
-                settings, client=gemini_client, count_tokens=executor.count_tokens
-            )
-            self.gemini_critic = GeminiCritic(settings, client=gemini_client)
+            if gemini_client is None:
+                gemini_client = make_client(settings)
+                self._own_client = True
+            self._gemini_client = gemini_client
+            # One client (one connection pool) for both; the diffusion tokenizer counts tokens
+            # exactly once it is loaded, a conservative estimate is used before.
+            self.gemini_director = GeminiDirector(settings, client=gemini_client, count_tokens=executor.count_tokens)
+            self.gemini_critic = GeminiCritic(settings, client=gemini_client, count_tokens=executor.count_tokens)
+
+    async def aclose(self) -> None:
+        """Close the Gemini client's connections (when this Studio created it)."""
+        if self._own_client and self._gemini_client is not None:
+            await self._gemini_client.aio.aclose()
+            self._gemini_client = None
 
     # --- public entry points -------------------------------------------------------------------
     async def run(self, job: Job, idea: Idea) -> Output:

@@ -20,11 +20,15 @@ HEX_RE = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})$")
 MIN_COLOURS, MAX_COLOURS = 1, 8
 
 
+class InvalidColour(BadRequest, ValueError):
+    """Not a hex colour. A ValueError too, so pydantic validators report it as a field error."""
+
+
 def normalise_hex(value: str) -> str:
-    """'#a1b2c3', 'A1B2C3', '#abc' → '#A1B2C3' / '#AABBCC'. Raises :class:`BadRequest`."""
+    """'#a1b2c3', 'A1B2C3', '#abc' → '#A1B2C3' / '#AABBCC'. Raises :class:`InvalidColour`."""
     match = HEX_RE.match(str(value).strip())
     if not match:
-        raise BadRequest(f"{value!r} is not a colour; use hex like #1E90FF.")
+        raise InvalidColour(f"{value!r} is not a colour; use hex like #1E90FF.")
     digits = match.group(1)
     if len(digits) == 3:
         digits = "".join(ch * 2 for ch in digits)

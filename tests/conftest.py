@@ -51,3 +51,10 @@ def make_settings(tmp_path: Path, tiny_sd_dir: Path, tiny_clip_dir: Path):
         return Settings(**values)
 
     return factory
+
+
+# ------------------------------------------------------------------------------------------------
+# Fake Gemini (tests/fakes/gemini.py): `fake_gemini` (a running fake server) and
+# `gemini_settings(**overrides)` (Settings pointing at it).
+# ------------------------------------------------------------------------------------------------
+from tests.fakes.gemini import fake_gemini, gemini_settings  # noqa: E402,F401

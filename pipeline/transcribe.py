@@ -1,0 +1,335 @@
+"""Speech → English text with Whisper (transformers).
+
+One :class:`Transcriber` per process, owned by the GPU executor thread: :meth:`Transcriber.load`
+and :meth:`Transcriber.transcribe` run on whatever thread calls them and never touch asyncio.
+
+What :meth:`~Transcriber.transcribe` does, in order:
+
+1. **Features.** Up to 30 s: one log-mel window padded to 30 s. Longer: the whole recording,
+   un-truncated (``truncation=False, padding="longest"``), which makes transformers' ``generate``
+   decode it window after window (sequential long-form decoding with timestamp tokens) — nothing
+   is cut off.
+2. **Probe.** One decoder step after ``<|startoftranscript|>`` on the first 30 s window gives, from
+   the same logits, the language distribution (over the language tokens only) and the no-speech
+   probability (softmax probability of ``<|nospeech|>``/``<|nocaptions|>``), exactly as OpenAI's
+   Whisper computes both. English-only checkpoints (``*.en``, ``is_multilingual`` false) report
+   ``"en"``.
+3. **Task.** ``"auto"``: English is transcribed, any other language is translated to English
+   (the picture prompt must be English). ``"transcribe"``: in the spoken language.
+   ``"translate"``: to English. ``Transcript.translated`` is true when the text was translated
+   from another language.
+4. **Decode** with beam search (``num_beams``, default 5 like Whisper's reference decoding) and a
+   token budget proportional to the audio length (:data:`TOKENS_PER_SECOND`), so a
+   hallucination loop over a hum ends after a few dozen tokens, not 448.
+
+**No speech** → :class:`~pipeline.errors.NoSpeech`, never invented text. The rule:
+
+* *energy*: the loudest 50 ms of the recording is below :data:`pipeline.audio.SILENCE_DBFS`
+  (checked before any model runs);
+* *Whisper's own rule, per 30 s window*: the window's no-speech probability is above
+  :data:`NO_SPEECH_THRESHOLD` (0.6) **and** its average token log-probability is below
+  :data:`LOGPROB_THRESHOLD` (−1.0) → the window is dropped (transformers' implementation of
+  OpenAI's rule, ``no_speech_threshold``/``logprob_threshold``);
+* *a confident loop over non-speech*: the no-speech probability is above the threshold **and** the
+  transcript is a repetition loop (gzip compression ratio above
+  :data:`COMPRESSION_RATIO_THRESHOLD`, 2.4 as in Whisper) — what Whisper typically "hears" in a
+  steady tone or noise ("beep beep beep ...");
+* *nothing left*: the transcript has no letter or digit once Whisper's non-speech annotations
+  (``[BLANK_AUDIO]``, ``(music)``, ``♪``) are removed.
+
+A real voice has a no-speech probability far below 0.6 (≈ 0.05 for clear speech, ≈ 0.15 for a
+quiet one with the tiny.en checkpoint), so the two probability-based rules need *both* signals and
+never drop a clearly spoken sentence on the first alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from .audio import SAMPLE_RATE, SILENCE_DBFS, loudest_dbfs
+from .errors import ModelUnavailable, NoSpeech
+from .models import model_unavailable, resolve_device
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+Task = Literal["auto", "transcribe", "translate"]
+TASKS: tuple[str, ...] = ("auto", "transcribe", "translate")
+
+WINDOW_SECONDS = 30.0
+"""Whisper's context: 3000 mel frames (1500 encoder positions)."""
+
+NO_SPEECH_THRESHOLD = 0.6
+LOGPROB_THRESHOLD = -1.0
+COMPRESSION_RATIO_THRESHOLD = 2.4
+
+TOKENS_PER_SECOND = 12
+"""Token budget per second of audio (fast speech is ~5 tokens/s in English, more in some scripts),
+plus :data:`TOKEN_BUDGET_BASE`."""
+TOKEN_BUDGET_BASE = 24
+
+_ANNOTATION_RE = re.compile(r"\[[^\]]*\]|\([^)]*\)|[♪♫]")
+_WORD_RE = re.compile(r"[^\W_]")  # a letter or a digit, in any script
+_SPACES_RE = re.compile(r"\s+")
+
+
+@dataclass
+class Transcript:
+    text: str
+    """What was said, in English unless ``task="transcribe"`` kept another language."""
+    language: str
+    """ISO 639-1 code (``"en"``, ``"de"`` ...) of the spoken language."""
+    translated: bool
+    """True when the text was translated from another language into English."""
+    duration_s: float
+    """Length of the audio that was transcribed, in seconds."""
+    no_speech_prob: float | None = None
+    """Whisper's no-speech probability for the first 30 s window."""
+    language_prob: float | None = None
+    """Probability of the detected language (``None`` for English-only checkpoints)."""
+
+
+def compression_ratio(text: str) -> float:
+    """Whisper's repetition signal: raw UTF-8 length / zlib-compressed length."""
+    raw = text.encode("utf-8")
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
+
+
+def has_words(text: str) -> bool:
+    """False for empty or punctuation-only text and Whisper's non-speech annotations."""
+    return bool(_WORD_RE.search(_ANNOTATION_RE.sub(" ", text)))
+
+
+class Transcriber:
+    """Whisper through transformers: ``WhisperProcessor`` + ``WhisperForConditionalGeneration``.
+
+    ``model`` is a hub id or a local directory saved with ``save_pretrained`` (the
+    ``WHISPER_MODEL`` setting); ``device`` is the ``DEVICE`` setting (``auto``/``cuda``/``cpu``).
+    fp16 + SDPA attention on CUDA, fp32 on the CPU.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        *,
+        num_beams: int = 5,
+        no_speech_threshold: float = NO_SPEECH_THRESHOLD,
+    ) -> None:
+        self.model_id = str(model)
+        self.device_setting = device
+        self.num_beams = num_beams
+        self.no_speech_threshold = no_speech_threshold
+        self.processor: Any = None
+        self.model: Any = None
+        self.device: torch.device | None = None
+        self.dtype: torch.dtype | None = None
+        self._lock = threading.Lock()
+
+    # --- loading -------------------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        return self.model is not None
+
+    def load(self) -> None:
+        """Load processor and model once (later calls return at once)."""
+        if self.model is not None:
+            return
+        with self._lock:
+            if self.model is not None:
+                return
+            device, dtype = resolve_device(self.device_setting)
+            started = time.perf_counter()
+            try:
+                from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+                processor = WhisperProcessor.from_pretrained(self.model_id)
+                kwargs: dict[str, Any] = {_dtype_kwarg(): dtype}
+                if device.type == "cuda":
+                    kwargs["attn_implementation"] = "sdpa"
+                model = WhisperForConditionalGeneration.from_pretrained(self.model_id, **kwargs)
+                model.to(device).eval()
+            except ModelUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure is "the model is unavailable"
+                raise model_unavailable("WHISPER_MODEL", self.model_id, exc) from exc
+            self.processor, self.device, self.dtype = processor, device, dtype
+            self.model = model
+            log.info(
+                "Whisper %s loaded on %s (%s, %s) in %.1f s",
+                self.model_id,
+                device,
+                str(dtype).replace("torch.", ""),
+                "multilingual" if self.multilingual else "English-only",
+                time.perf_counter() - started,
+            )
+
+    @property
+    def multilingual(self) -> bool:
+        """Whether the checkpoint knows languages other than English."""
+        self._require_loaded()
+        generation_config = self.model.generation_config
+        flag = getattr(generation_config, "is_multilingual", None)
+        if flag is not None:
+            return bool(flag) and bool(getattr(generation_config, "lang_to_id", None))
+        if self.model_id.rstrip("/").endswith(".en"):
+            return False
+        return bool(getattr(generation_config, "lang_to_id", None))
+
+    # --- transcription -----------------------------------------------------------------------
+
+    def transcribe(self, audio: np.ndarray, *, task: Task = "auto") -> Transcript:
+        """Mono float32 samples at 16 kHz (see :func:`pipeline.audio.decode_audio`) → text.
+
+        Raises :class:`NoSpeech` when nothing was said (see the module docs for the rule).
+        """
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, not {task!r}")
+        samples = np.asarray(audio, dtype=np.float32)
+        if samples.ndim != 1:
+            raise ValueError(f"expected mono samples (1-D), got shape {samples.shape}")
+        self.load()
+        import torch
+
+        duration = samples.size / SAMPLE_RATE
+        if samples.size == 0 or loudest_dbfs(samples) < SILENCE_DBFS:
+            log.info("no speech: %.2f s of silence", duration)
+            raise NoSpeech()
+
+        started = time.perf_counter()
+        features, attention_mask = self._features(samples)
+        with torch.inference_mode():
+            language, language_prob, no_speech_prob = self._probe(features)
+            if self.multilingual:
+                gen_task = {"auto": "translate" if language != "en" else "transcribe"}.get(task, task)
+                translated = gen_task == "translate" and language != "en"
+                task_kwargs: dict[str, Any] = {"language": language, "task": gen_task}
+            else:
+                if task == "translate":
+                    log.debug("English-only Whisper: task='translate' is plain transcription")
+                translated = False
+                task_kwargs = {}
+            sequences = self._generate(features, attention_mask, duration, task_kwargs)
+        text = self._decode(sequences)
+
+        ratio = compression_ratio(text)
+        log.info(
+            "transcribed %.1f s in %.2f s: lang=%s%s no_speech=%.2f ratio=%.2f chars=%d",
+            duration,
+            time.perf_counter() - started,
+            language,
+            " (translated)" if translated else "",
+            no_speech_prob,
+            ratio,
+            len(text),
+        )
+        if not has_words(text):
+            log.info("no speech: no words in %r", text[:80])
+            raise NoSpeech()
+        if no_speech_prob > self.no_speech_threshold and ratio > COMPRESSION_RATIO_THRESHOLD:
+            log.info("no speech: a loop over non-speech (%r...)", text[:40])
+            raise NoSpeech()
+        return Transcript(
+            text=text,
+            language=language,
+            translated=translated,
+            duration_s=duration,
+            no_speech_prob=no_speech_prob,
+            language_prob=language_prob,
+        )
+
+    # --- steps ---------------------------------------------------------------------------------
+
+    def _require_loaded(self) -> None:
+        if self.model is None:
+            raise RuntimeError("Transcriber.load() has not been called")
+
+    def _window_frames(self) -> int:
+        encoder = self.model.model.encoder
+        return int(self.model.config.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0])
+
+    def _features(self, samples: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        extractor = self.processor.feature_extractor
+        if samples.size <= extractor.n_samples:  # one window, padded to 30 s like Whisper expects
+            inputs = extractor(samples, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+            attention_mask = None
+        else:  # long-form: the whole recording, not truncated; generate() walks through it
+            inputs = extractor(
+                samples,
+                sampling_rate=SAMPLE_RATE,
+                return_tensors="pt",
+                truncation=False,
+                padding="longest",
+                return_attention_mask=True,
+            )
+            attention_mask = inputs["attention_mask"].to(self.device)
+        features = inputs["input_features"].to(self.device, self.dtype)
+        return features, attention_mask
+
+    def _probe(self, features: torch.Tensor) -> tuple[str, float | None, float]:
+        """One decoder step on the first window → (language, its probability, no-speech prob)."""
+        import torch
+
+        generation_config = self.model.generation_config
+        first = features[..., : self._window_frames()]
+        start = torch.tensor([[generation_config.decoder_start_token_id]], device=self.device)
+        logits = self.model(input_features=first, decoder_input_ids=start, use_cache=False).logits
+        logits = logits[0, -1].float()
+        no_speech_id = int(generation_config.no_timestamps_token_id) - 1  # <|nospeech|>/<|nocaptions|>
+        no_speech_prob = float(logits.softmax(-1)[no_speech_id])
+        if not self.multilingual:
+            return "en", None, no_speech_prob
+        lang_to_id: dict[str, int] = generation_config.lang_to_id
+        tokens = list(lang_to_id)
+        lang_probs = logits[[lang_to_id[t] for t in tokens]].softmax(-1)
+        best = int(lang_probs.argmax())
+        return tokens[best].strip("<|>"), float(lang_probs[best]), no_speech_prob
+
+    def _generate(
+        self,
+        features: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        duration: float,
+        task_kwargs: dict[str, Any],
+    ) -> torch.Tensor:
+        long_form = features.shape[-1] > self._window_frames()
+        window_seconds = WINDOW_SECONDS if long_form else min(duration, WINDOW_SECONDS)
+        budget = TOKEN_BUDGET_BASE + math.ceil(TOKENS_PER_SECOND * window_seconds)
+        # room for <|startoftranscript|> <|lang|> <|task|> <|notimestamps|>
+        budget = min(budget, int(self.model.config.max_target_positions) - 4)
+        kwargs: dict[str, Any] = dict(
+            num_beams=self.num_beams,
+            max_new_tokens=budget,
+            no_speech_threshold=self.no_speech_threshold,
+            logprob_threshold=LOGPROB_THRESHOLD,
+            temperature=0.0,
+            **task_kwargs,
+        )
+        if long_form:
+            kwargs.update(return_timestamps=True, attention_mask=attention_mask)
+        output = self.model.generate(features, **kwargs)
+        return output["sequences"] if isinstance(output, dict) else output
+
+    def _decode(self, sequences: torch.Tensor) -> str:
+        text = self.processor.batch_decode(sequences, skip_special_tokens=True)[0]
+        return _SPACES_RE.sub(" ", text).strip()
+
+
+def _dtype_kwarg() -> str:
+    """``from_pretrained`` takes ``dtype=`` since transformers 4.56 (``torch_dtype=`` before)."""
+    import transformers
+    from packaging.version import Version
+
+    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
