@@ -190,6 +190,8 @@ class VoxCanvasBot(commands.Bot):
         finally:
             if self.warm_up_task is not None:
                 self.warm_up_task.cancel()
+            if self.studio is not None:
+                await self.studio.aclose()
             if self.store is not None:
                 await self.store.close()
             await super().close()

@@ -63,6 +63,8 @@ class ChannelSurface:
 
     async def show(self, content: str, *, embed=None, files=None, view=None) -> discord.Message | None:
         channel = self.bot.get_partial_messageable(self.channel_id)
+        if self.mention and self.user_id is not None and not content.startswith("<@"):
+            content = f"<@{self.user_id}> {content}"
         if self.message_id is not None:
             try:
                 message = channel.get_partial_message(self.message_id)
@@ -72,8 +74,6 @@ class ChannelSurface:
                 return await message.edit(**kwargs)
             except discord.NotFound:
                 self.message_id = None  # deleted: post a new one
-        if self.mention and self.user_id is not None and not content.startswith("<@"):
-            content = f"<@{self.user_id}> {content}"
         reference = None
         if self.reply_to is not None:
             reference = discord.MessageReference(
@@ -319,12 +319,14 @@ class JobRunner:
                 palette_png=output.palette_png,
             )
             outcome = "done"
+            job.finish(outcome)  # the GPU part is over: free the user's slot before delivery
             await reporter.close()
             await self._deliver(job.id, surface, output.result, output.image_png, output.palette_png)
         except VoxCanvasError as exc:
             outcome = "cancelled" if job.cancelled else "failed"
             log.info("job %s refused: %s", job.id, exc)
             await self.store.fail(job.id, str(exc), state="cancelled" if job.cancelled else "failed")
+            job.finish(outcome)
             await reporter.close()
             await self._deliver_text(job.id, surface, f"⚠️ {exc}")
         except asyncio.CancelledError:

@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 JOB_ID = r"(?P<job_id>[0-9a-f]{8,32})"
 
 
-class _JobButton(discord.ui.DynamicItem[discord.ui.Button]):
+class _JobButton:
+    """Shared behaviour; each subclass is also a DynamicItem with its own template."""
+
     action = ""
     label = ""
     emoji = ""
@@ -47,7 +49,7 @@ class _JobButton(discord.ui.DynamicItem[discord.ui.Button]):
         return cls(match["job_id"])
 
 
-class RegenerateButton(_JobButton, template=rf"voxcanvas:regen:{JOB_ID}"):
+class RegenerateButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template=rf"voxcanvas:regen:{JOB_ID}"):
     action, label, emoji = "regen", "Regenerate", "🔁"
     button_style = discord.ButtonStyle.primary
 
@@ -56,7 +58,7 @@ class RegenerateButton(_JobButton, template=rf"voxcanvas:regen:{JOB_ID}"):
         await bot.runner.start_follow_up(interaction, self.job_id, kind="regenerate")
 
 
-class VaryButton(_JobButton, template=rf"voxcanvas:vary:{JOB_ID}"):
+class VaryButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template=rf"voxcanvas:vary:{JOB_ID}"):
     action, label, emoji = "vary", "Vary", "🎲"
 
     async def callback(self, interaction: discord.Interaction) -> None:
@@ -64,7 +66,7 @@ class VaryButton(_JobButton, template=rf"voxcanvas:vary:{JOB_ID}"):
         await bot.runner.start_follow_up(interaction, self.job_id, kind="vary")
 
 
-class DetailsButton(_JobButton, template=rf"voxcanvas:details:{JOB_ID}"):
+class DetailsButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template=rf"voxcanvas:details:{JOB_ID}"):
     action, label, emoji = "details", "Details", "🔎"
 
     async def callback(self, interaction: discord.Interaction) -> None:

@@ -134,6 +134,8 @@ async def generate_structured(
         response_schema=schema,
         temperature=temperature,
         candidate_count=1,
+        # No tools are declared: switch automatic function calling off (and its log line).
+        automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
         http_options=types.HttpOptions(
             timeout=_timeout_ms(settings.GEMINI_TIMEOUT_S),
             retry_options=retry.http_retry_options(attempts),
