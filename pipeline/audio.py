@@ -177,8 +177,9 @@ def _decode_soundfile(
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             sample_rate = f.samplerate
-            if f.frames > 0 and sample_rate > 0 and is_too_long(f.frames / sample_rate, max_seconds):
-                raise audio_too_long(f.frames / sample_rate, max_seconds)  # before decoding it all
+            header_s = f.frames / sample_rate if f.frames > 0 and sample_rate > 0 else None
+            if header_s is not None and is_too_long(header_s, max_seconds):
+                raise audio_too_long(header_s, max_seconds)  # refused before decoding anything
             # Never read more than the limit allows (a lying header can't make us decode hours).
             limit = int((max_seconds + DURATION_TOLERANCE_S + 1.0) * sample_rate)
             samples = f.read(frames=limit, dtype="float32", always_2d=True)
@@ -253,7 +254,9 @@ def _decode_ffmpeg(data: bytes, *, max_seconds: float, name: str) -> tuple[np.nd
             stderr.strip().splitlines()[-1:] or "",
         )
         if proc.returncode == 0 and _DURATION_RE.search(stderr):  # a real, empty container
-            raise EmptyAudio("That recording has no sound in it — please record the voice note again.")
+            raise EmptyAudio(
+                "That recording has no sound in it — please record the voice note again."
+            )
         raise UndecodableAudio()
     duration = samples.size / SAMPLE_RATE
     if is_too_long(duration, max_seconds):
@@ -262,7 +265,8 @@ def _decode_ffmpeg(data: bytes, *, max_seconds: float, name: str) -> tuple[np.nd
             hours, minutes, seconds = match.groups()
             duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
         elif samples.size >= float(stop_after) * SAMPLE_RATE - 1:
-            raise audio_too_long(None, max_seconds)  # we stopped reading; the real length is unknown
+            # we stopped reading at the limit; the real length is unknown
+            raise audio_too_long(None, max_seconds)
         raise audio_too_long(duration, max_seconds)
     return samples, SAMPLE_RATE
 
@@ -271,7 +275,8 @@ def _ffprobe_duration(data: bytes) -> float | None:
     ffprobe = shutil.which("ffprobe")
     if ffprobe is None:
         return None
-    cmd = [ffprobe, "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", "-i", "pipe:0"]
+    cmd = [ffprobe, "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0"]
+    cmd += ["-i", "pipe:0"]
     try:
         proc = subprocess.run(
             cmd, input=data, capture_output=True, timeout=FFPROBE_TIMEOUT_S, check=False
@@ -289,7 +294,8 @@ def _resample(samples: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     try:
         import soxr  # librosa's resampling backend (a dependency of librosa >= 0.10)
 
-        return soxr.resample(samples, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
+        resampled = soxr.resample(samples, orig_sr, target_sr, quality="HQ")
+        return resampled.astype(np.float32, copy=False)
     except ImportError:  # pragma: no cover - librosa without soxr
         import librosa
 

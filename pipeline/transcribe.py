@@ -213,7 +213,9 @@ class Transcriber:
         with torch.inference_mode():
             language, language_prob, no_speech_prob = self._probe(features)
             if self.multilingual:
-                gen_task = {"auto": "translate" if language != "en" else "transcribe"}.get(task, task)
+                gen_task = task
+                if task == "auto":
+                    gen_task = "transcribe" if language == "en" else "translate"
                 translated = gen_task == "translate" and language != "en"
                 task_kwargs: dict[str, Any] = {"language": language, "task": gen_task}
             else:
@@ -258,7 +260,11 @@ class Transcriber:
 
     def _window_frames(self) -> int:
         encoder = self.model.model.encoder
-        return int(self.model.config.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0])
+        return int(
+            self.model.config.max_source_positions
+            * encoder.conv1.stride[0]
+            * encoder.conv2.stride[0]
+        )
 
     def _features(self, samples: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         extractor = self.processor.feature_extractor
@@ -287,7 +293,8 @@ class Transcriber:
         start = torch.tensor([[generation_config.decoder_start_token_id]], device=self.device)
         logits = self.model(input_features=first, decoder_input_ids=start, use_cache=False).logits
         logits = logits[0, -1].float()
-        no_speech_id = int(generation_config.no_timestamps_token_id) - 1  # <|nospeech|>/<|nocaptions|>
+        # <|nospeech|> (<|nocaptions|> in older vocabularies) sits right before <|notimestamps|>
+        no_speech_id = int(generation_config.no_timestamps_token_id) - 1
         no_speech_prob = float(logits.softmax(-1)[no_speech_id])
         if not self.multilingual:
             return "en", None, no_speech_prob

