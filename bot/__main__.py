@@ -43,7 +43,12 @@ def setup_logging(level: str, secrets: list[str]) -> None:
 
 
 def main() -> int:
+    import faulthandler
+
     from pipeline.settings import Settings
+
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack: for hangs
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     try:
         settings = Settings()

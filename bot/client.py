@@ -107,6 +107,9 @@ class VoxCanvasBot(commands.Bot):
             removed = await self.store.purge(self.settings.RETENTION_DAYS)
             if removed:
                 log.info("retention: removed %d job(s) older than %d days", removed, self.settings.RETENTION_DAYS)
+        # Logged in (REST works), gateway not yet connected: no new job can have arrived, so
+        # everything unfinished in the store belongs to a previous process.
+        await self.runner.resume()
 
     async def _warm(self) -> None:
         started = asyncio.get_running_loop().time()
@@ -118,9 +121,6 @@ class VoxCanvasBot(commands.Bot):
 
     async def on_ready(self) -> None:
         log.info("connected as %s (id %s) to %d guild(s)", self.user, self.user.id if self.user else "?", len(self.guilds))
-        if not getattr(self, "_resumed", False):
-            self._resumed = True
-            await self.runner.resume()
 
     # --- slash-command sync ----------------------------------------------------------------
     def _command_fingerprint(self) -> str:

@@ -32,6 +32,7 @@ import asyncio
 import collections
 import itertools
 import logging
+import signal
 import statistics
 import threading
 import time
@@ -270,7 +271,13 @@ class GPUExecutor:
         if thread is not None:
             await asyncio.to_thread(thread.join, timeout_s)
             if thread.is_alive():
-                log.warning("GPU thread still busy after %.0fs at shutdown", timeout_s)
+                # Out of patience: interrupt running renders at their next step.
+                log.warning("GPU thread still busy after %.0fs at shutdown; interrupting", timeout_s)
+                for job in list(self._jobs.values()):
+                    job.cancelled = True
+                await asyncio.to_thread(thread.join, 10)
+                if thread.is_alive():
+                    log.error("GPU thread did not stop")
         return [job.id for job in self._jobs.values() if not job.finished]
 
     # --- admission ---------------------------------------------------------------------------
@@ -296,6 +303,8 @@ class GPUExecutor:
                 f"The queue is full ({self.settings.MAX_QUEUE} pictures waiting) — please try "
                 "again in a few minutes."
             )
+        if job_id is not None and job_id in self._jobs:
+            raise ValueError(f"job {job_id} is already admitted")
         job = Job(self, job_id or uuid.uuid4().hex[:12], user, next(self._job_seq))
         with self._cond:
             self._jobs[job.id] = job
@@ -456,6 +465,11 @@ class GPUExecutor:
 
     # --- the GPU thread ----------------------------------------------------------------------
     def _thread_main(self, generation: int) -> None:
+        # Process signals (SIGTERM, Ctrl-C) belong to the event-loop thread. Block them here, so
+        # they are never delivered into torch's worker threads (which inherit this mask) in the
+        # middle of a kernel.
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         died: BaseException | None = None
         try:
             while True:
