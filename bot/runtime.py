@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 

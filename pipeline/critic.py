@@ -25,9 +25,8 @@ from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from .director import Scene, TokenCounter, fit_prompt, tidy_prompt
 from .errors import ProviderError
-from .gemini import DEFAULT_RETRY, RetryPolicy, delimit, generate_structured, make_client
+from .gemini import GeminiProvider, delimit, generate_structured
 from .models import model_unavailable, resolve_device
-from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -325,30 +324,10 @@ visible'), then the rest of the original prompt.
 """
 
 
-class GeminiCritic:
+class GeminiCritic(GeminiProvider):
     """Gemini looks at the picture. Raises :class:`ProviderError` (with a reason) on any failure."""
 
-    name = "gemini"
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        client: Any | None = None,
-        count_tokens: TokenCounter | None = None,
-        retry: RetryPolicy = DEFAULT_RETRY,
-        temperature: float = 0.2,
-    ) -> None:
-        self.settings = settings
-        self._owns_client = client is None
-        self.client = client if client is not None else make_client(settings)
-        self.count_tokens = count_tokens
-        self.retry = retry
-        self.temperature = temperature
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self.client.aio.aclose()
+    default_temperature = 0.2
 
     def request_parts(self, image_png: bytes, scene: Scene, prompt: str) -> list[Any]:
         from google.genai import types

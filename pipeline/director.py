@@ -30,9 +30,8 @@ from pydantic import AfterValidator, BaseModel, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from .errors import BadRequest, ProviderError
-from .gemini import DEFAULT_RETRY, RetryPolicy, delimit, generate_structured, make_client
+from .gemini import GeminiProvider, delimit, generate_structured
 from .palette import normalise_hex
-from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -976,31 +975,10 @@ one and follow its description; otherwise choose the one that suits the idea bes
 """
 
 
-class GeminiDirector:
+class GeminiDirector(GeminiProvider):
     """Gemini writes the Scene. Raises :class:`ProviderError` (with a reason) on any failure."""
 
-    name = "gemini"
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        client: Any | None = None,
-        count_tokens: TokenCounter | None = None,
-        retry: RetryPolicy = DEFAULT_RETRY,
-        temperature: float = 0.7,
-    ) -> None:
-        self.settings = settings
-        self._owns_client = client is None
-        self.client = client if client is not None else make_client(settings)
-        self.count_tokens = count_tokens
-        self.retry = retry
-        self.temperature = temperature
-
-    async def aclose(self) -> None:
-        """Close the client's HTTP sessions if this director created the client."""
-        if self._owns_client:
-            await self.client.aio.aclose()
+    default_temperature = 0.7
 
     def request_text(self, idea: str, *, style: str | None, language: str) -> str:
         """The user turn: the request's options, then the idea as delimited, escaped data."""

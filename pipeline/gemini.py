@@ -34,6 +34,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import aiohttp
@@ -235,3 +236,32 @@ def escape_data(text: str) -> str:
 def delimit(tag: str, text: str) -> str:
     """``<tag>`` + escaped ``text`` + ``</tag>``: untrusted input passed as clearly marked data."""
     return f"<{tag}>\n{escape_data(text)}\n</{tag}>"
+
+
+class GeminiProvider:
+    """What the Gemini director and critic share: the client (shared or owned), the token
+    counter, the retry policy and the sampling temperature."""
+
+    name = "gemini"
+    default_temperature = 0.7
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client: Any | None = None,
+        count_tokens: Callable[[str], int | None] | None = None,
+        retry: RetryPolicy | None = None,
+        temperature: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self._owns_client = client is None
+        self.client = client if client is not None else make_client(settings)
+        self.count_tokens = count_tokens
+        self.retry = retry or DEFAULT_RETRY
+        self.temperature = self.default_temperature if temperature is None else temperature
+
+    async def aclose(self) -> None:
+        """Close the client's HTTP sessions if this provider created the client."""
+        if self._owns_client:
+            await self.client.aio.aclose()
