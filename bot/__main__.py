@@ -38,8 +38,11 @@ def setup_logging(level: str, secrets: list[str]) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("discord.gateway", "httpx", "diffusers", "transformers", "urllib3"):
+    for noisy in ("discord.gateway", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Per-call advice from model code (generation length, token windows) is not actionable here.
+    for chatty in ("diffusers", "transformers"):
+        logging.getLogger(chatty).setLevel(logging.ERROR)
 
 
 def main() -> int:

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
-from pipeline.errors import VoxCanvasError
+from pipeline.audio import audio_too_long, is_too_long
+from pipeline.errors import EmptyAudio, VoxCanvasError
 from pipeline.loop import new_job_id
 
 if TYPE_CHECKING:
@@ -29,11 +30,6 @@ def is_audio(attachment: discord.Attachment) -> bool:
         return True
     content_type = (attachment.content_type or "").lower()
     return content_type.startswith("audio/") or attachment.filename.lower().endswith(AUDIO_EXTENSIONS)
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 class Voice(commands.Cog):
@@ -59,15 +55,12 @@ class Voice(commands.Cog):
     async def _handle(self, message: discord.Message, attachment: discord.Attachment) -> None:
         settings = self.bot.settings
         limit = settings.MAX_AUDIO_SECONDS
-        if attachment.duration is not None and attachment.duration > limit:
-            await message.reply(
-                f"⏱️ That recording is {_clock(attachment.duration)} long; I can take up to {_clock(limit)}. "
-                "Try a shorter voice note with just your idea.",
-                mention_author=False,
-            )
+        if attachment.duration is not None and is_too_long(attachment.duration, limit):
+            refusal = audio_too_long(attachment.duration, limit)
+            await message.reply(f"⏱️ {refusal} Try a shorter voice note with just your idea.", mention_author=False)
             return
         if attachment.size == 0:
-            await message.reply("🔇 That voice note is empty — please record it again.", mention_author=False)
+            await message.reply(f"🔇 {EmptyAudio()}", mention_author=False)
             return
         if attachment.size > settings.MAX_AUDIO_BYTES:
             await message.reply(
