@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -117,6 +118,37 @@ class InteractionSurface:
                 if not (isinstance(exc, discord.NotFound) or exc.code in EXPIRED_TOKEN_CODES or exc.status == 401):
                     raise
                 log.info("interaction token expired; delivering to the channel instead")
+                self.expired = True
+        return await self.fallback.show(content, embed=embed, files=files, view=view)
+
+
+class StoredInteractionSurface:
+    """The original response of an interaction a previous process deferred, reached through its
+    webhook token while the token lives (after a restart within Discord's 15 minutes); then the
+    channel. Edits are idempotent, so a redelivery after a crash replaces, never duplicates."""
+
+    def __init__(self, bot: VoxCanvasBot, token: str, created_at: float, fallback: ChannelSurface) -> None:
+        self.bot = bot
+        self.token = token
+        self.created_at = created_at
+        self.fallback = fallback
+        self.expired = False
+
+    @property
+    def token_alive(self) -> bool:
+        return not self.expired and time.time() - self.created_at < TOKEN_LIFETIME_S - TOKEN_SAFETY_S
+
+    async def show(self, content: str, *, embed=None, files=None, view=None) -> discord.Message | None:
+        if self.token_alive:
+            webhook = discord.Webhook.partial(self.bot.application_id, self.token, client=self.bot)
+            kwargs: dict[str, Any] = {"content": content, "embed": embed, "view": view}
+            if files is not None:
+                kwargs["attachments"] = files
+            try:
+                return await webhook.edit_message("@original", **kwargs)  # type: ignore[arg-type]
+            except discord.HTTPException as exc:
+                if not (isinstance(exc, discord.NotFound) or exc.code in EXPIRED_TOKEN_CODES or exc.status == 401):
+                    raise
                 self.expired = True
         return await self.fallback.show(content, embed=embed, files=files, view=view)
 
@@ -280,6 +312,7 @@ class JobRunner:
             source_message_id=message.id if message is not None else None,
             interaction_id=interaction.id if interaction is not None else None,
             interaction_token=interaction.token if interaction is not None else None,
+            interaction_created_at=interaction.created_at.timestamp() if interaction is not None else None,
             audio=idea.audio,
             audio_ext=_audio_ext(idea.audio_filename),
             init_image=init_image if init_image is not None else idea.init_image,
@@ -380,14 +413,7 @@ class JobRunner:
                 log.warning("could not resume job %s: %s", record.id, exc)
                 continue
             picked += 1
-            surface = ChannelSurface(
-                self.bot,
-                record.channel_id,
-                user_id=record.user_id,
-                reply_to=record.source_message_id,
-                message_id=record.progress_message_id if record.interaction_id is None else None,
-            )
-            self._spawn(job, _RecordingSurface(surface, self.store, record.id), await self._work_for(record))
+            self._spawn(job, self._surface_for(record), await self._work_for(record))
         if picked:
             log.info("resumed %d job(s) from the store", picked)
         return picked
@@ -409,16 +435,28 @@ class JobRunner:
         idea.init_image = await self.store.read_init_image(record.id)
         return lambda j: self.studio.run(j, idea)
 
-    async def _redeliver(self, record) -> None:
-        surface = ChannelSurface(
-            self.bot,
-            record.channel_id,
-            user_id=record.user_id,
-            reply_to=record.source_message_id,
-            message_id=record.progress_message_id if record.interaction_id is None else None,
+    def _surface_for(self, record):
+        """Where a job from a previous process shows up: its interaction's original response while
+        the token lives, else its progress message (voice notes), else a new channel message."""
+        channel = _RecordingSurface(
+            ChannelSurface(
+                self.bot,
+                record.channel_id,
+                user_id=record.user_id,
+                reply_to=record.source_message_id,
+                message_id=record.progress_message_id if record.interaction_id is None else None,
+            ),
+            self.store,
+            record.id,
         )
+        if record.interaction_token and record.interaction_created_at:
+            return StoredInteractionSurface(self.bot, record.interaction_token, record.interaction_created_at, channel)
+        return channel
+
+    async def _redeliver(self, record) -> None:
+        surface = self._surface_for(record)
         try:
-            if surface.message_id is None:
+            if isinstance(surface, _RecordingSurface) and surface.surface.message_id is None:
                 found = await self._find_delivered(record)
                 if found is not None:
                     await self.store.record_delivery(record.id, message_id=found.id, channel_id=found.channel.id)

@@ -124,16 +124,24 @@ async def test_sigkill_then_restart_delivers_every_job_exactly_once(bot_env, fak
     delivered_before = set(results_by_job(fake))
     assert 1 <= len(delivered_before) < 4, "the kill came too late to leave jobs behind"
 
+    # The last job's interaction token runs out while the bot is down; the others are still fresh.
+    expired = interactions[-1]
+    fake.expire_token(expired)
+
     await start_process(bot_env, fake, tmp_path, processes, "second")
     await fake.wait_until(lambda: len(results_by_job(fake)) >= 4 or None, 120, "all four results", poll=0.05)
     await asyncio.sleep(1.0)  # anything duplicated would arrive now
     by_job = results_by_job(fake)
     assert len(by_job) == 4
     assert all(len(messages) == 1 for messages in by_job.values()), {j: len(m) for j, m in by_job.items()}
-    resumed = [m[0] for j, m in by_job.items() if j not in delivered_before]
-    for message in resumed:  # posted to the channel for the requester, with working buttons
-        assert message["content"].startswith(f"<@{fake.user.id}>")
-        assert sorted(a["filename"] for a in message["attachments"]) == ["image.png", "palette.png"]
+    for interaction in interactions[:-1]:
+        # Fresh tokens: the result lands in the user's own "thinking…" response, even across the crash.
+        message = fake.original_response(interaction)
+        assert footer_job(message) and sorted(a["filename"] for a in message["attachments"]) == ["image.png", "palette.png"]
+    posted = [m[0] for m in by_job.values() if int(m[0]["id"]) != expired.original_message_id]
+    in_channel = [m for m in posted if m.get("interaction_metadata") is None and m.get("webhook_id") is None]
+    assert len(in_channel) == 1  # the expired one: posted to the channel for the requester
+    assert in_channel[0]["content"].startswith(f"<@{fake.user.id}>")
 
     # A button on a message posted by the killed process works in the new one.
     old_message = by_job[next(iter(delivered_before))][0]
