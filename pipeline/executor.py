@@ -32,6 +32,7 @@ import asyncio
 import collections
 import itertools
 import logging
+import os
 import signal
 import statistics
 import threading
@@ -470,6 +471,7 @@ class GPUExecutor:
         # middle of a kernel.
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        _leave_a_core_for_the_event_loop(self.settings.DEVICE)
         died: BaseException | None = None
         try:
             while True:
@@ -728,6 +730,23 @@ def _call_listener(listener: Callable[[ProgressEvent], None], event: ProgressEve
         listener(event)
     except Exception:
         log.exception("progress listener failed")
+
+
+def _leave_a_core_for_the_event_loop(device_setting: str) -> None:
+    """On the CPU, torch's OpenMP team would take every core; its threads spin at barriers, and
+    when the machine is oversubscribed (the event loop, other processes) every barrier waits for
+    a descheduled thread — renders slow down by orders of magnitude. Keep one core free."""
+    try:
+        import torch
+
+        if device_setting == "cpu" or not torch.cuda.is_available():
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            threads = max(1, cores - 1)
+            if torch.get_num_threads() > threads:
+                torch.set_num_threads(threads)
+                log.info("CPU inference: %d torch thread(s) on %d core(s)", threads, cores)
+    except Exception:  # pragma: no cover - never fatal
+        log.debug("could not set torch threads", exc_info=True)
 
 
 def _is_oom(exc: BaseException) -> bool:
