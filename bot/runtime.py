@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 TOKEN_LIFETIME_S = 15 * 60
 TOKEN_SAFETY_S = 60  # stop using a token a minute before Discord expires it
 PROGRESS_INTERVAL_S = 2.0
+FIRST_PROGRESS_DELAY_S = 1.0
 EXPIRED_TOKEN_CODES = {10015, 50027}  # Unknown Webhook, Invalid Webhook Token
 MAX_ATTEMPTS = 3  # a job that took the process down this often is failed, not re-queued
 GAVE_UP = "I tried this picture several times but the renderer kept crashing on it. Please try a different idea or smaller settings."
@@ -154,11 +155,15 @@ class StoredInteractionSurface:
 
 
 class ProgressReporter:
-    """Coalesces progress lines and edits the surface at most every ``interval`` seconds."""
+    """Coalesces progress lines and edits the surface at most every ``interval`` seconds.
 
-    def __init__(self, surface, interval: float = PROGRESS_INTERVAL_S) -> None:
+    The first edit waits ``first_delay``: a job that finishes sooner goes straight from Discord's
+    "thinking…" (or the "Listening…" reply) to its result, with no progress edits at all."""
+
+    def __init__(self, surface, interval: float = PROGRESS_INTERVAL_S, first_delay: float = FIRST_PROGRESS_DELAY_S) -> None:
         self.surface = surface
         self.interval = interval
+        self.first_delay = first_delay
         self._latest: str | None = None
         self._shown: str | None = None
         self._wake = asyncio.Event()
@@ -169,6 +174,7 @@ class ProgressReporter:
         self._wake.set()
 
     async def _run(self) -> None:
+        await asyncio.sleep(self.first_delay)
         while True:
             await self._wake.wait()
             self._wake.clear()

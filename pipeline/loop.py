@@ -369,7 +369,9 @@ class Studio:
         # Keep the best-scoring image, not merely the last (the earliest wins a tie).
         best = max(range(len(rounds)), key=lambda i: (rounds[i].score or 0, -i))
         best_image = images[best].image
-        palette, palette_source = _palette_for(scene, best_image)
+        # PNG encoding and palette work take tens of ms at 512²: off the event loop.
+        palette, palette_source = await asyncio.to_thread(_palette_for, scene, best_image)
+        image_png, palette_png = await asyncio.to_thread(_encode_outputs, best_image, palette)
         result = Result(
             job_id=job.id,
             kind=kind,
@@ -394,7 +396,7 @@ class Studio:
             timings={k: round(v, 4) for k, v in timings.items()},
             total_s=round(time.perf_counter() - started, 4),
         )
-        return Output(result=result, image_png=image_to_png(best_image), palette_png=swatch_png(palette))
+        return Output(result=result, image_png=image_png, palette_png=palette_png)
 
     async def _direct(self, text: str, style: str | None, language: str) -> tuple[Scene, str, str | None]:
         if self.gemini_director is not None:
@@ -416,7 +418,8 @@ class Studio:
         reason = None
         if self.gemini_critic is not None:
             try:
-                report = await self.gemini_critic.review(rendered.png_bytes(), scene, rendered.prompt)
+                png = await asyncio.to_thread(rendered.png_bytes)
+                report = await self.gemini_critic.review(png, scene, rendered.prompt)
                 return report, "gemini", None
             except ProviderError as exc:
                 log.warning("Gemini critic failed, using the CLIP critic: %s", exc)
@@ -447,6 +450,10 @@ def _palette_for(scene: Scene, image) -> tuple[list[str], str]:
     if scene.palette and getattr(scene, "palette_source", "director") != "default":
         return list(scene.palette), "director"
     return extract_palette(image, 5), "image"
+
+
+def _encode_outputs(image, palette: list[str]) -> tuple[bytes, bytes]:
+    return image_to_png(image), swatch_png(palette)
 
 
 def new_job_id() -> str:

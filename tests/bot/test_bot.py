@@ -7,6 +7,7 @@ import asyncio
 import io
 import os
 import sys
+import threading
 
 import pytest
 from PIL import Image
@@ -92,10 +93,6 @@ async def test_imagine_end_to_end(start_bot, fake_discord, secret_log):
     assert "local" in field(message, "Directed by") and "CLIP" in field(message, "Judged by")
     assert message["content"].startswith("Palette: #")
 
-    # Progress edits before the result, throttled.
-    edits = [c for c in fake.calls if c.method == "PATCH" and c.path.endswith("/messages/@original")]
-    contents = [c.json.get("content") or "" for c in edits if c.json]
-    assert any("queue" in t or "Rendering" in t or "Directing" in t or "Reviewing" in t for t in contents), contents
 
     record = await delivered_record(harness, job_id)
     assert record.state == "done" and int(record.delivered_message_id) == int(message["id"])
@@ -107,6 +104,33 @@ async def test_imagine_end_to_end(start_bot, fake_discord, secret_log):
 
     # Secrets never reach the logs.
     assert "test-token" not in secret_log.text
+
+
+async def test_progress_shows_queue_position_then_stages_throttled(start_bot, fake_discord):
+    harness = await start_bot(QA_MAX_ROUNDS=0, STEPS=100, WIDTH=256, HEIGHT=256)  # seconds of rendering
+    fake = fake_discord
+    gate = threading.Event()
+    holding = asyncio.create_task(harness.bot.executor.call(None, "maintenance", gate.wait, 30))
+    await asyncio.sleep(0.05)
+    interaction = await imagine(fake, {"prompt": "a windmill in a tulip field"})
+
+    def edited_to(words):
+        def check():
+            message = fake.original_response(interaction) or {}
+            return words in (message.get("content") or "") or None
+        return check
+
+    await fake.wait_until(edited_to("In the queue — position 1"), 10, "the queue position", poll=0.02)
+    gate.set()
+    await holding
+    message = await wait_result(fake, interaction)
+    assert footer_job(message)
+    edits = [c for c in fake.calls if c.method == "PATCH" and c.path.endswith("/messages/@original") and c.json]
+    times = [c.at for c in edits if "attachments" not in (c.json or {}) and not c.files]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert all(gap >= 1.9 for gap in gaps), gaps  # at most one progress edit every ~2 s
+    stages = [c.json.get("content") or "" for c in edits]
+    assert any(word in t for t in stages for word in ("Rendering", "Directing", "Reviewing")), stages
 
 
 async def test_buttons_regenerate_vary_details(start_bot, fake_discord):
