@@ -90,15 +90,7 @@ SD15_VAE = dict(
     down_block_types=["DownEncoderBlock2D"] * 4,
     up_block_types=["UpDecoderBlock2D"] * 4,
 )
-SD15_SCHEDULER = dict(  # stable-diffusion-v1-5's scheduler config (the product switches it to Euler)
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    num_train_timesteps=1000,
-    steps_offset=1,
-    timestep_spacing="leading",
-    prediction_type="epsilon",
-)
+SD15_SCHEDULER = builders.SD15_SCHEDULER
 CLIP_L14_TEXT = dict(  # also the SD 1.x text encoder
     hidden_size=768,
     intermediate_size=3072,

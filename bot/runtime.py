@@ -215,12 +215,18 @@ class JobRunner:
         return self.bot.studio
 
     # --- entry points ----------------------------------------------------------------------
-    async def start_imagine(self, interaction: discord.Interaction, idea: Idea) -> None:
-        """/imagine: admit (or refuse privately), acknowledge, then run in the background."""
+    async def _admit(self, interaction: discord.Interaction) -> Job | None:
+        """A queue slot for the user, or a private refusal that says why (then None)."""
         try:
-            job = self.executor.admit(interaction.user.id, new_job_id())
+            return self.executor.admit(interaction.user.id, new_job_id())
         except VoxCanvasError as exc:
             await interaction.response.send_message(f"🚫 {exc}", ephemeral=True)
+            return None
+
+    async def start_imagine(self, interaction: discord.Interaction, idea: Idea) -> None:
+        """/imagine: admit (or refuse privately), acknowledge, then run in the background."""
+        job = await self._admit(interaction)
+        if job is None:
             return
         try:
             await interaction.response.defer(thinking=True)
@@ -252,10 +258,8 @@ class JobRunner:
                 ephemeral=True,
             )
             return
-        try:
-            job = self.executor.admit(interaction.user.id, new_job_id())
-        except VoxCanvasError as exc:
-            await interaction.response.send_message(f"🚫 {exc}", ephemeral=True)
+        job = await self._admit(interaction)
+        if job is None:
             return
         try:
             await interaction.response.defer(thinking=True)

@@ -118,6 +118,18 @@ def build_tiny_clip(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
+#: stable-diffusion-v1-5's noise schedule (the product switches the scheduler class to Euler).
+SD15_SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    steps_offset=1,
+    timestep_spacing="leading",
+    prediction_type="epsilon",
+)
+
+
 def build_tiny_stable_diffusion(directory: Path, seed: int = 0, safety_checker: bool = True) -> Path:
     """A tiny Stable Diffusion 1.x-shaped pipeline, saved like a hub repository.
 
@@ -147,14 +159,7 @@ def build_tiny_stable_diffusion(directory: Path, seed: int = 0, safety_checker: 
         norm_num_groups=32,
         attention_head_dim=8,
     )
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
+    scheduler = EulerDiscreteScheduler(**SD15_SCHEDULER)
     torch.manual_seed(seed)
     vae = AutoencoderKL(
         block_out_channels=[8, 8, 8, 8],
