@@ -80,7 +80,12 @@ class Voice(commands.Cog):
             except discord.HTTPException:
                 pass  # no permission to react: the reply is enough
             reply = await message.reply("👂 Listening…", mention_author=False)
-            data = await attachment.read()
+            try:
+                data = await attachment.read()
+            except discord.HTTPException:
+                job.finish("failed")
+                await reply.edit(content="📥 I couldn't download that voice note — please send it again.")
+                return
             await self.bot.runner.start_voice(message, data, attachment.filename, job, reply)
         except BaseException:
             if not job.finished and job.listener is None:
