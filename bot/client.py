@@ -181,7 +181,7 @@ class VoxCanvasBot(commands.Bot):
             return await super().close()
         self._closing = True
         log.info("shutting down: draining running jobs (up to %.0fs)", SHUTDOWN_GRACE_S)
-        self.executor._accepting = False
+        self.executor.stop_admitting()
         try:
             await self.runner.drain(SHUTDOWN_GRACE_S)
             remaining = await self.executor.shutdown(timeout_s=10)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import functools
 import logging
 import time
 from dataclasses import asdict
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -69,10 +70,7 @@ class ChannelSurface:
         if self.message_id is not None:
             try:
                 message = channel.get_partial_message(self.message_id)
-                kwargs: dict[str, Any] = {"content": content, "embed": embed, "view": view}
-                if files is not None:
-                    kwargs["attachments"] = files
-                return await message.edit(**kwargs)
+                return await message.edit(**_edit_kwargs(content, embed, files, view))
             except discord.NotFound:
                 self.message_id = None  # deleted: post a new one
         reference = None
@@ -93,28 +91,33 @@ class ChannelSurface:
 
 
 class InteractionSurface:
-    """The interaction's original response while its token lives; then the channel."""
+    """An interaction's original response while its token lives (Discord gives 15 minutes);
+    then the channel. Built for a live interaction, or — after a restart — from the token a
+    previous process stored; edits are idempotent, so a redelivery replaces, never duplicates."""
 
-    def __init__(self, interaction: discord.Interaction, fallback: ChannelSurface) -> None:
-        self.interaction = interaction
+    def __init__(self, edit: Callable[..., Awaitable[discord.Message]], created_at: float, fallback: ChannelSurface) -> None:
+        self._edit = edit
+        self.created_at = created_at
         self.fallback = fallback
         self.expired = False
-        self.message_id: int | None = None
+
+    @classmethod
+    def live(cls, interaction: discord.Interaction, fallback: ChannelSurface) -> InteractionSurface:
+        return cls(interaction.edit_original_response, interaction.created_at.timestamp(), fallback)
+
+    @classmethod
+    def stored(cls, bot: VoxCanvasBot, token: str, created_at: float, fallback: ChannelSurface) -> InteractionSurface:
+        webhook = discord.Webhook.partial(bot.application_id, token, client=bot)
+        return cls(functools.partial(webhook.edit_message, "@original"), created_at, fallback)
 
     @property
     def token_alive(self) -> bool:
-        age = (discord.utils.utcnow() - self.interaction.created_at).total_seconds()
-        return not self.expired and age < TOKEN_LIFETIME_S - TOKEN_SAFETY_S
+        return not self.expired and time.time() - self.created_at < TOKEN_LIFETIME_S - TOKEN_SAFETY_S
 
     async def show(self, content: str, *, embed=None, files=None, view=None) -> discord.Message | None:
         if self.token_alive:
-            kwargs: dict[str, Any] = {"content": content, "embed": embed, "view": view}
-            if files is not None:
-                kwargs["attachments"] = files
             try:
-                message = await self.interaction.edit_original_response(**kwargs)
-                self.message_id = message.id
-                return message
+                return await self._edit(**_edit_kwargs(content, embed, files, view))
             except discord.HTTPException as exc:
                 if not (isinstance(exc, discord.NotFound) or exc.code in EXPIRED_TOKEN_CODES or exc.status == 401):
                     raise
@@ -123,35 +126,12 @@ class InteractionSurface:
         return await self.fallback.show(content, embed=embed, files=files, view=view)
 
 
-class StoredInteractionSurface:
-    """The original response of an interaction a previous process deferred, reached through its
-    webhook token while the token lives (after a restart within Discord's 15 minutes); then the
-    channel. Edits are idempotent, so a redelivery after a crash replaces, never duplicates."""
-
-    def __init__(self, bot: VoxCanvasBot, token: str, created_at: float, fallback: ChannelSurface) -> None:
-        self.bot = bot
-        self.token = token
-        self.created_at = created_at
-        self.fallback = fallback
-        self.expired = False
-
-    @property
-    def token_alive(self) -> bool:
-        return not self.expired and time.time() - self.created_at < TOKEN_LIFETIME_S - TOKEN_SAFETY_S
-
-    async def show(self, content: str, *, embed=None, files=None, view=None) -> discord.Message | None:
-        if self.token_alive:
-            webhook = discord.Webhook.partial(self.bot.application_id, self.token, client=self.bot)
-            kwargs: dict[str, Any] = {"content": content, "embed": embed, "view": view}
-            if files is not None:
-                kwargs["attachments"] = files
-            try:
-                return await webhook.edit_message("@original", **kwargs)  # type: ignore[arg-type]
-            except discord.HTTPException as exc:
-                if not (isinstance(exc, discord.NotFound) or exc.code in EXPIRED_TOKEN_CODES or exc.status == 401):
-                    raise
-                self.expired = True
-        return await self.fallback.show(content, embed=embed, files=files, view=view)
+def _edit_kwargs(content: str, embed, files, view) -> dict[str, Any]:
+    """Arguments for a message edit; attachments are replaced only when files are given."""
+    kwargs: dict[str, Any] = {"content": content, "embed": embed, "view": view}
+    if files is not None:
+        kwargs["attachments"] = files
+    return kwargs
 
 
 class ProgressReporter:
@@ -234,7 +214,7 @@ class JobRunner:
         except BaseException:
             job.finish("failed")
             raise
-        surface = InteractionSurface(interaction, self._channel_surface(job, interaction.channel_id, None))
+        surface = InteractionSurface.live(interaction, self._channel_surface(job, interaction.channel_id, None))
         self._spawn(job, surface, lambda j: self.studio.run(j, idea))
 
     async def start_voice(self, message: discord.Message, audio: bytes, filename: str, job: Job, reply: discord.Message) -> None:
@@ -277,7 +257,7 @@ class JobRunner:
         except BaseException:
             job.finish("failed")
             raise
-        surface = InteractionSurface(interaction, self._channel_surface(job, interaction.channel_id, None))
+        surface = InteractionSurface.live(interaction, self._channel_surface(job, interaction.channel_id, None))
         if kind == "regenerate":
             self._spawn(job, surface, lambda j: self.studio.regenerate(j, previous, init_image=init_image))
         else:
@@ -460,7 +440,7 @@ class JobRunner:
             record.id,
         )
         if record.interaction_token and record.interaction_created_at:
-            return StoredInteractionSurface(self.bot, record.interaction_token, record.interaction_created_at, channel)
+            return InteractionSurface.stored(self.bot, record.interaction_token, record.interaction_created_at, channel)
         return channel
 
     async def _redeliver(self, record) -> None:
@@ -543,10 +523,8 @@ def _idea_to_dict(idea: Idea) -> dict:
 
 
 def _idea_from_record(record) -> Idea:
-    raw = record.idea
-    data = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
     fields = set(Idea.__dataclass_fields__) - {"audio", "init_image"}
-    return Idea(**{k: v for k, v in data.items() if k in fields})
+    return Idea(**{k: v for k, v in record.idea.items() if k in fields})
 
 
 def _audio_ext(filename: str | None) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
 import discord
@@ -111,8 +110,8 @@ class Imagine(commands.Cog):
             return
         lines = []
         for r in records:
-            when = f"<t:{int(_epoch(r.created_at))}:R>"
-            title = (r.title or _idea_text(r) or "untitled")[:80]
+            when = f"<t:{int(r.created_at)}:R>"  # the store keeps UTC epoch seconds
+            title = (r.title or r.idea.get("text") or "untitled")[:80]
             score = f"{r.score}/100" if r.score is not None else r.state
             link = ""
             if r.delivered_message_id and r.delivered_channel_id:
@@ -141,24 +140,6 @@ def _image_problem(image: discord.Attachment) -> str | None:
     if image.size > MAX_IMAGE_BYTES:
         return f"The image is {image.size / 1e6:.1f} MB; please attach one under {MAX_IMAGE_BYTES // 1_000_000} MB."
     return None
-
-
-def _epoch(value) -> float:
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        from datetime import datetime
-
-        return datetime.fromisoformat(str(value)).timestamp()
-    except ValueError:
-        return time.time()
-
-
-def _idea_text(record) -> str | None:
-    import json
-
-    idea = record.idea if isinstance(record.idea, dict) else json.loads(record.idea or "{}")
-    return idea.get("text")
 
 
 async def setup(bot: VoxCanvasBot) -> None:

@@ -282,6 +282,10 @@ class GPUExecutor:
         return [job.id for job in self._jobs.values() if not job.finished]
 
     # --- admission ---------------------------------------------------------------------------
+    def stop_admitting(self) -> None:
+        """New jobs are refused with :class:`ShuttingDown`; queued and running work goes on."""
+        self._accepting = False
+
     def admit(self, user_id: str | int, job_id: str | None = None, *, force: bool = False) -> Job:
         """Take a slot for a user's job or raise a user-facing error.
 
@@ -342,7 +346,8 @@ class GPUExecutor:
         return await self._submit(job, "transcribe", lambda: self.engine.transcriber.transcribe(audio, task=task), ())
 
     async def render(self, job: Job, request: RenderRequest) -> RenderedImage:
-        request = request.validated()
+        # Validating an init image decodes it: tens of ms for a large one, so not on the loop.
+        request = await asyncio.to_thread(request.validated) if request.init_image else request.validated()
         return await self._submit(job, "render", None, (), request=request)
 
     async def review(self, job: Job, image: Image.Image, scene: Scene, prompt: str) -> QAReport:
@@ -410,17 +415,22 @@ class GPUExecutor:
         """Pending items in the order they would be served (without batching)."""
         started = sorted((it for it in self._pending if it.job is None or it.job.started), key=lambda it: it.seq)
         fresh = [it for it in self._pending if not (it.job is None or it.job.started)]
-        by_user: dict[str, list[_Item]] = collections.defaultdict(list)
-        for it in sorted(fresh, key=lambda it: (it.job.seq, it.seq)):
-            by_user[it.job.user_id].append(it)
-        ring = self._rotated_users(by_user.keys())
-        ordered: list[_Item] = []
-        queues = [collections.deque(by_user[u]) for u in ring]
+        fresh.sort(key=lambda it: (it.job.seq, it.seq))
+        return started + self._round_robin(fresh, user_of=lambda it: it.job.user_id)
+
+    def _round_robin(self, entries: list, *, user_of: Callable[[Any], str]) -> list:
+        """``entries`` (already in each user's own order) interleaved one per user per round,
+        starting with the user after the one served last."""
+        by_user: dict[str, list] = collections.defaultdict(list)
+        for entry in entries:
+            by_user[user_of(entry)].append(entry)
+        queues = [collections.deque(by_user[u]) for u in self._rotated_users(by_user.keys())]
+        ordered: list = []
         while any(queues):
             for q in queues:
                 if q:
                     ordered.append(q.popleft())
-        return started + ordered
+        return ordered
 
     def _rotated_users(self, users) -> list[str]:
         ring = [u for u in self._user_order if u in users]
@@ -623,27 +633,16 @@ class GPUExecutor:
             self._loop.call_soon_threadsafe(self._notify_positions)
 
     def _notify_positions(self) -> None:
-        """Tell waiting jobs their new place in the queue."""
-        for job in list(self._jobs.values()):
-            if not job.started and job.listener is not None and not job.finished:
-                pos = self.position_of(job)
-                self._emit(job, ProgressEvent(job.id, "queued", position=pos, eta_s=self.eta_of(job)))
+        """Tell waiting jobs their new place in the queue (the order is computed once)."""
+        for pos, job in enumerate(self._service_order(), start=1):
+            if job.listener is not None:
+                self._emit(job, ProgressEvent(job.id, "queued", position=pos, eta_s=self._eta_at(pos)))
 
     # --- queue positions and ETAs ------------------------------------------------------------
     def _service_order(self) -> list[Job]:
         """Unfinished jobs that have not started, in the order they will be served."""
-        waiting = [j for j in self._jobs.values() if not j.finished and not j.started]
-        by_user: dict[str, list[Job]] = collections.defaultdict(list)
-        for j in sorted(waiting, key=lambda j: j.seq):
-            by_user[j.user_id].append(j)
-        ring = self._rotated_users(by_user.keys())
-        queues = [collections.deque(by_user[u]) for u in ring]
-        order: list[Job] = []
-        while any(queues):
-            for q in queues:
-                if q:
-                    order.append(q.popleft())
-        return order
+        waiting = sorted((j for j in self._jobs.values() if not j.finished and not j.started), key=lambda j: j.seq)
+        return self._round_robin(waiting, user_of=lambda j: j.user_id)
 
     def position_of(self, job: Job) -> int | None:
         if job.started or job.finished:
@@ -659,8 +658,9 @@ class GPUExecutor:
 
     def eta_of(self, job: Job) -> float | None:
         pos = self.position_of(job)
-        if pos is None:
-            return None
+        return None if pos is None else self._eta_at(pos)
+
+    def _eta_at(self, pos: int) -> float:
         running = sum(1 for j in self._jobs.values() if j.started and not j.finished)
         # Jobs ahead (and the ones running) share the GPU; batches serve several at once.
         mean_batch = self._mean_batch_size()

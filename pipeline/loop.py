@@ -237,33 +237,18 @@ class Studio:
         """The Regenerate button: the last correction prompt (or the prompt), a new seed,
         guidance +1.5; then review again (and correct again if still below the threshold)."""
         last = previous.rounds[-1]
-        request = RenderRequest(
+        request = _request_like(
+            last,
             prompt=last.correction_prompt or last.prompt,
-            negative_prompt=last.negative_prompt,
-            seed=None,
-            steps=last.steps,
             guidance=min(MAX_GUIDANCE, last.guidance + GUIDANCE_STEP),
-            width=last.width,
-            height=last.height,
             init_image=init_image,
-            strength=last.strength or 0.75,
         )
         return await self._follow_up(job, previous, request, kind="regenerate")
 
     async def vary(self, job: Job, previous: Result, *, init_image: bytes | None = None) -> Output:
         """The Vary button: the shown picture's prompt and settings with a new seed."""
         best = previous.best
-        request = RenderRequest(
-            prompt=best.prompt,
-            negative_prompt=best.negative_prompt,
-            seed=None,
-            steps=best.steps,
-            guidance=best.guidance,
-            width=best.width,
-            height=best.height,
-            init_image=init_image,
-            strength=best.strength or 0.75,
-        )
+        request = _request_like(best, prompt=best.prompt, guidance=best.guidance, init_image=init_image)
         return await self._follow_up(job, previous, request, kind="vary")
 
     # --- internals -------------------------------------------------------------------------------
@@ -343,7 +328,7 @@ class Studio:
                     score=report.alignment_score,
                     missing_elements=list(report.missing_elements),
                     correction_prompt=report.correction_prompt or None,
-                    critic_notes=getattr(report, "notes", None) or None,
+                    critic_notes=report.notes or None,
                     critic=critic_used,
                     render_s=render_s,
                     review_s=review_s,
@@ -440,6 +425,21 @@ class Studio:
                 log.exception("progress listener failed")
 
 
+def _request_like(round_: Round, *, prompt: str, guidance: float, init_image: bytes | None) -> RenderRequest:
+    """A new render with a round's size, steps, negative prompt and strength, and a new seed."""
+    return RenderRequest(
+        prompt=prompt,
+        negative_prompt=round_.negative_prompt,
+        seed=None,
+        steps=round_.steps,
+        guidance=guidance,
+        width=round_.width,
+        height=round_.height,
+        init_image=init_image,
+        strength=round_.strength or 0.75,
+    )
+
+
 def _join_negative(scene_negative: str, user_negative: str | None) -> str:
     parts = [p.strip() for p in (user_negative or "", scene_negative or "") if p and p.strip()]
     return ", ".join(parts)
@@ -447,7 +447,7 @@ def _join_negative(scene_negative: str, user_negative: str | None) -> str:
 
 def _palette_for(scene: Scene, image) -> tuple[list[str], str]:
     """The director's palette when it chose one on purpose; else the rendered image's colours."""
-    if scene.palette and getattr(scene, "palette_source", "director") != "default":
+    if scene.palette and scene.palette_source != "default":
         return list(scene.palette), "director"
     return extract_palette(image, 5), "image"
 

@@ -2021,12 +2021,7 @@ class FakeDiscord:
         body = req.json or {}
         if msg["author"]["id"] != str(self.bot_user.id) and set(body) - {"flags"}:
             return _error(403, "Cannot edit a message authored by another user", 50005)
-        problem = self._check_message_body(body, req.files, creating=False)
-        if problem is not None:
-            return problem
-        self._apply_edit(msg, body, req.files)
-        await self._dispatch_message_event("MESSAGE_UPDATE", msg, is_bot=True)
-        return _json_response(msg)
+        return await self._edit_stored(msg, req)
 
     async def _delete_message(self, req: _Request) -> web.Response:
         channel = self._channel_or_404(req)
@@ -2315,6 +2310,10 @@ class FakeDiscord:
         msg = self._webhook_message(req, inter)
         if isinstance(msg, web.Response):
             return msg
+        return await self._edit_stored(msg, req)
+
+    async def _edit_stored(self, msg: dict[str, Any], req: _Request) -> web.Response:
+        """Validate and apply an edit (channel or webhook route), then tell the gateway."""
         body = req.json or {}
         problem = self._check_message_body(body, req.files, creating=False)
         if problem is not None:
