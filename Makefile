@@ -13,11 +13,12 @@ STAMP := $(VENV)/.voxcanvas-installed
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: run test bench install system-deps clean help
+.PHONY: run test lint bench install system-deps clean help
 
 help:
 	@echo "make run    start the Discord bot (needs DISCORD_TOKEN in .env — see .env.example)"
 	@echo "make test   install everything into $(VENV) and run the test suite"
+	@echo "make lint   ruff format check, ruff lint, mypy (part of make test)"
 	@echo "make bench  run the benchmarks (CPU mode; BENCH_MODE=gpu on a GPU machine)"
 
 install: $(STAMP)
@@ -39,7 +40,13 @@ system-deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
 	fi
 
-test: $(STAMP) system-deps
+# ruff (format + lint) and mypy (strict on pipeline/, bot/, cogs/) first: seconds, and CI fails on them.
+lint: $(STAMP)
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test: lint system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 run: $(STAMP)

@@ -39,7 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "architectures with random weights on a CUDA GPU).",
     )
     parser.add_argument("--mode", choices=("cpu", "gpu"), default="cpu")
-    parser.add_argument("--out", type=Path, default=report.RESULTS_DIR, help="results directory (default bench/results)")
+    parser.add_argument(
+        "--out", type=Path, default=report.RESULTS_DIR, help="results directory (default bench/results)"
+    )
     parser.add_argument("--quick", action="store_true", help="a shorter run (cpu: fewer steps and repeats)")
     parser.add_argument(
         "--smoke",
@@ -47,17 +49,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="gpu mode on the CPU: real-size architectures at a tiny resolution and 2 steps, just to "
         "prove the code runs",
     )
-    parser.add_argument("--models", choices=("real", "tiny"), default="real",
-                        help="gpu mode: 'tiny' runs the gpu code on the test suite's tiny models (development)")
-    parser.add_argument("--compile", action="store_true", help="gpu mode: also measure torch.compile (UNet, VAE decoder; Whisper static cache)")
-    parser.add_argument("--compile-mode", default="reduce-overhead",
-                        help="torch.compile mode of the UNet/VAE for --compile (default reduce-overhead: "
-                        "CUDA graphs; 'default' compiles fastest; 'max-autotune' tunes longest)")
-    parser.add_argument("--only", help=f"gpu mode: comma-separated sections of {','.join(GPU_SECTIONS)}; "
-                        "results merge into the same day's file")
+    parser.add_argument(
+        "--models",
+        choices=("real", "tiny"),
+        default="real",
+        help="gpu mode: 'tiny' runs the gpu code on the test suite's tiny models (development)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="gpu mode: also measure torch.compile (UNet, VAE decoder; Whisper static cache)",
+    )
+    parser.add_argument(
+        "--compile-mode",
+        default="reduce-overhead",
+        help="torch.compile mode of the UNet/VAE for --compile (default reduce-overhead: "
+        "CUDA graphs; 'default' compiles fastest; 'max-autotune' tunes longest)",
+    )
+    parser.add_argument(
+        "--only",
+        help=f"gpu mode: comma-separated sections of {','.join(GPU_SECTIONS)}; results merge into the same day's file",
+    )
     parser.add_argument("--repeats", type=int, help="gpu mode: timed repeats per measurement (default 5; smoke 1)")
-    parser.add_argument("--cache", type=Path, default=report.ROOT / ".cache" / "bench-models",
-                        help="where real-size random-weight models are built (about 4.5 GB)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=report.ROOT / ".cache" / "bench-models",
+        help="where real-size random-weight models are built (about 4.5 GB)",
+    )
     parser.add_argument("--docs", type=Path, default=report.DOCS_PATH, help="markdown table to regenerate")
     parser.add_argument("--no-docs", action="store_true", help="do not regenerate the markdown table")
     parser.add_argument("--table", action="store_true", help="only regenerate the markdown table from --out")
@@ -117,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": bool(args.quick),
         "smoke": bool(args.smoke),
         "models": args.models if args.mode == "gpu" else "tiny",
-        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "argv": sys.argv[1:] if argv is None else list(argv),
         "machine": report.machine_info(),
         "metrics": {},
@@ -132,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / name
 
     def save() -> None:
-        results["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        results["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         results["wall_s"] = time.perf_counter() - started_wall
         try:
             results["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -25,9 +25,10 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .models import IDEAS, ensure_tiny_models
 from .report import median, metric, percentile
@@ -61,10 +62,19 @@ def settings_factory(models: dict[str, Path], plan: CpuPlan, data_root: Path) ->
     explicitly, so a developer's environment or .env cannot change what is measured)."""
     from pipeline.settings import Settings
 
-    defaults = {name: Settings.model_fields[name].default for name in (
-        "DYNAMIC_BATCHING", "MAX_BATCH", "BATCH_WINDOW_MS", "MAX_JOBS_PER_USER", "MAX_QUEUE",
-        "GUIDANCE", "SAFETY_CHECKER", "QA_THRESHOLD",
-    )}
+    defaults = {
+        name: Settings.model_fields[name].default
+        for name in (
+            "DYNAMIC_BATCHING",
+            "MAX_BATCH",
+            "BATCH_WINDOW_MS",
+            "MAX_JOBS_PER_USER",
+            "MAX_QUEUE",
+            "GUIDANCE",
+            "SAFETY_CHECKER",
+            "QA_THRESHOLD",
+        )
+    }
     counter = iter(range(1_000_000))
 
     def make(**overrides: Any) -> Settings:
@@ -112,7 +122,7 @@ class FakeDiscordThread:
         await asyncio.to_thread(self.thread.join, 10)
 
     async def _start(self) -> None:
-        from tests.fakes.discord import FakeDiscord
+        from devkit.discord import FakeDiscord
 
         self.fake = FakeDiscord(token=TOKEN)
         await self.fake.start()
@@ -132,7 +142,9 @@ def _footer_job(message: dict) -> str | None:
     return None
 
 
-async def _imagine_timed(fake, options: dict, user, timeout: float = 300.0, cpu: list | None = None) -> tuple[float, str]:
+async def _imagine_timed(
+    fake, options: dict, user, timeout: float = 300.0, cpu: list | None = None
+) -> tuple[float, str]:
     """(fake's loop) Dispatch /imagine; (seconds until the result message is recorded, job id).
     ``cpu`` collects the CPU seconds the fake Discord's thread spent meanwhile."""
     started = time.perf_counter()
@@ -218,7 +230,7 @@ class Heartbeat:
 # (a) bot overhead and (c) event-loop lag: one bot against the fake Discord
 # ------------------------------------------------------------------------------------------------
 async def measure_bot(plan: CpuPlan, make_settings) -> dict[str, Any]:
-    from pipeline.loop import Idea
+    from pipeline.studio import Idea
 
     async with FakeDiscordThread(users=plan.lag_jobs) as discord_thread:
         fake = discord_thread.fake
@@ -234,7 +246,9 @@ async def measure_bot(plan: CpuPlan, make_settings) -> dict[str, Any]:
             import torch
 
             threads = await bot.executor.call(None, "probe", torch.get_num_threads)
-            log.info("bot ready, tiny models loaded in %.1f s; %d torch thread(s) on the executor's thread", load_s, threads)
+            log.info(
+                "bot ready, tiny models loaded in %.1f s; %d torch thread(s) on the executor's thread", load_s, threads
+            )
             user = discord_thread.users[0]
 
             pictures: dict[tuple[str, int], list[bytes]] = {}
@@ -340,7 +354,12 @@ async def measure_bot(plan: CpuPlan, make_settings) -> dict[str, Any]:
             }
             log.info(
                 "event-loop lag during %d-job burst: p50 %.2f ms, p99 %.2f ms, max %.1f ms (%d samples, %.1f s)",
-                plan.lag_jobs, lag["p50_ms"], lag["p99_ms"], lag["max_ms"], len(lags), wall,
+                plan.lag_jobs,
+                lag["p50_ms"],
+                lag["p99_ms"],
+                lag["max_ms"],
+                len(lags),
+                wall,
             )
     return {"overhead": overhead, "lag": lag}
 
@@ -457,7 +476,11 @@ async def measure_batching(plan: CpuPlan, make_settings) -> dict[str, Any]:
         images[batching] = [np.asarray(r.image, dtype=np.int16) for r in rendered]
         log.info(
             "burst of %d renders, batching %s: %.2f s (%.2f images/s), batch sizes %s",
-            plan.burst_jobs, "on" if batching else "off", wall, plan.burst_jobs / wall, hist,
+            plan.burst_jobs,
+            "on" if batching else "off",
+            wall,
+            plan.burst_jobs / wall,
+            hist,
         )
     max_diff = max(int(np.abs(a - b).max()) for a, b in zip(images[True], images[False]))
     on = median([r["images_per_s"] for r in runs[True]])
@@ -509,52 +532,89 @@ async def run(args, results: dict[str, Any]) -> None:
         "bot_overhead": metric(
             f"Bot overhead: /imagine through discord.py + fake Discord vs `Studio.run` (tiny SD {size}, "
             f"median of {o['pairs']} pairs)",
-            o["overhead_pct"], "%", target=("<=", 5.0), fmt="{:.1f}",
+            o["overhead_pct"],
+            "%",
+            target=("<=", 5.0),
+            fmt="{:.1f}",
         ),
         "bot_overhead_ms": metric(
-            "Bot overhead per job (bot − direct, median)", o["overhead_ms_median"], "ms", fmt="{:.0f}",
+            "Bot overhead per job (bot − direct, median)",
+            o["overhead_ms_median"],
+            "ms",
+            fmt="{:.0f}",
         ),
         "batching_ratio": metric(
             f"Burst of {b['jobs']} render jobs (tiny SD {size}): throughput batched (MAX_BATCH "
             f"{b['max_batch']}) ÷ one at a time",
-            b["throughput_ratio"], "×", target=(">=", 2.0), fmt="{:.2f}",
+            b["throughput_ratio"],
+            "×",
+            target=(">=", 2.0),
+            fmt="{:.2f}",
         ),
         "lag_p50": metric(
             f"Event-loop lag p50 during a {lag['jobs']}-job /imagine burst (10 ms heartbeat)",
-            lag["p50_ms"], "ms", fmt="{:.2f}",
+            lag["p50_ms"],
+            "ms",
+            fmt="{:.2f}",
         ),
         "lag_p99": metric(
-            f"Event-loop lag p99 during a {lag['jobs']}-job /imagine burst", lag["p99_ms"], "ms",
-            target=("<=", 50.0), fmt="{:.1f}",
+            f"Event-loop lag p99 during a {lag['jobs']}-job /imagine burst",
+            lag["p99_ms"],
+            "ms",
+            target=("<=", 50.0),
+            fmt="{:.1f}",
         ),
     }
     results["metrics"]["batching_ratio"]["target_note"] = "the GPU target, shown for reference"
     results["details"] = {"bot_overhead": o, "batching": b, "event_loop_lag": lag, "loop_work_512": loop_work}
     results["metrics"]["loop_work_512"] = metric(
         "End-of-job image work at 512² (PNG + palette + swatch; runs in a worker thread, off the event loop)",
-        loop_work["total_ms"], "ms", fmt="{:.0f}",
+        loop_work["total_ms"],
+        "ms",
+        fmt="{:.0f}",
     )
     results["tables"] = [
         {
             "title": "(a) Bot overhead: seconds per job",
             "columns": ["path", "median", "all runs"],
             "rows": [
-                ["/imagine via the fake Discord (dispatch → result message recorded)", f"{o['bot_median_s']:.3f} s",
-                 ", ".join(f"{x:.3f}" for x in o["bot_s"])],
-                ["`Studio.run` directly (same executor, models, idea and seed)", f"{o['direct_median_s']:.3f} s",
-                 ", ".join(f"{x:.3f}" for x in o["direct_s"])],
-                ["overhead: median of per-pair ratios / ratio of medians / per job",
-                 f"{o['overhead_pct']:.1f} %", f"{(o['ratio_of_medians'] - 1) * 100:.1f} % / "
-                 f"{o['overhead_ms_median']:.0f} ms"],
-                ["CPU time per job on the event-loop thread: bot / direct",
-                 f"{o['loop_cpu_ms_bot']:.1f} ms", f"{o['loop_cpu_ms_direct']:.1f} ms"],
-                ["CPU time per job of the fake Discord's thread (the real Discord's work, on this machine's CPUs)",
-                 f"{o['fake_discord_cpu_ms']:.1f} ms", ""],
+                [
+                    "/imagine via the fake Discord (dispatch → result message recorded)",
+                    f"{o['bot_median_s']:.3f} s",
+                    ", ".join(f"{x:.3f}" for x in o["bot_s"]),
+                ],
+                [
+                    "`Studio.run` directly (same executor, models, idea and seed)",
+                    f"{o['direct_median_s']:.3f} s",
+                    ", ".join(f"{x:.3f}" for x in o["direct_s"]),
+                ],
+                [
+                    "overhead: median of per-pair ratios / ratio of medians / per job",
+                    f"{o['overhead_pct']:.1f} %",
+                    f"{(o['ratio_of_medians'] - 1) * 100:.1f} % / {o['overhead_ms_median']:.0f} ms",
+                ],
+                [
+                    "CPU time per job on the event-loop thread: bot / direct",
+                    f"{o['loop_cpu_ms_bot']:.1f} ms",
+                    f"{o['loop_cpu_ms_direct']:.1f} ms",
+                ],
+                [
+                    "CPU time per job of the fake Discord's thread (the real Discord's work, on this machine's CPUs)",
+                    f"{o['fake_discord_cpu_ms']:.1f} ms",
+                    "",
+                ],
             ],
         },
         {
             "title": f"(b) Burst of {b['jobs']} render jobs through GPUExecutor",
-            "columns": ["mode", "images/s (median)", "wall s", "batch sizes (size: calls)", "pipeline call s by batch size", "job latency p50 / p95 s"],
+            "columns": [
+                "mode",
+                "images/s (median)",
+                "wall s",
+                "batch sizes (size: calls)",
+                "pipeline call s by batch size",
+                "job latency p50 / p95 s",
+            ],
             "rows": [
                 [
                     name,
@@ -574,11 +634,20 @@ async def run(args, results: dict[str, Any]) -> None:
             "title": "(c) Event-loop lag, 10 ms heartbeat on the bot's loop",
             "columns": ["when", "p50 ms", "p99 ms", "max ms", "samples"],
             "rows": [
-                ["idle (bot connected, nothing queued)", f"{lag['idle_p50_ms']:.2f}", f"{lag['idle_p99_ms']:.2f}", "", ""],
+                [
+                    "idle (bot connected, nothing queued)",
+                    f"{lag['idle_p50_ms']:.2f}",
+                    f"{lag['idle_p99_ms']:.2f}",
+                    "",
+                    "",
+                ],
                 [
                     f"{lag['jobs']} users send /imagine at once ({lag['burst_wall_s']:.1f} s, "
                     f"{lag['jobs_per_s']:.2f} jobs/s, batch sizes {lag['batch_sizes']})",
-                    f"{lag['p50_ms']:.2f}", f"{lag['p99_ms']:.2f}", f"{lag['max_ms']:.1f}", str(lag["samples"]),
+                    f"{lag['p50_ms']:.2f}",
+                    f"{lag['p99_ms']:.2f}",
+                    f"{lag['max_ms']:.1f}",
+                    str(lag["samples"]),
                 ],
             ],
         },

@@ -45,9 +45,10 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -162,7 +163,9 @@ def _s(x: float | None) -> str:
 
 # ------------------------------------------------------------------------------------------------
 class GpuBench:
-    def __init__(self, args, results: dict, save: Callable[[], None], plan: GpuPlan, models: dict[str, Path], tmp: Path) -> None:
+    def __init__(
+        self, args, results: dict, save: Callable[[], None], plan: GpuPlan, models: dict[str, Path], tmp: Path
+    ) -> None:
         self.args = args
         self.results = results
         self.save = save
@@ -181,9 +184,16 @@ class GpuBench:
     def make_settings(self, **overrides):
         from pipeline.settings import Settings
 
-        defaults = {name: Settings.model_fields[name].default for name in (
-            "DYNAMIC_BATCHING", "MAX_BATCH", "BATCH_WINDOW_MS", "SAFETY_CHECKER", "QA_THRESHOLD",
-        )}
+        defaults = {
+            name: Settings.model_fields[name].default
+            for name in (
+                "DYNAMIC_BATCHING",
+                "MAX_BATCH",
+                "BATCH_WINDOW_MS",
+                "SAFETY_CHECKER",
+                "QA_THRESHOLD",
+            )
+        }
         values: dict[str, Any] = dict(
             defaults,
             DIFFUSION_MODEL=str(self.models["sd15"]),
@@ -227,8 +237,12 @@ class GpuBench:
         synth = self.engine.synthesizer
         self.details["load_s"] = loads
         self.details["device"] = {"device": str(synth.device), "dtype": str(synth.dtype).removeprefix("torch.")}
-        log.info("models loaded through the product on %s/%s: %s", synth.device, synth.dtype,
-                 ", ".join(f"{k} {v:.1f} s" for k, v in loads.items()))
+        log.info(
+            "models loaded through the product on %s/%s: %s",
+            synth.device,
+            synth.dtype,
+            ", ".join(f"{k} {v:.1f} s" for k, v in loads.items()),
+        )
 
     async def stop(self) -> None:
         if self.executor is not None:
@@ -282,20 +296,31 @@ class GpuBench:
         syncs = await self.gpu(self._sync_audit) if _cuda() else None
         self.details["sd"] = {"b1_s": b1, "by_batch": by_batch, "components": components, "sync_audit": syncs}
         label = f"SD 1.5 {plan.size}², Euler {plan.steps} steps, batch 1: seconds per image"
-        self.metrics["sd_b1"] = metric(label, median(b1), "s", target=("<=", 0.30), fmt="{:.3f}",
-                                       note="target set for an H100")
+        self.metrics["sd_b1"] = metric(
+            label, median(b1), "s", target=("<=", 0.30), fmt="{:.3f}", note="target set for an H100"
+        )
         for n, row in by_batch.items():
-            self.metrics[f"sd_ips_b{n}"] = metric(f"SD 1.5 images/s at batch {n}", row["images_per_s"], "img/s", fmt="{:.2f}")
-        _put_table(self.results, {
-            "title": f"SD 1.5 ({plan.size}², {plan.steps} steps, guidance {plan.guidance:g}, safety checker on): batch size",
-            "columns": ["batch", "s per call (median)", "s per image", "images/s", "calls"],
-            "rows": [[n, _s(r["median_s"]), _s(r["median_s"] / n), f"{r['images_per_s']:.2f}", len(r["call_s"])]
-                     for n, r in by_batch.items()],
-        })
+            self.metrics[f"sd_ips_b{n}"] = metric(
+                f"SD 1.5 images/s at batch {n}", row["images_per_s"], "img/s", fmt="{:.2f}"
+            )
+        _put_table(
+            self.results,
+            {
+                "title": f"SD 1.5 ({plan.size}², {plan.steps} steps, guidance {plan.guidance:g}, safety checker on): batch size",
+                "columns": ["batch", "s per call (median)", "s per image", "images/s", "calls"],
+                "rows": [
+                    [n, _s(r["median_s"]), _s(r["median_s"] / n), f"{r['images_per_s']:.2f}", len(r["call_s"])]
+                    for n, r in by_batch.items()
+                ],
+            },
+        )
         c = components
         rows = [
             ["text encoder (prompt + negative, 1 window each)", _ms(c["text_encode_s"])],
-            [f"UNet, one step (batch 2: classifier-free guidance) × {plan.steps}", f"{_ms(c['unet_step_s'])} × {plan.steps} = {_ms(c['unet_step_s'] * plan.steps)}"],
+            [
+                f"UNet, one step (batch 2: classifier-free guidance) × {plan.steps}",
+                f"{_ms(c['unet_step_s'])} × {plan.steps} = {_ms(c['unet_step_s'] * plan.steps)}",
+            ],
             ["VAE decode", _ms(c["vae_decode_s"])],
             ["safety checker", _ms(c.get("safety_checker_s"))],
             ["sum of the parts", _ms(c["sum_s"])],
@@ -303,9 +328,16 @@ class GpuBench:
             ["rest: scheduler, callbacks, PIL conversion, Python", _ms(self.baseline_b1 - c["sum_s"])],
         ]
         if syncs:
-            rows.append(["host syncs per render / per extra denoising step (sync audit)",
-                         f"{syncs['syncs_full']} / {syncs['per_step']:.2f}"])
-        _put_table(self.results, {"title": "SD 1.5 at batch 1: where the time goes (ms)", "columns": ["part", "ms"], "rows": rows})
+            rows.append(
+                [
+                    "host syncs per render / per extra denoising step (sync audit)",
+                    f"{syncs['syncs_full']} / {syncs['per_step']:.2f}",
+                ]
+            )
+        _put_table(
+            self.results,
+            {"title": "SD 1.5 at batch 1: where the time goes (ms)", "columns": ["part", "ms"], "rows": rows},
+        )
 
     def _components(self) -> dict[str, Any]:
         import torch
@@ -314,22 +346,37 @@ class GpuBench:
         dev, dtype = synth.device, synth.dtype
         out: dict[str, Any] = {}
         with torch.inference_mode():
-            out["text_encode_s"] = median(time_calls(
-                lambda: (synth._encode([IDEAS[0]], 1), synth._encode([""], 1)), self.repeats * 2, self.plan.warmup))
+            out["text_encode_s"] = median(
+                time_calls(
+                    lambda: (synth._encode([IDEAS[0]], 1), synth._encode([""], 1)), self.repeats * 2, self.plan.warmup
+                )
+            )
             side = plan.size // 8
             latents = torch.randn(2, 4, side, side, device=dev, dtype=dtype)
             embeds = torch.randn(2, 77, pipe.text_encoder.config.hidden_size, device=dev, dtype=dtype)
             timestep = torch.tensor(500, device=dev)
-            out["unet_step_s"] = median(time_calls(
-                lambda: pipe.unet(latents, timestep, encoder_hidden_states=embeds).sample, self.repeats * 2, self.plan.warmup))
+            out["unet_step_s"] = median(
+                time_calls(
+                    lambda: pipe.unet(latents, timestep, encoder_hidden_states=embeds).sample,
+                    self.repeats * 2,
+                    self.plan.warmup,
+                )
+            )
             latent1 = latents[:1] / pipe.vae.config.scaling_factor
-            out["vae_decode_s"] = median(time_calls(lambda: pipe.vae.decode(latent1).sample, self.repeats, self.plan.warmup))
+            out["vae_decode_s"] = median(
+                time_calls(lambda: pipe.vae.decode(latent1).sample, self.repeats, self.plan.warmup)
+            )
             if pipe.safety_checker is not None:
                 image = pipe.vae.decode(latent1).sample.clamp(-1, 1)
-                out["safety_checker_s"] = median(time_calls(
-                    lambda: pipe.run_safety_checker(image, dev, dtype), self.repeats, self.plan.warmup))
-        out["sum_s"] = (out["text_encode_s"] + plan.steps * out["unet_step_s"] + out["vae_decode_s"]
-                        + out.get("safety_checker_s", 0.0))
+                out["safety_checker_s"] = median(
+                    time_calls(lambda: pipe.run_safety_checker(image, dev, dtype), self.repeats, self.plan.warmup)
+                )
+        out["sum_s"] = (
+            out["text_encode_s"]
+            + plan.steps * out["unet_step_s"]
+            + out["vae_decode_s"]
+            + out.get("safety_checker_s", 0.0)
+        )
         return out
 
     def _sync_audit(self) -> dict[str, Any]:
@@ -382,15 +429,29 @@ class GpuBench:
                 def undo():
                     pipe.to(dtype=before)
                     synth.dtype = before
+
                 return undo
+
             return apply
 
         if cuda:
-            options.append(("fp32 instead of fp16", "all SD weights fp32 (torch defaults: TF32 for convolutions only)", True,
-                             dtype_swap(torch.float32)))
+            options.append(
+                (
+                    "fp32 instead of fp16",
+                    "all SD weights fp32 (torch defaults: TF32 for convolutions only)",
+                    True,
+                    dtype_swap(torch.float32),
+                )
+            )
         elif self.args.models == "tiny":
-            options.append(("fp16 instead of fp32", "all weights fp16 (CPU, tiny models: code path only)", False,
-                            dtype_swap(torch.float16)))
+            options.append(
+                (
+                    "fp16 instead of fp32",
+                    "all weights fp16 (CPU, tiny models: code path only)",
+                    False,
+                    dtype_swap(torch.float16),
+                )
+            )
 
         def classic_attention():
             from diffusers.models.attention_processor import AttnProcessor
@@ -402,9 +463,17 @@ class GpuBench:
             def undo():
                 pipe.unet.set_attn_processor(saved["unet"])
                 pipe.vae.set_attn_processor(saved["vae"])
+
             return undo
 
-        options.append(("classic attention instead of SDPA", "AttnProcessor (matmul + softmax) in UNet and VAE", True, classic_attention))
+        options.append(
+            (
+                "classic attention instead of SDPA",
+                "AttnProcessor (matmul + softmax) in UNet and VAE",
+                True,
+                classic_attention,
+            )
+        )
 
         def unet_memory_format(fmt):
             def apply():
@@ -413,14 +482,24 @@ class GpuBench:
 
                 def undo():
                     pipe.unet.to(memory_format=before)
+
                 return undo
+
             return apply
 
         if cuda:
-            options.append(("UNet contiguous instead of channels_last", "UNet weights in NCHW", True,
-                            unet_memory_format(torch.contiguous_format)))
+            options.append(
+                (
+                    "UNet contiguous instead of channels_last",
+                    "UNet weights in NCHW",
+                    True,
+                    unet_memory_format(torch.contiguous_format),
+                )
+            )
         else:
-            options.append(("UNet channels_last", "UNet weights in NHWC", False, unet_memory_format(torch.channels_last)))
+            options.append(
+                ("UNet channels_last", "UNet weights in NHWC", False, unet_memory_format(torch.channels_last))
+            )
 
         def vae_channels_last():
             pipe.vae.to(memory_format=torch.channels_last)
@@ -436,22 +515,35 @@ class GpuBench:
                 pipe.unfuse_qkv_projections()
                 pipe.unet.set_attn_processor(saved["unet"])
                 pipe.vae.set_attn_processor(saved["vae"])
+
             return undo
 
-        options.append(("fused QKV projections", "pipe.fuse_qkv_projections(): one matmul for q, k, v", False, fused_qkv))
+        options.append(
+            ("fused QKV projections", "pipe.fuse_qkv_projections(): one matmul for q, k, v", False, fused_qkv)
+        )
 
         if cuda:
+
             def cudnn_benchmark():
                 before = torch.backends.cudnn.benchmark
                 torch.backends.cudnn.benchmark = True
 
                 def undo():
                     torch.backends.cudnn.benchmark = before
+
                 return undo
 
-            options.append(("cuDNN benchmark", "torch.backends.cudnn.benchmark = True (autotuned convolutions)", False, cudnn_benchmark))
+            options.append(
+                (
+                    "cuDNN benchmark",
+                    "torch.backends.cudnn.benchmark = True (autotuned convolutions)",
+                    False,
+                    cudnn_benchmark,
+                )
+            )
 
         if pipe.safety_checker is not None:
+
             def no_safety_checker():
                 checker = pipe.safety_checker
                 pipe.safety_checker = None
@@ -487,14 +579,32 @@ class GpuBench:
         vae = await self.gpu(self._vae_precision) if _cuda() else None
         if vae:
             details["vae_decode_precision"] = vae
-            rows.append(["VAE decode in fp32 (upcast)", "VAE alone, fp32 vs fp16", "no",
-                         f"{_ms(vae['fp16_s'])} ms", f"{_ms(vae['fp32_s'])} ms", f"{vae['fp16_s'] / vae['fp32_s']:.2f}×"])
+            rows.append(
+                [
+                    "VAE decode in fp32 (upcast)",
+                    "VAE alone, fp32 vs fp16",
+                    "no",
+                    f"{_ms(vae['fp16_s'])} ms",
+                    f"{_ms(vae['fp32_s'])} ms",
+                    f"{vae['fp16_s'] / vae['fp32_s']:.2f}×",
+                ]
+            )
         self.details["options"] = details
-        _put_table(self.results, {
-            "title": "Speed options at batch 1 (s per image; speed-up = how much faster WITH the option)",
-            "columns": ["option", "what", "in the product today", "product as is", "variant", "speed-up of the option"],
-            "rows": rows,
-        })
+        _put_table(
+            self.results,
+            {
+                "title": "Speed options at batch 1 (s per image; speed-up = how much faster WITH the option)",
+                "columns": [
+                    "option",
+                    "what",
+                    "in the product today",
+                    "product as is",
+                    "variant",
+                    "speed-up of the option",
+                ],
+                "rows": rows,
+            },
+        )
 
     def _vae_precision(self) -> dict[str, float]:
         import torch
@@ -510,7 +620,11 @@ class GpuBench:
                 fp32 = median(time_calls(lambda: vae.decode(z32).sample, self.repeats, self.plan.warmup))
             finally:
                 vae.to(torch.float16)
-        return {"fp16_s": fp16, "fp32_s": fp32, "force_upcast_in_config": bool(getattr(vae.config, "force_upcast", False))}
+        return {
+            "fp16_s": fp16,
+            "fp32_s": fp32,
+            "force_upcast_in_config": bool(getattr(vae.config, "force_upcast", False)),
+        }
 
     # --- whisper --------------------------------------------------------------------------------
     async def section_whisper(self) -> None:
@@ -558,7 +672,11 @@ class GpuBench:
                         undo = await self.gpu(apply)
                         tokens.clear()
                         times = await self.gpu(time_calls, once_on_gpu, self.repeats, plan.warmup)
-                        variants[name] = {"s": times, "median_s": median(times), "tokens": tokens[-1] if tokens else None}
+                        variants[name] = {
+                            "s": times,
+                            "median_s": median(times),
+                            "tokens": tokens[-1] if tokens else None,
+                        }
                         rows.append([name, _s(median(times)), variants[name]["tokens"]])
                     except Exception as exc:
                         log.warning("whisper variant %s failed: %s", name, exc)
@@ -570,22 +688,39 @@ class GpuBench:
         finally:
             del tr.model.generate  # the instance attribute: back to the class's method
             job.finish("done")
-        self.details["whisper"] = {"clip_s": plan.whisper_seconds, "product_s": product, "decoded_tokens": decoded,
-                                   "text_tokens_shaped": WHISPER_TEXT_TOKENS, "parts": parts, "variants": variants,
-                                   "num_beams": tr.num_beams}
+        self.details["whisper"] = {
+            "clip_s": plan.whisper_seconds,
+            "product_s": product,
+            "decoded_tokens": decoded,
+            "text_tokens_shaped": WHISPER_TEXT_TOKENS,
+            "parts": parts,
+            "variants": variants,
+            "num_beams": tr.num_beams,
+        }
         self.metrics["whisper"] = metric(
             f"Whisper large-v3-turbo, {plan.whisper_seconds:g} s clip ({WHISPER_TEXT_TOKENS} text tokens, beam {tr.num_beams})",
-            median(product), "s", target=("<=", 0.25), fmt="{:.3f}")
+            median(product),
+            "s",
+            target=("<=", 0.25),
+            fmt="{:.3f}",
+        )
         if "greedy (num_beams=1)" in variants and "median_s" in variants["greedy (num_beams=1)"]:
-            self.metrics["whisper_greedy"] = metric("Whisper, same clip, greedy decoding",
-                                                    variants["greedy (num_beams=1)"]["median_s"], "s", fmt="{:.3f}")
+            self.metrics["whisper_greedy"] = metric(
+                "Whisper, same clip, greedy decoding", variants["greedy (num_beams=1)"]["median_s"], "s", fmt="{:.3f}"
+            )
         rows += [
             ["part: log-mel features (CPU, in the product)", _s(parts["features_s"]), ""],
             ["part: encoder, one 30 s window", _s(parts["encoder_s"]), ""],
             ["part: language/no-speech probe (encoder + 1 decoder step)", _s(parts["probe_s"]), ""],
         ]
-        _put_table(self.results, {"title": f"Whisper large-v3-turbo on a {plan.whisper_seconds:g} s clip (s)",
-                                  "columns": ["variant", "seconds (median)", "tokens decoded (with <|endoftext|>)"], "rows": rows})
+        _put_table(
+            self.results,
+            {
+                "title": f"Whisper large-v3-turbo on a {plan.whisper_seconds:g} s clip (s)",
+                "columns": ["variant", "seconds (median)", "tokens decoded (with <|endoftext|>)"],
+                "rows": rows,
+            },
+        )
 
     def _whisper_parts(self, audio: np.ndarray) -> dict[str, float]:
         import torch
@@ -619,6 +754,7 @@ class GpuBench:
 
         variants.append(("eager attention instead of SDPA", eager))
         if _cuda():
+
             def fp32():
                 before = tr.dtype
                 tr.model.to(torch.float32)
@@ -627,6 +763,7 @@ class GpuBench:
                 def undo():
                     tr.model.to(before)
                     tr.dtype = before
+
                 return undo
 
             variants.append(("fp32 instead of fp16", fp32))
@@ -658,11 +795,14 @@ class GpuBench:
         self.details["clip"] = {"review_s": times, "texts": 1 + len(scene.elements), "image_px": image.size}
         self.metrics["clip_review"] = metric(
             f"CLIP ViT-L/14 review ({1 + len(scene.elements)} texts vs a {image.size[0]}² picture)",
-            median(times), "s", fmt="{:.3f}")
+            median(times),
+            "s",
+            fmt="{:.3f}",
+        )
 
     # --- the whole loop ---------------------------------------------------------------------------
     async def section_loop(self) -> None:
-        from pipeline.loop import Idea, Studio
+        from pipeline.studio import Idea, Studio
 
         plan = self.plan
         note = wav_bytes(speech_like(plan.whisper_seconds))
@@ -688,19 +828,30 @@ class GpuBench:
                 for stage, secs in output.result.timings.items():
                     stages[stage].append(secs)
             details[name] = {"total_s": totals, "stages_s": dict(stages), "rounds": n_rounds}
-            rows.append([name, _s(median(totals)), max(n_rounds)] +
-                        [_s(median(stages[s])) if stages.get(s) else "—" for s in ("decode", "transcribe", "direct", "render", "review")])
+            rows.append(
+                [name, _s(median(totals)), max(n_rounds)]
+                + [
+                    _s(median(stages[s])) if stages.get(s) else "—"
+                    for s in ("decode", "transcribe", "direct", "render", "review")
+                ]
+            )
             log.info("loop %s: %.3f s", name, median(totals))
         self.details["loop"] = details
         voice0 = details["voice note, QA_MAX_ROUNDS=0"]
         self.metrics["loop_voice"] = metric(
             f"Full loop without Gemini: {plan.whisper_seconds:g} s voice note → checked picture (one round)",
-            median(voice0["total_s"]), "s", fmt="{:.3f}")
-        _put_table(self.results, {
-            "title": "Full loop without Gemini (Studio.run through the executor; seconds, medians)",
-            "columns": ["case", "total", "rounds", "decode", "transcribe", "direct", "render", "review"],
-            "rows": rows,
-        })
+            median(voice0["total_s"]),
+            "s",
+            fmt="{:.3f}",
+        )
+        _put_table(
+            self.results,
+            {
+                "title": "Full loop without Gemini (Studio.run through the executor; seconds, medians)",
+                "columns": ["case", "total", "rounds", "decode", "transcribe", "direct", "render", "review"],
+                "rows": rows,
+            },
+        )
 
     # --- bursts ---------------------------------------------------------------------------------
     async def _render_burst(self, n: int, tag: str) -> dict[str, Any]:
@@ -712,8 +863,17 @@ class GpuBench:
         async def one(i, job):
             submitted = time.perf_counter()
             try:
-                await ex.render(job, RenderRequest(prompt=IDEAS[i % len(IDEAS)], seed=1000 + i, steps=self.plan.steps,
-                                                   guidance=self.plan.guidance, width=self.plan.size, height=self.plan.size))
+                await ex.render(
+                    job,
+                    RenderRequest(
+                        prompt=IDEAS[i % len(IDEAS)],
+                        seed=1000 + i,
+                        steps=self.plan.steps,
+                        guidance=self.plan.guidance,
+                        width=self.plan.size,
+                        height=self.plan.size,
+                    ),
+                )
             finally:
                 job.finish("done")
             return time.perf_counter() - submitted
@@ -723,12 +883,16 @@ class GpuBench:
         latencies = await asyncio.gather(*(one(i, j) for i, j in enumerate(jobs)))
         wall = time.perf_counter() - started
         after = dict(ex.metrics().batch_sizes)
-        return {"wall_s": wall, "images_per_s": n / wall,
-                "batch_sizes": {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)},
-                "latency_p50_s": percentile(latencies, 50), "latency_p95_s": percentile(latencies, 95)}
+        return {
+            "wall_s": wall,
+            "images_per_s": n / wall,
+            "batch_sizes": {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)},
+            "latency_p50_s": percentile(latencies, 50),
+            "latency_p95_s": percentile(latencies, 95),
+        }
 
     async def _loop_burst(self, n: int, tag: str) -> dict[str, Any]:
-        from pipeline.loop import Idea, Studio
+        from pipeline.studio import Idea, Studio
 
         studio = Studio(self.settings, self.executor)
         jobs = [self.executor.admit(f"{tag}-{i}") for i in range(n)]
@@ -744,8 +908,12 @@ class GpuBench:
         started = time.perf_counter()
         latencies = await asyncio.gather(*(one(i, j) for i, j in enumerate(jobs)))
         wall = time.perf_counter() - started
-        return {"wall_s": wall, "jobs_per_s": n / wall,
-                "latency_p50_s": percentile(latencies, 50), "latency_p95_s": percentile(latencies, 95)}
+        return {
+            "wall_s": wall,
+            "jobs_per_s": n / wall,
+            "latency_p50_s": percentile(latencies, 50),
+            "latency_p95_s": percentile(latencies, 95),
+        }
 
     async def burst(self, label: str, batches: tuple[int, ...], *, loop_burst: bool = True) -> dict[str, Any]:
         """Render bursts with the executor's batch limit at 1 (what DYNAMIC_BATCHING=false sets) and at
@@ -761,13 +929,20 @@ class GpuBench:
                 if plan.warmup:
                     await self._render_burst(max_batch, "warm")  # this batch shape once, untimed
                 runs[max_batch] = await self._render_burst(plan.burst_jobs, f"burst{max_batch}")
-                log.info("%s burst, MAX_BATCH %d: %.2f images/s %s", label, max_batch,
-                         runs[max_batch]["images_per_s"], runs[max_batch]["batch_sizes"])
+                log.info(
+                    "%s burst, MAX_BATCH %d: %.2f images/s %s",
+                    label,
+                    max_batch,
+                    runs[max_batch]["images_per_s"],
+                    runs[max_batch]["batch_sizes"],
+                )
             if loop_burst:
                 for max_batch in (1, batches[0]):
                     ex.max_batch = max_batch
                     loops[max_batch] = await self._loop_burst(plan.burst_jobs, f"loop{max_batch}")
-                    log.info("%s loop burst, MAX_BATCH %d: %.2f jobs/s", label, max_batch, loops[max_batch]["jobs_per_s"])
+                    log.info(
+                        "%s loop burst, MAX_BATCH %d: %.2f jobs/s", label, max_batch, loops[max_batch]["jobs_per_s"]
+                    )
         finally:
             ex.max_batch = default
         return {"render": runs, "loop": loops}
@@ -780,30 +955,66 @@ class GpuBench:
         default = plan.burst_batches[0]
         self.metrics["burst_ratio"] = metric(
             f"Burst of {plan.burst_jobs} render jobs: throughput batched (MAX_BATCH {default}) ÷ one at a time",
-            runs[default]["images_per_s"] / runs[1]["images_per_s"], "×", target=(">=", 2.0), fmt="{:.2f}")
+            runs[default]["images_per_s"] / runs[1]["images_per_s"],
+            "×",
+            target=(">=", 2.0),
+            fmt="{:.2f}",
+        )
         for mb in plan.burst_batches[1:]:
             self.metrics[f"burst_ratio_{mb}"] = metric(
                 f"Burst of {plan.burst_jobs} render jobs: batched (MAX_BATCH {mb}) ÷ one at a time",
-                runs[mb]["images_per_s"] / runs[1]["images_per_s"], "×", fmt="{:.2f}")
+                runs[mb]["images_per_s"] / runs[1]["images_per_s"],
+                "×",
+                fmt="{:.2f}",
+            )
         if loops:
             self.metrics["loop_burst_ratio"] = metric(
                 f"Burst of {plan.burst_jobs} whole text jobs (render + CLIP review): batched ÷ one at a time",
-                loops[default]["jobs_per_s"] / loops[1]["jobs_per_s"], "×", fmt="{:.2f}")
+                loops[default]["jobs_per_s"] / loops[1]["jobs_per_s"],
+                "×",
+                fmt="{:.2f}",
+            )
         self._burst_table("Burst", result)
 
     def _burst_table(self, title: str, result: dict[str, Any]) -> None:
         runs, loops = result["render"], result["loop"]
-        rows = [[f"renders, MAX_BATCH {mb}", f"{r['images_per_s']:.2f} images/s", f"{r['wall_s']:.2f}",
-                 f"{r['images_per_s'] / runs[1]['images_per_s']:.2f}×", str(r["batch_sizes"]),
-                 f"{r['latency_p50_s']:.2f} / {r['latency_p95_s']:.2f}"] for mb, r in runs.items()]
-        rows += [[f"whole text jobs, MAX_BATCH {mb}", f"{r['jobs_per_s']:.2f} jobs/s", f"{r['wall_s']:.2f}",
-                  f"{r['jobs_per_s'] / loops[1]['jobs_per_s']:.2f}×", "", f"{r['latency_p50_s']:.2f} / {r['latency_p95_s']:.2f}"]
-                 for mb, r in loops.items()]
-        _put_table(self.results, {
-            "title": f"{title} of {self.plan.burst_jobs} jobs from {self.plan.burst_jobs} users through GPUExecutor",
-            "columns": ["run", "throughput", "wall s", "vs one at a time", "batch sizes (size: calls)", "job latency p50 / p95 s"],
-            "rows": rows,
-        })
+        rows = [
+            [
+                f"renders, MAX_BATCH {mb}",
+                f"{r['images_per_s']:.2f} images/s",
+                f"{r['wall_s']:.2f}",
+                f"{r['images_per_s'] / runs[1]['images_per_s']:.2f}×",
+                str(r["batch_sizes"]),
+                f"{r['latency_p50_s']:.2f} / {r['latency_p95_s']:.2f}",
+            ]
+            for mb, r in runs.items()
+        ]
+        rows += [
+            [
+                f"whole text jobs, MAX_BATCH {mb}",
+                f"{r['jobs_per_s']:.2f} jobs/s",
+                f"{r['wall_s']:.2f}",
+                f"{r['jobs_per_s'] / loops[1]['jobs_per_s']:.2f}×",
+                "",
+                f"{r['latency_p50_s']:.2f} / {r['latency_p95_s']:.2f}",
+            ]
+            for mb, r in loops.items()
+        ]
+        _put_table(
+            self.results,
+            {
+                "title": f"{title} of {self.plan.burst_jobs} jobs from {self.plan.burst_jobs} users through GPUExecutor",
+                "columns": [
+                    "run",
+                    "throughput",
+                    "wall s",
+                    "vs one at a time",
+                    "batch sizes (size: calls)",
+                    "job latency p50 / p95 s",
+                ],
+                "rows": rows,
+            },
+        )
 
     # --- torch.compile --------------------------------------------------------------------------
     async def section_compile(self) -> None:
@@ -817,25 +1028,53 @@ class GpuBench:
             times = b1 if n == 1 else await self.gpu(time_calls, self.render_fn(n), self.repeats, self.plan.warmup)
             by_batch[n] = {"median_s": median(times), "images_per_s": n / median(times)}
         burst = await self.burst("compiled", (plan.burst_batches[0],))
-        self.details["compile"] = {"mode": mode, "warmup_s_by_bucket": warm, "b1_s": b1, "by_batch": by_batch,
-                                   "burst": burst}
+        self.details["compile"] = {
+            "mode": mode,
+            "warmup_s_by_bucket": warm,
+            "b1_s": b1,
+            "by_batch": by_batch,
+            "burst": burst,
+        }
         self.metrics["burst_ratio_compiled"] = metric(
             f"Burst of {plan.burst_jobs} render jobs with torch.compile: batched (MAX_BATCH {plan.burst_batches[0]}, "
             "padded) ÷ one at a time",
-            burst["render"][plan.burst_batches[0]]["images_per_s"] / burst["render"][1]["images_per_s"], "×",
-            target=(">=", 2.0), fmt="{:.2f}", note="option, not the product default")
+            burst["render"][plan.burst_batches[0]]["images_per_s"] / burst["render"][1]["images_per_s"],
+            "×",
+            target=(">=", 2.0),
+            fmt="{:.2f}",
+            note="option, not the product default",
+        )
         self.metrics["sd_b1_compiled"] = metric(
-            f"SD 1.5 {plan.size}², {plan.steps} steps, batch 1 with torch.compile ({mode})", median(b1), "s",
-            target=("<=", 0.30), fmt="{:.3f}", note="option, not the product default")
-        rows = [["warm-up (compile) per padded batch size", ", ".join(f"{k}: {v:.0f} s" for k, v in warm.items()), "", ""],
-                ["batch 1, s per image", _s(baseline), _s(median(b1)), f"{baseline / median(b1):.2f}×"]]
+            f"SD 1.5 {plan.size}², {plan.steps} steps, batch 1 with torch.compile ({mode})",
+            median(b1),
+            "s",
+            target=("<=", 0.30),
+            fmt="{:.3f}",
+            note="option, not the product default",
+        )
+        rows = [
+            ["warm-up (compile) per padded batch size", ", ".join(f"{k}: {v:.0f} s" for k, v in warm.items()), "", ""],
+            ["batch 1, s per image", _s(baseline), _s(median(b1)), f"{baseline / median(b1):.2f}×"],
+        ]
         eager = self.details.get("sd", {}).get("by_batch", {})
         for n, r in by_batch.items():
             before = eager.get(n, {}).get("images_per_s")
-            rows.append([f"images/s at batch {n}", f"{before:.2f}" if before else "—", f"{r['images_per_s']:.2f}",
-                         f"{r['images_per_s'] / before:.2f}×" if before else ""])
-        _put_table(self.results, {"title": f"torch.compile ({mode}; UNet + VAE decoder, batches padded to {list(plan.compile_buckets)})",
-                                  "columns": ["", "eager (product)", "compiled", "speed-up"], "rows": rows})
+            rows.append(
+                [
+                    f"images/s at batch {n}",
+                    f"{before:.2f}" if before else "—",
+                    f"{r['images_per_s']:.2f}",
+                    f"{r['images_per_s'] / before:.2f}×" if before else "",
+                ]
+            )
+        _put_table(
+            self.results,
+            {
+                "title": f"torch.compile ({mode}; UNet + VAE decoder, batches padded to {list(plan.compile_buckets)})",
+                "columns": ["", "eager (product)", "compiled", "speed-up"],
+                "rows": rows,
+            },
+        )
         self._burst_table("Burst with torch.compile", burst)
 
     def _compile_unet_vae(self, mode: str) -> dict[int, float]:
@@ -895,12 +1134,20 @@ class GpuBench:
         self.details["whisper_compile"] = {"first_call_s": first, "s": times, "median_s": median(times)}
         self.metrics["whisper_compiled"] = metric(
             f"Whisper large-v3-turbo, {self.plan.whisper_seconds:g} s clip, static cache + torch.compile",
-            median(times), "s", target=("<=", 0.25), fmt="{:.3f}", note="option, not the product default")
-        _put_table(self.results, {
-            "title": "Whisper with a static KV cache + compiled forward (reduce-overhead)",
-            "columns": ["", "eager (product)", "compiled"],
-            "rows": [["first call (compiles)", "", _s(first)], ["20 s clip, median", _s(eager), _s(median(times))]],
-        })
+            median(times),
+            "s",
+            target=("<=", 0.25),
+            fmt="{:.3f}",
+            note="option, not the product default",
+        )
+        _put_table(
+            self.results,
+            {
+                "title": "Whisper with a static KV cache + compiled forward (reduce-overhead)",
+                "columns": ["", "eager (product)", "compiled"],
+                "rows": [["first call (compiles)", "", _s(first)], ["20 s clip, median", _s(eager), _s(median(times))]],
+            },
+        )
 
 
 def _memory_format(module) -> Any:
@@ -908,7 +1155,11 @@ def _memory_format(module) -> Any:
 
     for p in module.parameters():
         if p.dim() == 4:
-            return torch.channels_last if p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() else torch.contiguous_format
+            return (
+                torch.channels_last
+                if p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+                else torch.contiguous_format
+            )
     return torch.contiguous_format
 
 
@@ -939,9 +1190,17 @@ async def run(args, results: dict, *, path: Path, save: Callable[[], None]) -> N
     else:
         models = ensure_real_models(Path(args.cache))
     build_s = time.perf_counter() - started
-    results["settings"] = {"plan": asdict(plan), "sections": sections, "repeats": args.repeats or plan.repeats,
-                           "models": args.models, "cache": str(args.cache), "compile_mode": args.compile_mode,
-                           "width": plan.size, "height": plan.size, "steps": plan.steps}
+    results["settings"] = {
+        "plan": asdict(plan),
+        "sections": sections,
+        "repeats": args.repeats or plan.repeats,
+        "models": args.models,
+        "cache": str(args.cache),
+        "compile_mode": args.compile_mode,
+        "width": plan.size,
+        "height": plan.size,
+        "steps": plan.steps,
+    }
     results.setdefault("details", {})["build_or_cache_s"] = build_s
     results["notes"] = _notes(plan, args)
     save()
@@ -982,8 +1241,11 @@ def _notes(plan: GpuPlan, args) -> list[str]:
         "DYNAMIC_BATCHING=false sets) so the models, GPU thread and any compiled graphs stay the same.",
     ]
     if args.smoke:
-        notes.insert(0, "SMOKE RUN on the CPU: real-size architectures at a tiny resolution and 2 steps, "
-                        "to prove the code runs. These numbers are not GPU measurements.")
+        notes.insert(
+            0,
+            "SMOKE RUN on the CPU: real-size architectures at a tiny resolution and 2 steps, "
+            "to prove the code runs. These numbers are not GPU measurements.",
+        )
     if args.models == "tiny":
         notes.insert(0, "TINY MODELS: development run of the gpu code on the test suite's models.")
     return notes

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from tests import builders
+from devkit import builders
 
 log = logging.getLogger(__name__)
 
@@ -421,7 +421,9 @@ def ensure_real_models(cache_dir: Path, names=tuple(REAL_BUILDERS)) -> dict[str,
     return out
 
 
-def ensure_tiny_models(cache_dir: Path, names=("sd15", "clip-vit-large-patch14", "whisper-large-v3-turbo")) -> dict[str, Path]:
+def ensure_tiny_models(
+    cache_dir: Path, names=("sd15", "clip-vit-large-patch14", "whisper-large-v3-turbo")
+) -> dict[str, Path]:
     """The test suite's tiny models (``tests/builders.py``), built into ``cache_dir``. A name not
     built maps to a directory that does not exist (for settings that never load it)."""
     cache_dir = Path(cache_dir)

@@ -131,8 +131,13 @@ def git_state() -> dict[str, Any] | None:
 
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                capture_output=True, text=True, timeout=10)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if commit.returncode != 0:
@@ -150,7 +155,9 @@ def machine_label(machine: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------
 # Files
 # ------------------------------------------------------------------------------------------------
-def result_name(mode: str, *, quick: bool = False, smoke: bool = False, tiny: bool = False, date: str | None = None) -> str:
+def result_name(
+    mode: str, *, quick: bool = False, smoke: bool = False, tiny: bool = False, date: str | None = None
+) -> str:
     date = date or dt.date.today().isoformat()
     tag = mode
     if tiny:
@@ -265,7 +272,9 @@ def _machine_line(data: dict[str, Any]) -> str:
         f"transformers {m.get('transformers')}",
     ]
     if m.get("git"):
-        parts.append(f"commit {m['git']['commit'][:10]}{' + uncommitted changes' if m['git']['uncommitted_changes'] else ''}")
+        parts.append(
+            f"commit {m['git']['commit'][:10]}{' + uncommitted changes' if m['git']['uncommitted_changes'] else ''}"
+        )
     if m.get("torch_threads_gpu_thread") is not None:
         parts.append(f"{m['torch_threads_gpu_thread']} torch thread(s) on the executor's thread")
     if m.get("load_avg_at_start") is not None:

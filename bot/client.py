@@ -20,8 +20,8 @@ from discord.ext import commands
 
 from pipeline.errors import VoxCanvasError
 from pipeline.executor import GPUExecutor
-from pipeline.loop import Studio
 from pipeline.settings import Settings
+from pipeline.studio import Studio
 
 from .runtime import JobRunner
 from .store import JobStore
@@ -120,7 +120,9 @@ class VoxCanvasBot(commands.Bot):
             log.error("model warm-up failed: %s", exc)
 
     async def on_ready(self) -> None:
-        log.info("connected as %s (id %s) to %d guild(s)", self.user, self.user.id if self.user else "?", len(self.guilds))
+        log.info(
+            "connected as %s (id %s) to %d guild(s)", self.user, self.user.id if self.user else "?", len(self.guilds)
+        )
 
     # --- slash-command sync ----------------------------------------------------------------
     def _command_fingerprint(self) -> str:
@@ -160,7 +162,9 @@ class VoxCanvasBot(commands.Bot):
         elif isinstance(error, app_commands.CheckFailure):
             text = "🚫 You can't use that command here."
         else:
-            log.exception("unhandled error in /%s", interaction.command.name if interaction.command else "?", exc_info=original)
+            log.exception(
+                "unhandled error in /%s", interaction.command.name if interaction.command else "?", exc_info=original
+            )
             text = "😵 Sorry — something broke on my side. I've logged it; please try again."
         try:
             if interaction.response.is_done():

@@ -11,7 +11,7 @@ import io
 import discord
 
 from pipeline.executor import ProgressEvent
-from pipeline.loop import Result
+from pipeline.studio import Result
 
 EMBED_COLOUR_OK = 0x2ECC71
 EMBED_COLOUR_LOW = 0xF1C40F
@@ -20,10 +20,26 @@ IMAGE_NAME = "image.png"
 PALETTE_NAME = "palette.png"
 
 LANGUAGE_NAMES = {
-    "en": "English", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian",
-    "pt": "Portuguese", "nl": "Dutch", "pl": "Polish", "ru": "Russian", "uk": "Ukrainian",
-    "ja": "Japanese", "ko": "Korean", "zh": "Chinese", "ar": "Arabic", "hi": "Hindi",
-    "tr": "Turkish", "sv": "Swedish", "fi": "Finnish", "da": "Danish", "no": "Norwegian",
+    "en": "English",
+    "de": "German",
+    "fr": "French",
+    "es": "Spanish",
+    "it": "Italian",
+    "pt": "Portuguese",
+    "nl": "Dutch",
+    "pl": "Polish",
+    "ru": "Russian",
+    "uk": "Ukrainian",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "zh": "Chinese",
+    "ar": "Arabic",
+    "hi": "Hindi",
+    "tr": "Turkish",
+    "sv": "Swedish",
+    "fi": "Finnish",
+    "da": "Danish",
+    "no": "Norwegian",
 }
 
 
@@ -80,7 +96,9 @@ def result_embed(result: Result) -> discord.Embed:
         embed.add_field(name="Tags", value=_clip(" · ".join(result.tags)), inline=False)
     embed.add_field(name="Palette", value=" ".join(f"`{c}`" for c in result.palette), inline=False)
     embed.add_field(name="Directed by", value=provider_line(result.director, result.director_fallback), inline=True)
-    embed.add_field(name="Judged by", value=provider_line(result.critic, result.critic_fallback, critic=True), inline=True)
+    embed.add_field(
+        name="Judged by", value=provider_line(result.critic, result.critic_fallback, critic=True), inline=True
+    )
     embed.add_field(name="Time", value=f"{result.total_s:.1f} s", inline=True)
     embed.set_image(url=f"attachment://{IMAGE_NAME}")
     embed.set_footer(text=f"job {result.job_id}")

@@ -14,15 +14,15 @@ import contextlib
 import functools
 import logging
 import time
-from dataclasses import asdict
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import discord
 
 from pipeline.errors import BadRequest, VoxCanvasError
 from pipeline.executor import Job, ProgressEvent
-from pipeline.loop import Idea, Output, Result, new_job_id
+from pipeline.studio import Idea, Output, Result, new_job_id
 
 from . import render
 from .views import result_view
@@ -95,7 +95,9 @@ class InteractionSurface:
     then the channel. Built for a live interaction, or — after a restart — from the token a
     previous process stored; edits are idempotent, so a redelivery replaces, never duplicates."""
 
-    def __init__(self, edit: Callable[..., Awaitable[discord.Message]], created_at: float, fallback: ChannelSurface) -> None:
+    def __init__(
+        self, edit: Callable[..., Awaitable[discord.Message]], created_at: float, fallback: ChannelSurface
+    ) -> None:
         self._edit = edit
         self.created_at = created_at
         self.fallback = fallback
@@ -140,7 +142,9 @@ class ProgressReporter:
     The first edit waits ``first_delay``: a job that finishes sooner goes straight from Discord's
     "thinking…" (or the "Listening…" reply) to its result, with no progress edits at all."""
 
-    def __init__(self, surface, interval: float = PROGRESS_INTERVAL_S, first_delay: float = FIRST_PROGRESS_DELAY_S) -> None:
+    def __init__(
+        self, surface, interval: float = PROGRESS_INTERVAL_S, first_delay: float = FIRST_PROGRESS_DELAY_S
+    ) -> None:
         self.surface = surface
         self.interval = interval
         self.first_delay = first_delay
@@ -217,7 +221,9 @@ class JobRunner:
         surface = InteractionSurface.live(interaction, self._channel_surface(job, interaction.channel_id, None))
         self._spawn(job, surface, lambda j: self.studio.run(j, idea))
 
-    async def start_voice(self, message: discord.Message, audio: bytes, filename: str, job: Job, reply: discord.Message) -> None:
+    async def start_voice(
+        self, message: discord.Message, audio: bytes, filename: str, job: Job, reply: discord.Message
+    ) -> None:
         """A voice note, already admitted and acknowledged with ``reply`` (the progress message)."""
         idea = Idea(audio=audio, audio_filename=filename)
         try:
@@ -418,8 +424,10 @@ class JobRunner:
                 if record.kind == "regenerate":
                     return lambda j: self.studio.regenerate(j, previous, init_image=init_image)
                 return lambda j: self.studio.vary(j, previous, init_image=init_image)
+
             async def gone(j):
                 raise BadRequest("The picture this was based on has been deleted, so I can't rework it.")
+
             return gone
         idea.audio = await self.store.read_audio(record.id)
         idea.init_image = await self.store.read_init_image(record.id)
@@ -454,7 +462,11 @@ class JobRunner:
             if record.state == "done" and record.result_json:
                 result = Result.model_validate_json(record.result_json)
                 await self._deliver(
-                    record.id, surface, result, await self.store.read_image(record.id), await self.store.read_palette(record.id)
+                    record.id,
+                    surface,
+                    result,
+                    await self.store.read_image(record.id),
+                    await self.store.read_palette(record.id),
                 )
             else:
                 await self._deliver_text(record.id, surface, f"⚠️ {record.error or render.apology(record.id)}")
@@ -470,7 +482,9 @@ class JobRunner:
             async for message in channel.history(limit=50):
                 if message.author.id != self.bot.user.id:
                     continue
-                if any(e.footer and e.footer.text == marker for e in message.embeds) or record.id in (message.content or ""):
+                if any(e.footer and e.footer.text == marker for e in message.embeds) or record.id in (
+                    message.content or ""
+                ):
                     return message
         except discord.HTTPException as exc:
             log.info("could not read channel history for job %s: %s", record.id, exc)

@@ -48,9 +48,10 @@ import sqlite3
 import time
 import urllib.parse
 import uuid
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, Literal, TypeVar, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import aiosqlite
 
@@ -173,10 +174,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         (
             "ALTER TABLE jobs ADD COLUMN delivery_nonce TEXT",
             "ALTER TABLE jobs ADD COLUMN delivery_started_at REAL",
-            "UPDATE jobs SET delivery_nonce = lower(hex(randomblob(10))) "
-            "WHERE delivery_nonce IS NULL",
-            "CREATE INDEX jobs_with_token ON jobs (interaction_created_at) "
-            "WHERE interaction_token IS NOT NULL",
+            "UPDATE jobs SET delivery_nonce = lower(hex(randomblob(10))) WHERE delivery_nonce IS NULL",
+            "CREATE INDEX jobs_with_token ON jobs (interaction_created_at) WHERE interaction_token IS NOT NULL",
         ),
     ),
 )
@@ -276,9 +275,7 @@ def _atomic_write(path: Path, data: bytes, *, durable: bool) -> None:
         raise
 
 
-def _write_files(
-    directory: Path, files: Iterable[tuple[str, bytes]], *, durable: bool, new_dir: bool = False
-) -> None:
+def _write_files(directory: Path, files: Iterable[tuple[str, bytes]], *, durable: bool, new_dir: bool = False) -> None:
     """Write ``files`` atomically into ``directory`` (created; must not exist if ``new_dir``)."""
     created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=not new_dir)
@@ -307,9 +304,7 @@ def _remove_tree(path: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 # Opening: errors with something to do about them
 # ------------------------------------------------------------------------------------------------
-def _open_error(
-    db_path: Path, exc: BaseException, busy_timeout_ms: int = BUSY_TIMEOUT_MS
-) -> StoreError:
+def _open_error(db_path: Path, exc: BaseException, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> StoreError:
     text = str(exc) or type(exc).__name__
     low = text.lower()
     if "locked" in low or "busy" in low:
@@ -318,16 +313,13 @@ def _open_error(
             f"{busy_timeout_ms / 1000:g} s busy timeout). Stop the other VoxCanvas or sqlite3 "
             "session using it, then start again."
         )
-    if "readonly" in low or "read-only" in low or "unable to open" in low or isinstance(
-        exc, PermissionError
-    ):
+    if "readonly" in low or "read-only" in low or "unable to open" in low or isinstance(exc, PermissionError):
         return StoreError(
             f"{db_path} can't be opened for writing ({text}). Make DATA_DIR a directory the "
             "VoxCanvas user can write to."
         )
     return StoreError(
-        f"{db_path} is not a valid database ({text}). Move it aside to start fresh, or restore "
-        "it from a backup."
+        f"{db_path} is not a valid database ({text}). Move it aside to start fresh, or restore it from a backup."
     )
 
 
@@ -417,9 +409,7 @@ class JobStore:
         conn: aiosqlite.Connection | None = None
         try:
             try:
-                conn = await aiosqlite.connect(
-                    db_path, isolation_level=None, timeout=busy_timeout_ms / 1000
-                )
+                conn = await aiosqlite.connect(db_path, isolation_level=None, timeout=busy_timeout_ms / 1000)
                 conn.row_factory = sqlite3.Row
                 await cls._check_and_migrate(conn, db_path, busy_timeout_ms, durable)
             except (sqlite3.Error, OSError) as exc:
@@ -434,9 +424,7 @@ class JobStore:
             cls._release_lock(lock_fd)
             raise
         active = await store.count_active()
-        log.info(
-            "job store open: %s (schema v%d, %d unfinished job(s))", db_path, SCHEMA_VERSION, active
-        )
+        log.info("job store open: %s (schema v%d, %d unfinished job(s))", db_path, SCHEMA_VERSION, active)
         return store
 
     @staticmethod
@@ -509,9 +497,7 @@ class JobStore:
                 "by this version."
             )
         if version == 0:
-            tables = await scalar(
-                "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
-            )
+            tables = await scalar("SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
             if tables:
                 raise StoreError(
                     f"{db_path} is an SQLite database but not a VoxCanvas one (it has {tables} "
@@ -545,8 +531,7 @@ class JobStore:
                 if conn.in_transaction:
                     await conn.execute("ROLLBACK")
                 raise
-            log.info("%s: migrated to schema v%d (%s)", db_path, migration.version,
-                     migration.description)
+            log.info("%s: migrated to schema v%d (%s)", db_path, migration.version, migration.description)
         # Write probe (rewrites the header's version): proves the file is writable and not held
         # by another writer right now.
         await conn.execute("BEGIN IMMEDIATE")
@@ -679,8 +664,7 @@ class JobStore:
 
         async def body(conn: aiosqlite.Connection) -> JobRecord:
             cursor = await conn.execute(
-                f"UPDATE jobs SET {assignments}, updated_at = ? "
-                f"WHERE id = ? AND state IN ({marks})",
+                f"UPDATE jobs SET {assignments}, updated_at = ? WHERE id = ? AND state IN ({marks})",
                 (*params, self._now(), job_id, *states),
             )
             row = await self._fetch(conn, job_id)
@@ -736,9 +720,7 @@ class JobStore:
 
         if files:
             try:
-                await asyncio.to_thread(
-                    _write_files, directory, files, durable=self._durable, new_dir=True
-                )
+                await asyncio.to_thread(_write_files, directory, files, durable=self._durable, new_dir=True)
             except FileExistsError:
                 raise ValueError(f"job id {job_id!r} is already taken") from None
             except OSError as exc:
@@ -755,9 +737,23 @@ class JobStore:
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, 0, ?, ?)
                 """,
                 (
-                    job_id, user_id, guild_id, channel_id, kind, parent_job_id, idea_json,
-                    source_message_id, interaction_id, interaction_token, interaction_created_at,
-                    progress_message_id, audio_file, init_file, secrets.token_hex(10), now, now,
+                    job_id,
+                    user_id,
+                    guild_id,
+                    channel_id,
+                    kind,
+                    parent_job_id,
+                    idea_json,
+                    source_message_id,
+                    interaction_id,
+                    interaction_token,
+                    interaction_created_at,
+                    progress_message_id,
+                    audio_file,
+                    init_file,
+                    secrets.token_hex(10),
+                    now,
+                    now,
                 ),
             )
             row = await self._fetch(conn, job_id)
@@ -807,9 +803,7 @@ class JobStore:
 
     async def read_palette(self, job_id: str) -> bytes:
         record = await self._require(job_id)
-        return await self._read_job_file(
-            job_id, record.palette_file, "That picture isn't ready yet."
-        )
+        return await self._read_job_file(job_id, record.palette_file, "That picture isn't ready yet.")
 
     async def read_audio(self, job_id: str) -> bytes | None:
         record = await self._require(job_id)
@@ -825,9 +819,7 @@ class JobStore:
 
     async def unfinished(self) -> list[JobRecord]:
         """Queued and running jobs, oldest first: re-queue these at start-up."""
-        rows = await self._read(
-            "SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at, rowid"
-        )
+        rows = await self._read("SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at, rowid")
         return [self._record(r) for r in rows]
 
     async def undelivered(self) -> list[JobRecord]:
@@ -855,9 +847,7 @@ class JobStore:
     async def count_active(self, user_id: int | None = None) -> int:
         """Queued + running jobs, of one user or of everyone."""
         if user_id is None:
-            rows = await self._read(
-                "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')"
-            )
+            rows = await self._read("SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')")
         else:
             rows = await self._read(
                 "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running') AND user_id = ?",
@@ -868,9 +858,7 @@ class JobStore:
     # --- state transitions ---------------------------------------------------------------------
     async def mark_running(self, job_id: str) -> JobRecord:
         """queued/running → running; ``attempts`` + 1 (a re-run after a crash counts again)."""
-        return await self._update_active(
-            job_id, "state = 'running', attempts = attempts + 1", ()
-        )
+        return await self._update_active(job_id, "state = 'running', attempts = attempts + 1", ())
 
     async def set_progress_message(self, job_id: str, message_id: int | None) -> None:
         async def body(conn: aiosqlite.Connection) -> None:
@@ -901,8 +889,7 @@ class JobStore:
         directory = self.job_dir(job_id)
         marker = json.dumps({"result_json": result_json, "score": score, "title": title})
         try:
-            await asyncio.to_thread(self._write_result_files, directory, image_png, palette_png,
-                                    marker.encode())
+            await asyncio.to_thread(self._write_result_files, directory, image_png, palette_png, marker.encode())
         except OSError as exc:
             log.error("job %s: can't save its picture: %s", job_id, exc)
             raise StoreError() from exc
@@ -914,22 +901,14 @@ class JobStore:
         except JobStateError:  # cancelled/failed while rendering: drop the unused picture
             current = await self.get(job_id)
             if current is not None and current.image_file is None:
-                await asyncio.to_thread(
-                    _unlink_all, directory, (IMAGE_FILE, PALETTE_FILE, RESULT_MARKER)
-                )
+                await asyncio.to_thread(_unlink_all, directory, (IMAGE_FILE, PALETTE_FILE, RESULT_MARKER))
             raise
 
-    def _write_result_files(
-        self, directory: Path, image_png: bytes, palette_png: bytes, marker: bytes
-    ) -> None:
-        _write_files(
-            directory, [(IMAGE_FILE, image_png), (PALETTE_FILE, palette_png)], durable=self._durable
-        )
+    def _write_result_files(self, directory: Path, image_png: bytes, palette_png: bytes, marker: bytes) -> None:
+        _write_files(directory, [(IMAGE_FILE, image_png), (PALETTE_FILE, palette_png)], durable=self._durable)
         _write_files(directory, [(RESULT_MARKER, marker)], durable=self._durable)
 
-    async def _finish_row(
-        self, job_id: str, result_json: str, score: int | None, title: str | None
-    ) -> JobRecord:
+    async def _finish_row(self, job_id: str, result_json: str, score: int | None, title: str | None) -> JobRecord:
         now = self._now()
         record = await self._update_active(
             job_id,
@@ -940,23 +919,17 @@ class JobStore:
         log.info("job %s: done (score %s)", job_id, score)
         return record
 
-    async def fail(
-        self, job_id: str, error: str, *, state: Literal["failed", "cancelled"] = "failed"
-    ) -> JobRecord:
+    async def fail(self, job_id: str, error: str, *, state: Literal["failed", "cancelled"] = "failed") -> JobRecord:
         """queued/running → failed or cancelled, with the message to show the user."""
         if state not in ("failed", "cancelled"):
             raise ValueError(f"state must be 'failed' or 'cancelled', not {state!r}")
-        record = await self._update_active(
-            job_id, "state = ?, error = ?, finished_at = ?", (state, error, self._now())
-        )
+        record = await self._update_active(job_id, "state = ?, error = ?, finished_at = ?", (state, error, self._now()))
         log.info("job %s: %s", job_id, state)
         return record
 
     async def begin_delivery(self, job_id: str) -> JobRecord:
         """Note that a send is about to happen (call right before posting the result)."""
-        return await self._update_active(
-            job_id, "delivery_started_at = ?", (self._now(),), states=FINISHED_STATES
-        )
+        return await self._update_active(job_id, "delivery_started_at = ?", (self._now(),), states=FINISHED_STATES)
 
     async def record_delivery(self, job_id: str, *, message_id: int, channel_id: int) -> bool:
         """The result was posted: remember where, and forget the interaction token.
@@ -1044,8 +1017,7 @@ class JobStore:
         known = {r[0] for r in await self._read("SELECT id FROM jobs")}
         await asyncio.to_thread(self._remove_job_dirs, removed, known, cutoff)
         if removed:
-            log.info("purged %d job(s) finished more than %d day(s) ago", len(removed),
-                     older_than_days)
+            log.info("purged %d job(s) finished more than %d day(s) ago", len(removed), older_than_days)
         return len(removed)
 
     def _remove_job_dirs(self, removed: list[str], known: set[str], cutoff: float) -> None:
@@ -1071,8 +1043,7 @@ class JobStore:
                 result_json = data["result_json"]
                 json.loads(result_json)
             except (ValueError, KeyError, TypeError):
-                log.warning("job %s: unreadable %s after a crash; it will run again", job_id,
-                            RESULT_MARKER)
+                log.warning("job %s: unreadable %s after a crash; it will run again", job_id, RESULT_MARKER)
                 with contextlib.suppress(OSError):
                     (self.job_dir(job_id) / RESULT_MARKER).unlink()
                 continue
@@ -1144,8 +1115,10 @@ def main(argv: list[str] | None = None) -> int:
             raise _open_error(db_path, exc) from exc
         finally:
             conn.close()
-        print(f"{db_path}: schema v{version} (this VoxCanvas: v{SCHEMA_VERSION}), {jobs} job(s), "
-              f"integrity: {'; '.join(check[:5])}")
+        print(
+            f"{db_path}: schema v{version} (this VoxCanvas: v{SCHEMA_VERSION}), {jobs} job(s), "
+            f"integrity: {'; '.join(check[:5])}"
+        )
         return 0 if check == ["ok"] else 1
     except StoreError as exc:
         print(f"error: {exc}")

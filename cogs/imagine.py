@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from pipeline.director import STYLES
-from pipeline.loop import Idea
+from pipeline.studio import Idea
 from pipeline.synthesis import MAX_SEED, MAX_STEPS
 
 if TYPE_CHECKING:
@@ -28,7 +28,9 @@ class Imagine(commands.Cog):
     def __init__(self, bot: VoxCanvasBot) -> None:
         self.bot = bot
 
-    @app_commands.command(name="imagine", description="Turn an idea into a picture, checked and corrected automatically")
+    @app_commands.command(
+        name="imagine", description="Turn an idea into a picture, checked and corrected automatically"
+    )
     @app_commands.describe(
         prompt="What should the picture show?",
         negative_prompt="Things to keep out of the picture",
@@ -106,7 +108,9 @@ class Imagine(commands.Cog):
     async def history(self, interaction: discord.Interaction, count: app_commands.Range[int, 1, 20] = 10) -> None:
         records = await self.bot.store.history(interaction.user.id, limit=count)
         if not records:
-            await interaction.response.send_message("No pictures yet — try /imagine or send a voice note!", ephemeral=True)
+            await interaction.response.send_message(
+                "No pictures yet — try /imagine or send a voice note!", ephemeral=True
+            )
             return
         lines = []
         for r in records:
@@ -116,7 +120,9 @@ class Imagine(commands.Cog):
             link = ""
             if r.delivered_message_id and r.delivered_channel_id:
                 guild = r.guild_id or "@me"
-                link = f" · [open](https://discord.com/channels/{guild}/{r.delivered_channel_id}/{r.delivered_message_id})"
+                link = (
+                    f" · [open](https://discord.com/channels/{guild}/{r.delivered_channel_id}/{r.delivered_message_id})"
+                )
             lines.append(f"• **{title}** — {score} · {when} · `{r.id}`{link}")
         lines.append("Delete one with `/forget job:<id>`.")
         await interaction.response.send_message("\n".join(lines)[:1990], ephemeral=True)

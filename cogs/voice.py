@@ -15,7 +15,7 @@ from discord.ext import commands
 
 from pipeline.audio import audio_too_long, is_too_long
 from pipeline.errors import EmptyAudio, VoxCanvasError
-from pipeline.loop import new_job_id
+from pipeline.studio import new_job_id
 
 if TYPE_CHECKING:
     from bot.client import VoxCanvasBot
@@ -48,7 +48,10 @@ class Voice(commands.Cog):
         except Exception:
             log.exception("voice note %s in channel %s failed", message.id, message.channel.id)
             try:
-                await message.reply("😵 Sorry — something broke on my side while reading that voice note. Please try again.", mention_author=False)
+                await message.reply(
+                    "😵 Sorry — something broke on my side while reading that voice note. Please try again.",
+                    mention_author=False,
+                )
             except discord.HTTPException:
                 pass
 

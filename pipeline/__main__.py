@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if (args.audio is None) == (args.text is None):
-        print("error: give either an audio file or --text \"your idea\" (not both)", file=sys.stderr)
+        print('error: give either an audio file or --text "your idea" (not both)', file=sys.stderr)
         return EXIT_BAD_INPUT
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 async def _run(args: argparse.Namespace) -> int:
     from .errors import ModelUnavailable, VoxCanvasError
     from .executor import GPUExecutor
-    from .loop import Idea, Studio
     from .settings import get_settings
+    from .studio import Idea, Studio
 
     try:
         settings = get_settings()
@@ -136,7 +136,10 @@ async def _run(args: argparse.Namespace) -> int:
     corrected = " (corrected automatically)" if result.corrected else ""
     print(f"score:     {best.score}/100{corrected}  threshold {result.threshold}")
     print(f"rounds:    {len(result.rounds)}  " + "  ".join(f"#{r.index}: {r.score}" for r in result.rounds))
-    print(f"director:  {result.director}" + (f"  (fallback: {result.director_fallback})" if result.director_fallback else ""))
+    print(
+        f"director:  {result.director}"
+        + (f"  (fallback: {result.director_fallback})" if result.director_fallback else "")
+    )
     print(f"critic:    {result.critic}" + (f"  (fallback: {result.critic_fallback})" if result.critic_fallback else ""))
     print(f"prompt:    {best.prompt}")
     print(f"seed:      {best.seed}  steps {best.steps}  guidance {best.guidance:g}")

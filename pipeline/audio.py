@@ -79,9 +79,7 @@ def audio_too_long(duration_s: float | None, max_seconds: float) -> AudioTooLong
     limit = format_duration(max_seconds)
     if duration_s is None:
         return AudioTooLong(f"That recording is longer than {limit}; I can take up to {limit}.")
-    return AudioTooLong(
-        f"That recording is {format_duration(duration_s)} long; I can take up to {limit}."
-    )
+    return AudioTooLong(f"That recording is {format_duration(duration_s)} long; I can take up to {limit}.")
 
 
 def is_too_long(duration_s: float, max_seconds: float) -> bool:
@@ -122,7 +120,7 @@ def audio_duration(data: bytes) -> float | None:
         info = sf.info(io.BytesIO(data))
         if info.samplerate > 0 and info.frames > 0:
             return info.frames / info.samplerate
-    except Exception:  # noqa: BLE001 - libsndfile raises several types for unknown formats
+    except Exception:
         pass
     return _ffprobe_duration(data)
 
@@ -170,9 +168,7 @@ def _to_mono(samples: np.ndarray) -> np.ndarray:
     return np.asarray(samples, dtype=np.float32)
 
 
-def _decode_soundfile(
-    data: bytes, *, max_seconds: float, name: str
-) -> tuple[np.ndarray, int] | None:
+def _decode_soundfile(data: bytes, *, max_seconds: float, name: str) -> tuple[np.ndarray, int] | None:
     """libsndfile; ``None`` when it doesn't recognise or can't decode the bytes."""
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
@@ -188,7 +184,7 @@ def _decode_soundfile(
                 raise audio_too_long(duration, max_seconds)
     except AudioTooLong:
         raise
-    except Exception as exc:  # noqa: BLE001 - libsndfile raises RuntimeError/LibsndfileError/...
+    except Exception as exc:
         log.debug("%s: soundfile can't read it (%s)", name, exc)
         return None
     return _to_mono(samples), sample_rate
@@ -254,9 +250,7 @@ def _decode_ffmpeg(data: bytes, *, max_seconds: float, name: str) -> tuple[np.nd
             stderr.strip().splitlines()[-1:] or "",
         )
         if proc.returncode == 0 and _DURATION_RE.search(stderr):  # a real, empty container
-            raise EmptyAudio(
-                "That recording has no sound in it — please record the voice note again."
-            )
+            raise EmptyAudio("That recording has no sound in it — please record the voice note again.")
         raise UndecodableAudio()
     duration = samples.size / SAMPLE_RATE
     if is_too_long(duration, max_seconds):
@@ -278,9 +272,7 @@ def _ffprobe_duration(data: bytes) -> float | None:
     cmd = [ffprobe, "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0"]
     cmd += ["-i", "pipe:0"]
     try:
-        proc = subprocess.run(
-            cmd, input=data, capture_output=True, timeout=FFPROBE_TIMEOUT_S, check=False
-        )
+        proc = subprocess.run(cmd, input=data, capture_output=True, timeout=FFPROBE_TIMEOUT_S, check=False)
     except (subprocess.TimeoutExpired, OSError):
         return None
     try:

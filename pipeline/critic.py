@@ -44,8 +44,7 @@ class QAReport(BaseModel):
     missing_elements: list[Annotated[str, AfterValidator(lambda v: " ".join(v.split()))]] = Field(
         default_factory=list,
         max_length=8,
-        description="The scene's elements that are absent or unrecognisable, spelled as in the "
-        "scene's element list.",
+        description="The scene's elements that are absent or unrecognisable, spelled as in the scene's element list.",
     )
     correction_prompt: str = Field(
         description="A revised Stable Diffusion prompt (English, at most 60 words, no weights or "
@@ -98,9 +97,7 @@ def build_correction_prompt(
     parts: list[str] = []
     for i, element in enumerate(e for e in missing if e.strip()):
         element = " ".join(element.split())
-        parts += (
-            [f"prominent {element}", f"{element} clearly visible"] if i < emphasise else [element]
-        )
+        parts += [f"prominent {element}", f"{element} clearly visible"] if i < emphasise else [element]
     parts.append(tidy_prompt(prompt))
     return fit_prompt(", ".join(p for p in parts if p), count_tokens=count_tokens)
 
@@ -166,18 +163,12 @@ def score_from_similarities(
 ) -> QAReport:
     """CLIP cosine similarities → :class:`QAReport` (see :class:`ClipCalibration`)."""
     c = calibration
-    items = list(
-        element_similarities.items()
-        if isinstance(element_similarities, Mapping)
-        else element_similarities
-    )
+    items = list(element_similarities.items() if isinstance(element_similarities, Mapping) else element_similarities)
     best = max((s for _, s in items), default=0.0)
     missing: list[str] = []
     element_scores: list[float] = []
     for element, sim in items:
-        absent = sim < c.element_absent or (
-            best - sim > c.element_gap and sim < c.element_confident
-        )
+        absent = sim < c.element_absent or (best - sim > c.element_gap and sim < c.element_confident)
         if absent:
             missing.append(element)
             element_scores.append(0.0)
@@ -185,20 +176,14 @@ def score_from_similarities(
             element_scores.append(_linear(sim, c.element_floor, c.element_ceiling))
     prompt_score = _linear(prompt_similarity, c.prompt_floor, c.prompt_ceiling)
     if element_scores:
-        score = c.prompt_weight * prompt_score + (1 - c.prompt_weight) * (
-            sum(element_scores) / len(element_scores)
-        )
+        score = c.prompt_weight * prompt_score + (1 - c.prompt_weight) * (sum(element_scores) / len(element_scores))
     else:
         score = prompt_score
     score_int = int(round(score))
     if missing:
         score_int = min(score_int, c.missing_cap)
     details = ", ".join(f"{e} {s:.3f}" + (" (missing)" if e in missing else "") for e, s in items)
-    notes = (
-        f"CLIP similarity: prompt {prompt_similarity:.3f}"
-        + (f"; {details}" if details else "")
-        + "."
-    )
+    notes = f"CLIP similarity: prompt {prompt_similarity:.3f}" + (f"; {details}" if details else "") + "."
     return QAReport(
         alignment_score=max(0, min(100, score_int)),
         missing_elements=missing,
@@ -370,9 +355,7 @@ class GeminiCritic(GeminiProvider):
         no weighting syntax, fitted to the window, never empty."""
         by_lower = {e.lower(): e for e in scene.elements}
         missing = [by_lower.get(m.lower(), m) for m in report.missing_elements]
-        correction = fit_prompt(
-            tidy_prompt(report.correction_prompt), count_tokens=self.count_tokens
-        )
+        correction = fit_prompt(tidy_prompt(report.correction_prompt), count_tokens=self.count_tokens)
         if not correction:
             correction = build_correction_prompt(prompt, missing, count_tokens=self.count_tokens)
         data = report.model_dump()

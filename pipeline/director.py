@@ -149,9 +149,7 @@ def count_with(count_tokens: TokenCounter | None) -> Callable[[str], int]:
     return count
 
 
-def fit_prompt(
-    text: str, *, count_tokens: TokenCounter | None = None, limit: int = PROMPT_TOKEN_LIMIT
-) -> str:
+def fit_prompt(text: str, *, count_tokens: TokenCounter | None = None, limit: int = PROMPT_TOKEN_LIMIT) -> str:
     """Make ``text`` fit ``limit`` tokens, dropping its *last* parts first.
 
     Prompts are ordered by importance (subject first, quality terms last), so whole trailing
@@ -182,9 +180,7 @@ def fit_prompt(
     return result.strip(" ,")
 
 
-_DANGLING = frozenset(
-    "a an the of and or with on in at by for from to into over under near some my your its".split()
-)
+_DANGLING = frozenset("a an the of and or with on in at by for from to into over under near some my your its".split())
 
 _WEIGHT_RE = re.compile(r"[\(\[]\s*([^()\[\]:]+?)\s*:\s*\d+(?:\.\d+)?\s*[\)\]]")
 
@@ -491,9 +487,7 @@ def _short_title(value: str) -> str:
 def _prompt_text(value: str) -> str:
     value = _non_empty(value)
     if len(value) > MAX_PROMPT_CHARS:
-        raise ValueError(
-            f"is far too long for a diffusion prompt (over {MAX_PROMPT_CHARS} characters)"
-        )
+        raise ValueError(f"is far too long for a diffusion prompt (over {MAX_PROMPT_CHARS} characters)")
     return value
 
 
@@ -529,8 +523,7 @@ class Scene(BaseModel):
     critic and the Discord embed."""
 
     title: Annotated[str, AfterValidator(_short_title)] = Field(
-        description="A short, evocative title for the picture, at most 60 characters, in the "
-        "language of the idea."
+        description="A short, evocative title for the picture, at most 60 characters, in the language of the idea."
     )
     language: Annotated[str, AfterValidator(_language_code)] = Field(
         description="ISO 639-1 code of the language the idea was spoken in, e.g. 'en', 'de', 'ja'."
@@ -552,8 +545,7 @@ class Scene(BaseModel):
     )
     negative_prompt: Annotated[str, AfterValidator(_one_line)] = Field(
         default="",
-        description="Comma-separated things to avoid (artifacts, wrong media, unwanted "
-        "objects), at most 40 words.",
+        description="Comma-separated things to avoid (artifacts, wrong media, unwanted objects), at most 40 words.",
     )
     palette: list[str] = Field(
         min_length=3,
@@ -617,9 +609,7 @@ COLOUR_WORDS: dict[str, str] = {
     "bronze": "#CD7F32", "copper": "#B87333", "rust": "#B7410E", "sepia": "#704214",
 }
 # fmt: on
-_COLOUR_RE = re.compile(
-    r"\b(" + "|".join(re.escape(c) for c in sorted(COLOUR_WORDS, key=len, reverse=True)) + r")\b"
-)
+_COLOUR_RE = re.compile(r"\b(" + "|".join(re.escape(c) for c in sorted(COLOUR_WORDS, key=len, reverse=True)) + r")\b")
 
 # fmt: off
 _FILLER_PHRASES = sorted(
@@ -772,9 +762,7 @@ class LocalDirector:
             ),
             count_tokens=self.count_tokens,
         )
-        negative = fit_prompt(
-            ", ".join(_dedupe((*template.negative, *BASE_NEGATIVE))), count_tokens=self.count_tokens
-        )
+        negative = fit_prompt(", ".join(_dedupe((*template.negative, *BASE_NEGATIVE))), count_tokens=self.count_tokens)
         palette = _dedupe([COLOUR_WORDS[c] for c in parsed.colours])[:6]
         for colour in template.palette:
             if len(palette) >= 5 or (len(palette) >= 3 and parsed.colours):

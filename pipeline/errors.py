@@ -34,8 +34,7 @@ class EmptyAudio(BadAudio):
 
 class UndecodableAudio(BadAudio):
     default_message = (
-        "I couldn't read that as audio. Send a Discord voice message, or an OGG, WAV, FLAC, "
-        "MP3 or M4A file."
+        "I couldn't read that as audio. Send a Discord voice message, or an OGG, WAV, FLAC, MP3 or M4A file."
     )
 
 
@@ -49,8 +48,7 @@ class SilentAudio(BadAudio):
 
 class NoSpeech(VoxCanvasError):
     default_message = (
-        "I heard sound but no words I could make out. Try speaking a little slower, or type "
-        "your idea with /imagine."
+        "I heard sound but no words I could make out. Try speaking a little slower, or type your idea with /imagine."
     )
 
 
@@ -95,9 +93,7 @@ class JobCancelled(VoxCanvasError):
 
 
 class OutOfMemory(VoxCanvasError):
-    default_message = (
-        "The GPU ran out of memory for that picture. Try a smaller size or fewer steps."
-    )
+    default_message = "The GPU ran out of memory for that picture. Try a smaller size or fewer steps."
 
 
 class ExecutorFailure(VoxCanvasError):

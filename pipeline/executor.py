@@ -38,8 +38,9 @@ import statistics
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     ExecutorFailure,
@@ -305,8 +306,7 @@ class GPUExecutor:
             )
         elif len(active) >= self.settings.MAX_QUEUE:
             raise QueueFull(
-                f"The queue is full ({self.settings.MAX_QUEUE} pictures waiting) — please try "
-                "again in a few minutes."
+                f"The queue is full ({self.settings.MAX_QUEUE} pictures waiting) — please try again in a few minutes."
             )
         if job_id is not None and job_id in self._jobs:
             raise ValueError(f"job {job_id} is already admitted")
@@ -388,7 +388,7 @@ class GPUExecutor:
         self._notify_positions()
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.stage_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if job is not None:
                 job.cancel()
             raise StageTimeout() from None
@@ -513,7 +513,7 @@ class GPUExecutor:
                 self._stage_times[batch[0].kind].append(elapsed)
                 with self._cond:
                     self._running = []
-        except BaseException as exc:  # noqa: BLE001 - the thread must report its own death
+        except BaseException as exc:
             died = exc
             raise
         finally:
@@ -592,7 +592,9 @@ class GPUExecutor:
                 _free_cuda_cache_if_oom(exc)
                 if len(batch) > 1:
                     half = len(batch) // 2
-                    log.warning("CUDA out of memory on a batch of %d: retrying as %d + %d", len(batch), half, len(batch) - half)
+                    log.warning(
+                        "CUDA out of memory on a batch of %d: retrying as %d + %d", len(batch), half, len(batch) - half
+                    )
                     self._execute_render(batch[:half])
                     self._execute_render(batch[half:])
                     return

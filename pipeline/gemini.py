@@ -33,8 +33,8 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
@@ -149,9 +149,7 @@ async def generate_structured(
             timeout=settings.GEMINI_TIMEOUT_S,
         )
     except TimeoutError as exc:  # asyncio.TimeoutError is TimeoutError since 3.11
-        raise ProviderError(
-            f"{what} did not answer within {settings.GEMINI_TIMEOUT_S:g} s."
-        ) from exc
+        raise ProviderError(f"{what} did not answer within {settings.GEMINI_TIMEOUT_S:g} s.") from exc
     except genai_errors.APIError as exc:
         status = f"HTTP {exc.code}" + (f" {exc.status}" if exc.status else "")
         if exc.code in RETRYABLE_STATUS and attempts > 1:
@@ -160,14 +158,10 @@ async def generate_structured(
     except asyncio.CancelledError:
         raise
     except (OSError, aiohttp.ClientError) as exc:  # refused, DNS, TLS, reset, ...
-        raise ProviderError(
-            f"{what} could not be reached: {type(exc).__name__}: {_short(str(exc))}"
-        ) from exc
+        raise ProviderError(f"{what} could not be reached: {type(exc).__name__}: {_short(str(exc))}") from exc
     except Exception as exc:  # an SDK or schema error: fall back, never crash the job
         log.warning("%s request failed", what, exc_info=exc)
-        raise ProviderError(
-            f"{what} request failed: {type(exc).__name__}: {_short(str(exc))}"
-        ) from exc
+        raise ProviderError(f"{what} request failed: {type(exc).__name__}: {_short(str(exc))}") from exc
     log.debug("%s answered in %.2f s", what, time.perf_counter() - started)
     return parse_structured(response, schema, what=what)
 
@@ -187,7 +181,7 @@ def parse_structured(response: Any, schema: type[M], *, what: str = "Gemini") ->
         return parsed
     try:
         text = response.text
-    except Exception:  # noqa: BLE001 - an odd candidate shape counts as no text
+    except Exception:
         text = None
     if finish_name not in (None, "STOP", "FINISH_REASON_UNSPECIFIED"):
         raise ProviderError(f"{what} stopped early ({finish_name}).")
@@ -196,9 +190,7 @@ def parse_structured(response: Any, schema: type[M], *, what: str = "Gemini") ->
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ProviderError(
-            f"{what} did not answer with JSON ({exc.msg}): {_short(text, 80)}"
-        ) from exc
+        raise ProviderError(f"{what} did not answer with JSON ({exc.msg}): {_short(text, 80)}") from exc
     try:
         return schema.model_validate(data)
     except ValidationError as exc:

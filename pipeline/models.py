@@ -20,9 +20,7 @@ def resolve_device(setting: str = "auto") -> tuple[torch.device, torch.dtype]:
     """``DEVICE`` setting → (device, dtype): fp16 on CUDA, fp32 on the CPU."""
     if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise ModelUnavailable(
-                "DEVICE is set to 'cuda' but no CUDA GPU is visible. Set DEVICE=auto or DEVICE=cpu."
-            )
+            raise ModelUnavailable("DEVICE is set to 'cuda' but no CUDA GPU is visible. Set DEVICE=auto or DEVICE=cpu.")
         return torch.device("cuda"), torch.float16
     return torch.device("cpu"), torch.float32
 

@@ -20,8 +20,9 @@ import logging
 import math
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from PIL import Image
@@ -69,14 +70,11 @@ class RenderRequest:
         if not prompt:
             raise BadRequest("The prompt is empty — tell me what to draw.")
         if len(prompt) > MAX_PROMPT_CHARS:
-            raise BadRequest(
-                f"The prompt is {len(prompt)} characters long; please keep it under {MAX_PROMPT_CHARS}."
-            )
+            raise BadRequest(f"The prompt is {len(prompt)} characters long; please keep it under {MAX_PROMPT_CHARS}.")
         for name, side in (("width", self.width), ("height", self.height)):
             if not isinstance(side, int) or side % 8 or not MIN_SIDE <= side <= MAX_SIDE:
                 raise BadRequest(
-                    f"The {name} must be a multiple of 8 between {MIN_SIDE} and {MAX_SIDE} pixels "
-                    f"(got {side})."
+                    f"The {name} must be a multiple of 8 between {MIN_SIDE} and {MAX_SIDE} pixels (got {side})."
                 )
         if not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
             raise BadRequest(f"Steps must be between 1 and {MAX_STEPS} (got {self.steps}).")
@@ -283,10 +281,7 @@ class Synthesizer:
         started = time.perf_counter()
         with torch.inference_mode():
             if first.mode == "img2img":
-                images = [
-                    decode_init_image(r.init_image).resize((r.width, r.height), Image.LANCZOS)
-                    for r in requests
-                ]
+                images = [decode_init_image(r.init_image).resize((r.width, r.height), Image.LANCZOS) for r in requests]
                 pipe = self._img2img
                 output = pipe(image=images, strength=float(first.strength), **common)
             else:

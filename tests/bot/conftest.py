@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.fakes.discord import FakeDiscord
+from devkit.discord import FakeDiscord
 
 
 @dataclass

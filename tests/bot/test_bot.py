@@ -12,8 +12,8 @@ import threading
 import pytest
 from PIL import Image
 
-from pipeline.loop import Result
-from tests.voice import make_voice_note, samples_voice_note, silence
+from devkit.voice import make_voice_note, samples_voice_note, silence
+from pipeline.studio import Result
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -87,12 +87,15 @@ async def test_imagine_end_to_end(start_bot, fake_discord, secret_log):
     assert swatch.width > swatch.height
 
     job_id = footer_job(message)
-    assert custom_ids(message) == [f"voxcanvas:regen:{job_id}", f"voxcanvas:vary:{job_id}", f"voxcanvas:details:{job_id}"]
+    assert custom_ids(message) == [
+        f"voxcanvas:regen:{job_id}",
+        f"voxcanvas:vary:{job_id}",
+        f"voxcanvas:details:{job_id}",
+    ]
     assert "/100" in field(message, "Alignment")
     assert field(message, "Prompt") and field(message, "Palette").count("#") >= 3
     assert "local" in field(message, "Directed by") and "CLIP" in field(message, "Judged by")
     assert message["content"].startswith("Palette: #")
-
 
     record = await delivered_record(harness, job_id)
     assert record.state == "done" and int(record.delivered_message_id) == int(message["id"])
@@ -118,6 +121,7 @@ async def test_progress_shows_queue_position_then_stages_throttled(start_bot, fa
         def check():
             message = fake.original_response(interaction) or {}
             return words in (message.get("content") or "") or None
+
         return check
 
     await fake.wait_until(edited_to("In the queue — position 1"), 10, "the queue position", poll=0.02)
@@ -187,11 +191,16 @@ async def test_voice_note_real_speech(start_bot, fake_discord):
     message = await fake.wait_until(result, RESULT_TIMEOUT, "voice-note result", poll=0.05)
     heard = field(message, "🎙️ Heard")
     assert "apple" in heard.lower() and "English" in heard
-    reactions = fake.find_calls(method="PUT", route="PUT /channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me")
+    reactions = fake.find_calls(
+        method="PUT", route="PUT /channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me"
+    )
     assert reactions, "the voice note was not acknowledged with a reaction"
     # The "Listening…" reply was edited into the result: one reply, not two.
-    replies = [m for m in fake.find_messages(channel_id=fake.channel.id, from_bot=True)
-               if int((m.get("message_reference") or {}).get("message_id") or 0) == int(sent["id"])]
+    replies = [
+        m
+        for m in fake.find_messages(channel_id=fake.channel.id, from_bot=True)
+        if int((m.get("message_reference") or {}).get("message_id") or 0) == int(sent["id"])
+    ]
     assert len(replies) == 1
 
 
@@ -324,8 +333,12 @@ async def test_queue_and_history_commands(start_bot, fake_discord):
 
 async def run_bot_process(env: dict, timeout: float = 60) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "bot",
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     return proc.returncode, out.decode()

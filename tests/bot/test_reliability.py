@@ -28,7 +28,13 @@ class BotProcess:
     async def start(self) -> BotProcess:
         self.log = open(self.log_path, "ab")
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", cwd=ROOT, env=self.env, stdout=self.log, stderr=self.log,
+            sys.executable,
+            "-m",
+            "bot",
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=self.log,
             stdin=asyncio.subprocess.DEVNULL,
         )
         return self
@@ -137,7 +143,10 @@ async def test_sigkill_then_restart_delivers_every_job_exactly_once(bot_env, fak
     for interaction in interactions[:-1]:
         # Fresh tokens: the result lands in the user's own "thinking…" response, even across the crash.
         message = fake.original_response(interaction)
-        assert footer_job(message) and sorted(a["filename"] for a in message["attachments"]) == ["image.png", "palette.png"]
+        assert footer_job(message) and sorted(a["filename"] for a in message["attachments"]) == [
+            "image.png",
+            "palette.png",
+        ]
     posted = [m[0] for m in by_job.values() if int(m[0]["id"]) != expired.original_message_id]
     in_channel = [m for m in posted if m.get("interaction_metadata") is None and m.get("webhook_id") is None]
     assert len(in_channel) == 1  # the expired one: posted to the channel for the requester

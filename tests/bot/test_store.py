@@ -77,7 +77,12 @@ def run_python(code: str, *, check: bool = True) -> subprocess.CompletedProcess[
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=check,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=check,
     )
 
 
@@ -91,16 +96,34 @@ def tree_files(directory: Path) -> list[str]:
 async def test_create_get_round_trip_all_fields(store: JobStore, data_dir: Path) -> None:
     parent = await new_job(store, user_id=7)
     idea = {
-        "text": None, "style": "watercolor", "negative": "blurry", "seed": 42, "steps": 30,
-        "guidance": 8.5, "width": 512, "height": 768, "strength": 0.6, "task": "translate",
+        "text": None,
+        "style": "watercolor",
+        "negative": "blurry",
+        "seed": 42,
+        "steps": 30,
+        "guidance": 8.5,
+        "width": 512,
+        "height": 768,
+        "strength": 0.6,
+        "task": "translate",
         "audio_filename": "voice-message.ogg",
     }
     audio, init = b"OggS" + os.urandom(300), b"\x89PNG" + os.urandom(100)
     before = time.time()
     job = await store.create_job(
-        user_id=7, guild_id=99, channel_id=11, kind="vary", idea=idea, parent_job_id=parent.id,
-        source_message_id=555, interaction_id=666, interaction_token="secret-token",
-        progress_message_id=777, audio=audio, audio_ext=".OGG", init_image=init,
+        user_id=7,
+        guild_id=99,
+        channel_id=11,
+        kind="vary",
+        idea=idea,
+        parent_job_id=parent.id,
+        source_message_id=555,
+        interaction_id=666,
+        interaction_token="secret-token",
+        progress_message_id=777,
+        audio=audio,
+        audio_ext=".OGG",
+        init_image=init,
     )
     got = await store.get(job.id)
     assert got == job
@@ -138,17 +161,14 @@ async def test_state_transitions_and_attempts(store: JobStore) -> None:
     again = await store.mark_running(job.id)  # re-run after a restart counts again
     assert again.state == "running" and again.attempts == 2
     await store.set_progress_message(job.id, 1234)
-    done = await store.complete(
-        job.id, result_json=RESULT, score=88, title="Apple", image_png=PNG, palette_png=PALETTE
-    )
+    done = await store.complete(job.id, result_json=RESULT, score=88, title="Apple", image_png=PNG, palette_png=PALETTE)
     assert done.state == "done" and done.finished and done.progress_message_id == 1234
     assert (done.score, done.title, done.result_json, done.error) == (88, "Apple", RESULT, None)
     assert done.finished_at is not None and done.updated_at >= done.created_at
     for call in (
         store.mark_running(job.id),
         store.fail(job.id, "boom"),
-        store.complete(job.id, result_json=RESULT, score=1, title=None, image_png=PNG,
-                       palette_png=PALETTE),
+        store.complete(job.id, result_json=RESULT, score=1, title=None, image_png=PNG, palette_png=PALETTE),
     ):
         with pytest.raises(JobStateError) as info:
             await call
@@ -169,8 +189,12 @@ async def test_state_transitions_and_attempts(store: JobStore) -> None:
         await store.read_image(running.id)
     with pytest.raises(ValueError):
         await store.fail(running.id, "x", state="done")  # type: ignore[arg-type]
-    for call in (store.mark_running("missing"), store.set_progress_message("missing", 1),
-                 store.read_image("missing"), store.fail("missing", "x")):
+    for call in (
+        store.mark_running("missing"),
+        store.set_progress_message("missing", 1),
+        store.read_image("missing"),
+        store.fail("missing", "x"),
+    ):
         with pytest.raises(JobNotFound):
             await call
 
@@ -401,15 +425,12 @@ async def test_delete_only_by_owner_removes_row_and_files(store: JobStore, data_
     assert await store.delete("../data", user_id=1) is False
 
 
-async def test_complete_of_a_job_deleted_meanwhile_leaves_no_files(
-    store: JobStore, data_dir: Path
-) -> None:
+async def test_complete_of_a_job_deleted_meanwhile_leaves_no_files(store: JobStore, data_dir: Path) -> None:
     job = await new_job(store)
     await store.fail(job.id, "x", state="cancelled")
     assert await store.delete(job.id, user_id=1)
     with pytest.raises(JobNotFound):
-        await store.complete(job.id, result_json=RESULT, score=1, title=None, image_png=PNG,
-                             palette_png=PALETTE)
+        await store.complete(job.id, result_json=RESULT, score=1, title=None, image_png=PNG, palette_png=PALETTE)
     assert not (data_dir / "jobs" / job.id).exists()
 
 
@@ -642,11 +663,16 @@ async def test_200_concurrent_jobs_land_without_blocking_the_loop(store: JobStor
             lags.append(time.perf_counter() - t0 - 0.005)
 
     async def one(i: int) -> str:
-        job = await store.create_job(user_id=i % 7, channel_id=1, kind="voice", idea={"n": i},
-                                     audio=b"OggS%d" % i)
+        job = await store.create_job(user_id=i % 7, channel_id=1, kind="voice", idea={"n": i}, audio=b"OggS%d" % i)
         await store.mark_running(job.id)
-        await store.complete(job.id, result_json=json.dumps({"n": i}), score=i % 100,
-                             title=f"#{i}", image_png=b"img%d" % i, palette_png=b"pal")
+        await store.complete(
+            job.id,
+            result_json=json.dumps({"n": i}),
+            score=i % 100,
+            title=f"#{i}",
+            image_png=b"img%d" % i,
+            palette_png=b"pal",
+        )
         return job.id
 
     beat = asyncio.create_task(heartbeat())
@@ -702,7 +728,11 @@ async def test_cli_backup_and_check_while_running(store: JobStore, tmp_path: Pat
     for args in (["backup", str(dest)], ["check"]):
         proc = subprocess.run(
             [sys.executable, "-m", "bot.store", "--data-dir", str(store.data_dir), *args],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 job(s), integrity: ok" in proc.stdout

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from devkit import voice
 from pipeline import audio
 from pipeline.audio import SAMPLE_RATE, audio_duration, decode_audio, format_duration, loudest_dbfs
 from pipeline.errors import AudioTooLong, BadAudio, EmptyAudio, SilentAudio, UndecodableAudio
-from tests import voice
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +75,7 @@ def test_formats_decode_to_the_same_length_and_level(fmt: str, speech, speech_wa
     if fmt == "wav-22k-pcm16":
         data = speech_wav
     elif fmt == "wav-44k-float-stereo":
-        up = np.interp(
-            np.arange(int(seconds * 44_100)) / 44_100, np.arange(len(samples)) / rate, samples
-        )
+        up = np.interp(np.arange(int(seconds * 44_100)) / 44_100, np.arange(len(samples)) / rate, samples)
         data = voice.wav_bytes(np.stack([up, up], axis=1), 44_100, subtype="FLOAT")
     elif fmt == "flac":
         data = voice.flac_bytes(samples, rate)
@@ -93,9 +91,7 @@ def test_formats_decode_to_the_same_length_and_level(fmt: str, speech, speech_wa
 
 def test_m4a_goes_through_ffmpeg_with_the_index_at_the_end(speech_wav: bytes):
     data = voice.m4a_bytes(speech_wav)
-    assert data[4:8] == b"ftyp" and data.find(b"moov") > data.find(
-        b"mdat"
-    )  # unreadable from a pipe
+    assert data[4:8] == b"ftyp" and data.find(b"moov") > data.find(b"mdat")  # unreadable from a pipe
     with pytest.raises(sf.LibsndfileError):
         sf.info(io.BytesIO(data))  # libsndfile can't: this is the ffmpeg fallback at work
     assert decode_audio(data, max_seconds=120).size > SAMPLE_RATE
@@ -151,9 +147,7 @@ def test_truncated_voice_note_header(voice_note: bytes):
 
 
 def test_too_long_message_says_length_and_limit():
-    data = voice.wav_bytes(
-        voice.tone(134.0, sample_rate=8_000), 8_000
-    )  # 2:14, read from the header
+    data = voice.wav_bytes(voice.tone(134.0, sample_rate=8_000), 8_000)  # 2:14, read from the header
     with pytest.raises(AudioTooLong) as info:
         decode_audio(data, max_seconds=120)
     assert str(info.value) == "That recording is 2:14 long; I can take up to 2:00."
@@ -198,9 +192,7 @@ def test_dc_offset_alone_is_silence():
 
 def test_noise_is_not_refused_here():
     """Sound without words is the transcriber's call (NoSpeech), not the decoder's."""
-    decoded = decode_audio(
-        voice.wav_bytes(voice.noise(1.0, sample_rate=16_000), 16_000), max_seconds=10
-    )
+    decoded = decode_audio(voice.wav_bytes(voice.noise(1.0, sample_rate=16_000), 16_000), max_seconds=10)
     assert decoded.size == SAMPLE_RATE
 
 
@@ -238,9 +230,7 @@ def test_audio_duration_from_headers(voice_note: bytes, speech, speech_wav: byte
     seconds = len(samples) / rate
     assert audio_duration(voice_note) == pytest.approx(seconds, abs=0.02)
     assert audio_duration(speech_wav) == pytest.approx(seconds, abs=1e-6)
-    assert audio_duration(voice.m4a_bytes(speech_wav)) == pytest.approx(
-        seconds, abs=0.08
-    )  # ffprobe
+    assert audio_duration(voice.m4a_bytes(speech_wav)) == pytest.approx(seconds, abs=0.08)  # ffprobe
     assert audio_duration(b"") is None
     assert audio_duration(b"definitely not audio" * 10) is None
 

@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
+from devkit import builders
+from devkit.gemini import FAST_RETRY, Delay, Raw, Status
 from pipeline.critic import (
     CRITIC_INSTRUCTION,
     DEFAULT_CALIBRATION,
@@ -22,8 +24,6 @@ from pipeline.critic import (
 )
 from pipeline.director import PROMPT_TOKEN_LIMIT, GeminiDirector, Scene, estimate_clip_tokens
 from pipeline.errors import ModelUnavailable, ProviderError
-from tests import builders
-from tests.fakes.gemini import FAST_RETRY, Delay, Raw, Status
 
 PROMPT = "a red apple on a wooden table, still life, oil painting, soft light, highly detailed"
 
@@ -56,9 +56,7 @@ def png_bytes(colour=(200, 30, 30), size=(48, 40)) -> bytes:
 def byte_tokens(tmp_path_factory):
     from transformers import CLIPTokenizer
 
-    tokenizer = CLIPTokenizer.from_pretrained(
-        builders.write_clip_tokenizer(tmp_path_factory.mktemp("tok"))
-    )
+    tokenizer = CLIPTokenizer.from_pretrained(builders.write_clip_tokenizer(tmp_path_factory.mktemp("tok")))
     return lambda text: len(tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
 
 
@@ -92,9 +90,7 @@ def test_qa_report_schema_is_accepted_by_google_genai():
 
 
 def test_correction_prompt_moves_missing_elements_to_the_front(byte_tokens):
-    prompt = build_correction_prompt(
-        "(a cat:1.2) on a sofa, oil painting, cosy light", ["red ball", "wooden table"]
-    )
+    prompt = build_correction_prompt("(a cat:1.2) on a sofa, oil painting, cosy light", ["red ball", "wooden table"])
     assert prompt.startswith("prominent red ball, red ball clearly visible, prominent wooden table")
     assert "a cat on a sofa, oil painting, cosy light" in prompt
     assert ":1.2" not in prompt and "(" not in prompt
@@ -137,9 +133,7 @@ def test_an_element_far_below_the_others_is_missing_even_above_the_absolute_floo
     report = score_from_similarities(0.30, [("cat", strong), ("hat", weak)], PROMPT)
     assert report.missing_elements == ["hat"]
     # a close runner-up is not missing
-    close = score_from_similarities(
-        0.30, [("cat", strong), ("hat", strong - c.element_gap / 2)], PROMPT
-    )
+    close = score_from_similarities(0.30, [("cat", strong), ("hat", strong - c.element_gap / 2)], PROMPT)
     assert close.missing_elements == []
 
 
@@ -173,9 +167,7 @@ def test_calibration_is_injectable():
     report = score_from_similarities(0.0, {"cat": 0.0}, PROMPT, calibration=loose)
     assert report.alignment_score == 100 and report.missing_elements == []
     with pytest.raises(ValueError):
-        score_from_similarities(
-            0.2, {}, PROMPT, calibration=ClipCalibration(prompt_floor=0.3, prompt_ceiling=0.3)
-        )
+        score_from_similarities(0.2, {}, PROMPT, calibration=ClipCalibration(prompt_floor=0.3, prompt_ceiling=0.3))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -333,9 +325,7 @@ async def test_gemini_critic_times_out_quickly(fake_gemini, make_critic):
         ({"score": 90}, "schema"),
     ],
 )
-async def test_gemini_critic_unusable_answers_are_provider_errors(
-    fake_gemini, make_critic, answer, reason
-):
+async def test_gemini_critic_unusable_answers_are_provider_errors(fake_gemini, make_critic, answer, reason):
     fake_gemini.script("critic", answer)
     with pytest.raises(ProviderError, match=reason):
         await make_critic().review(png_bytes(), make_scene(), PROMPT)

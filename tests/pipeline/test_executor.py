@@ -193,7 +193,10 @@ async def test_batching_equals_one_at_a_time(make_executor, tiny_sd_dir):
     progress = {job.id: [] for job in jobs}
     for job in jobs:
         job.listener = progress[job.id].append
-    tasks = [asyncio.create_task(ex.render(job, request(seed=10 + i, prompt=p))) for i, (job, p) in enumerate(zip(jobs, prompts))]
+    tasks = [
+        asyncio.create_task(ex.render(job, request(seed=10 + i, prompt=p)))
+        for i, (job, p) in enumerate(zip(jobs, prompts))
+    ]
     await asyncio.sleep(0.02)
     gate.release.set()
     await held
@@ -284,7 +287,9 @@ async def test_out_of_memory_splits_the_batch_and_fails_only_what_does_not_fit(m
     held = await gate.hold(ex)
     jobs = [ex.admit(f"u{i}") for i in range(4)]
     prompts = ["apple", "too big", "boat", "castle"]
-    tasks = [asyncio.create_task(ex.render(j, request(seed=i, prompt=p))) for i, (j, p) in enumerate(zip(jobs, prompts))]
+    tasks = [
+        asyncio.create_task(ex.render(j, request(seed=i, prompt=p))) for i, (j, p) in enumerate(zip(jobs, prompts))
+    ]
     await asyncio.sleep(0.02)
     gate.release.set()
     await held

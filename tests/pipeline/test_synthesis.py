@@ -125,7 +125,9 @@ def test_image_to_image(synth):
     buf = io.BytesIO()
     Image.new("RGB", (120, 80), (250, 10, 10)).save(buf, format="PNG")
     steps: list[tuple[int, int]] = []
-    out = synth.render([req(init_image=buf.getvalue(), strength=0.5, steps=10)], progress=lambda s, t: steps.append((s, t)))[0]
+    out = synth.render(
+        [req(init_image=buf.getvalue(), strength=0.5, steps=10)], progress=lambda s, t: steps.append((s, t))
+    )[0]
     assert out.mode == "img2img" and out.image.size == (64, 64)
     assert steps[-1] == (5, 5)  # strength 0.5 of 10 steps
     # The starting image is really used: another one, same seed and prompt, gives another picture.

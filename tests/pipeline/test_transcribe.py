@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from devkit import voice
 from pipeline.audio import SAMPLE_RATE, decode_audio
 from pipeline.errors import ModelUnavailable, NoSpeech
 from pipeline.transcribe import Transcriber, Transcript, compression_ratio, has_words
-from tests import voice
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +95,7 @@ def test_english_only_model_ignores_translate(trained: Transcriber, apple_audio:
     assert "apple" in result.text.lower() and result.language == "en" and not result.translated
     tokenizer = trained.processor.tokenizer
     translate, transcribe = tokenizer.convert_tokens_to_ids(["<|translate|>", "<|transcribe|>"])
-    assert prompts.prompts and all(
-        translate not in p and transcribe not in p for p in prompts.prompts
-    )
+    assert prompts.prompts and all(translate not in p and transcribe not in p for p in prompts.prompts)
 
 
 def test_long_voice_note_is_transcribed_whole(trained_whisper_dir):
@@ -168,9 +166,7 @@ def test_tiny_tasks_reach_the_decoder(tiny: Transcriber, apple_audio: np.ndarray
         "translate": translate,
     }[task]
     generated = [p for p in prompts.prompts if len(p) >= 3]
-    assert generated and all(p[:3] == [sot, lang, expected_task] for p in generated), (
-        prompts.prompts
-    )
+    assert generated and all(p[:3] == [sot, lang, expected_task] for p in generated), prompts.prompts
     assert result.translated is (expected_task == translate and result.language != "en")
 
 

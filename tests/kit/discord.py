@@ -114,16 +114,7 @@ class MessageFlags:
 # VIEW_CHANNEL, SEND_MESSAGES, ADD_REACTIONS, EMBED_LINKS, ATTACH_FILES, READ_MESSAGE_HISTORY,
 # USE_EXTERNAL_EMOJIS, USE_APPLICATION_COMMANDS, CREATE_PUBLIC_THREADS, SEND_MESSAGES_IN_THREADS
 DEFAULT_PERMISSIONS = (
-    (1 << 10)
-    | (1 << 11)
-    | (1 << 6)
-    | (1 << 14)
-    | (1 << 15)
-    | (1 << 16)
-    | (1 << 18)
-    | (1 << 31)
-    | (1 << 35)
-    | (1 << 38)
+    (1 << 10) | (1 << 11) | (1 << 6) | (1 << 14) | (1 << 15) | (1 << 16) | (1 << 18) | (1 << 31) | (1 << 35) | (1 << 38)
 )
 
 # Gateway opcodes
@@ -188,9 +179,7 @@ def _iso(moment: dt.datetime | None = None) -> str:
 def _json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     # discord.py only parses a body as JSON when Content-Type is *exactly* "application/json";
     # web.json_response() would add "; charset=utf-8" and turn every answer into a str.
-    return web.Response(
-        body=json.dumps(data).encode(), status=status, content_type="application/json", headers=headers
-    )
+    return web.Response(body=json.dumps(data).encode(), status=status, content_type="application/json", headers=headers)
 
 
 def _error(status: int, message: str, code: int, errors: Mapping[str, Any] | None = None) -> web.Response:
@@ -836,9 +825,7 @@ class FakeDiscord:
             "flags": 0,
         }
 
-    def _guild_create_payload(
-        self, guild: FakeGuild, session: GatewaySession | None = None
-    ) -> dict[str, Any]:
+    def _guild_create_payload(self, guild: FakeGuild, session: GatewaySession | None = None) -> dict[str, Any]:
         # Like Discord: without the GUILD_MEMBERS intent only the bot's own member is listed.
         all_members = session is None or session.has_intent(Intents.GUILD_MEMBERS)
         member_ids = list(guild.members) if all_members else [self.bot_user.id]
@@ -1108,9 +1095,7 @@ class FakeDiscord:
         Discord's (without ``Via`` it assumes a Cloudflare ban and raises at once). Note that
         discord.py sleeps 1 s, 3 s, ... before retrying a 500/502/504.
         """
-        self._failures.append(
-            _InjectedFailure(method.upper(), path, status, times, retry_after, body, is_global)
-        )
+        self._failures.append(_InjectedFailure(method.upper(), path, status, times, retry_after, body, is_global))
 
     def expire_token(self, interaction: FakeInteraction) -> None:
         """Make the interaction's webhook token invalid now (as if 15 minutes had passed)."""
@@ -1566,13 +1551,7 @@ class FakeDiscord:
             "name_localizations": None,
             "description_localizations": None,
         }
-        cmd.update(
-            {
-                k: v
-                for k, v in body.items()
-                if v is not None or k in ("default_member_permissions", "contexts")
-            }
-        )
+        cmd.update({k: v for k, v in body.items() if v is not None or k in ("default_member_permissions", "contexts")})
         cmd["id"] = old["id"] if old else str(self._ids.next())
         cmd["application_id"] = str(self.application_id)
         cmd["version"] = str(self._ids.next())
@@ -1656,9 +1635,7 @@ class FakeDiscord:
                 50035,
                 {
                     "content": {
-                        "_errors": [
-                            {"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 2000 or fewer in length."}
-                        ]
+                        "_errors": [{"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 2000 or fewer in length."}]
                     }
                 },
             )
@@ -1669,9 +1646,7 @@ class FakeDiscord:
                 50035,
                 {
                     "embeds": {
-                        "_errors": [
-                            {"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 10 or fewer in length."}
-                        ]
+                        "_errors": [{"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 10 or fewer in length."}]
                     }
                 },
             )
@@ -1790,9 +1765,7 @@ class FakeDiscord:
         self._bump()
         return msg
 
-    def _apply_edit(
-        self, msg: dict[str, Any], body: Mapping[str, Any], files: Sequence[RecordedFile]
-    ) -> None:
+    def _apply_edit(self, msg: dict[str, Any], body: Mapping[str, Any], files: Sequence[RecordedFile]) -> None:
         channel_id = int(msg["channel_id"])
         ephemeral = bool(msg["flags"] & MessageFlags.EPHEMERAL)
         if "content" in body:
@@ -1839,9 +1812,7 @@ class FakeDiscord:
         flags = (int(body.get("flags") or 0) & flags_mask) | force_flags
         ephemeral = bool(flags & MessageFlags.EPHEMERAL)
         specs = {str(a.get("id")): a for a in body.get("attachments") or []}
-        attachments = [
-            self._upload(channel_id, f, specs.get(str(i)), ephemeral=ephemeral) for i, f in enumerate(files)
-        ]
+        attachments = [self._upload(channel_id, f, specs.get(str(i)), ephemeral=ephemeral) for i, f in enumerate(files)]
         return self._new_message(
             channel_id,
             self.bot_user.id,
@@ -1932,9 +1903,7 @@ class FakeDiscord:
 
     async def _get_channel(self, req: _Request) -> web.Response:
         channel = self._channel_or_404(req)
-        return (
-            channel if isinstance(channel, web.Response) else _json_response(self._channel_payload(channel))
-        )
+        return channel if isinstance(channel, web.Response) else _json_response(self._channel_payload(channel))
 
     async def _get_messages(self, req: _Request) -> web.Response:
         channel = self._channel_or_404(req)
@@ -1975,26 +1944,20 @@ class FakeDiscord:
             return problem
         reference = body.get("message_reference")
         if reference and reference.get("message_id"):
-            if int(reference["message_id"]) not in self.messages and reference.get(
-                "fail_if_not_exists", True
-            ):
+            if int(reference["message_id"]) not in self.messages and reference.get("fail_if_not_exists", True):
                 return _error(
                     400,
                     "Invalid Form Body",
                     50035,
                     {
                         "message_reference": {
-                            "_errors": [
-                                {"code": "MESSAGE_REFERENCE_UNKNOWN_MESSAGE", "message": "Unknown message"}
-                            ]
+                            "_errors": [{"code": "MESSAGE_REFERENCE_UNKNOWN_MESSAGE", "message": "Unknown message"}]
                         }
                     },
                 )
         else:
             reference = None
-        allowed = (
-            MessageFlags.SUPPRESS_EMBEDS | MessageFlags.SUPPRESS_NOTIFICATIONS | MessageFlags.IS_COMPONENTS_V2
-        )
+        allowed = MessageFlags.SUPPRESS_EMBEDS | MessageFlags.SUPPRESS_NOTIFICATIONS | MessageFlags.IS_COMPONENTS_V2
         msg = self._message_from_body(channel.id, body, req.files, flags_mask=allowed)
         if reference is not None and int(reference["message_id"]) in self.messages:
             ref_msg = self.messages[int(reference["message_id"])]
@@ -2106,9 +2069,7 @@ class FakeDiscord:
         body = req.json or {}
         cb_type = body.get("type")
         data = body.get("data") or {}
-        is_component = (
-            inter.type in (INTERACTION_COMPONENT, INTERACTION_MODAL_SUBMIT) and inter.message_id is not None
-        )
+        is_component = inter.type in (INTERACTION_COMPONENT, INTERACTION_MODAL_SUBMIT) and inter.message_id is not None
         valid = {
             INTERACTION_PING: {CB_PONG},
             INTERACTION_COMMAND: {CB_MESSAGE, CB_DEFERRED_MESSAGE, CB_MODAL},
@@ -2409,9 +2370,7 @@ class FakeDiscord:
             "duration_secs": duration_secs,
             "waveform": waveform,
         }
-        return await self.send_message(
-            channel_id, author, "", attachments=[spec], flags=MessageFlags.IS_VOICE_MESSAGE
-        )
+        return await self.send_message(channel_id, author, "", attachments=[spec], flags=MessageFlags.IS_VOICE_MESSAGE)
 
     def _default_channel_id(self) -> int:
         if self.channel is None:
@@ -2541,11 +2500,7 @@ class FakeDiscord:
         elif opt_type == OPT_CHANNEL:
             target = value if isinstance(value, FakeChannel) else self.channels[int(value)]
             resolved.setdefault("channels", {})[str(target.id)] = {
-                **{
-                    k: v
-                    for k, v in self._channel_payload(target).items()
-                    if k in ("id", "type", "name", "parent_id")
-                },
+                **{k: v for k, v in self._channel_payload(target).items() if k in ("id", "type", "name", "parent_id")},
                 "permissions": str(DEFAULT_PERMISSIONS),
             }
             option["value"] = str(target.id)
@@ -2596,11 +2551,7 @@ class FakeDiscord:
         path = subcommand.split() if subcommand else []
         for part in path:
             node = next(
-                (
-                    o
-                    for o in schema
-                    if o["name"] == part and o["type"] in (OPT_SUB_COMMAND, OPT_SUB_COMMAND_GROUP)
-                ),
+                (o for o in schema if o["name"] == part and o["type"] in (OPT_SUB_COMMAND, OPT_SUB_COMMAND_GROUP)),
                 None,
             )
             if synced is not None and node is None:
@@ -2667,13 +2618,9 @@ class FakeDiscord:
         msg = self.messages.get(mid)
         if msg is None:
             raise KeyError(f"no stored message {mid}")
-        component = next(
-            (c for c in _walk_components(msg["components"]) if c.get("custom_id") == custom_id), None
-        )
+        component = next((c for c in _walk_components(msg["components"]) if c.get("custom_id") == custom_id), None)
         if component is None:
-            available = [
-                c.get("custom_id") for c in _walk_components(msg["components"]) if c.get("custom_id")
-            ]
+            available = [c.get("custom_id") for c in _walk_components(msg["components"]) if c.get("custom_id")]
             raise ValueError(f"message {mid} has no component {custom_id!r}; it has {available}")
         if component.get("disabled"):
             raise ValueError(f"component {custom_id!r} is disabled")
@@ -2688,9 +2635,7 @@ class FakeDiscord:
         elif component["type"] in (5, 6, 7, 8):  # user / role / mentionable / channel selects
             opt_type = {5: OPT_USER, 6: OPT_ROLE, 7: OPT_MENTIONABLE, 8: OPT_CHANNEL}[component["type"]]
             resolved: dict[str, dict[str, Any]] = {}
-            data["values"] = [
-                self._option_value("v", v, opt_type, channel, resolved)["value"] for v in values or []
-            ]
+            data["values"] = [self._option_value("v", v, opt_type, channel, resolved)["value"] for v in values or []]
             data["resolved"] = resolved
         inter = self._build_interaction(
             INTERACTION_COMPONENT,
@@ -2718,11 +2663,7 @@ class FakeDiscord:
         inputs, a list of strings for selects), in the modal's own layout (action rows or labels)."""
         if interaction.modal is None:
             raise ValueError(f"interaction {interaction.id} was not answered with a modal")
-        known = {
-            c["custom_id"]
-            for c in _walk_components(interaction.modal.get("components"))
-            if c.get("custom_id")
-        }
+        known = {c["custom_id"] for c in _walk_components(interaction.modal.get("components")) if c.get("custom_id")}
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"modal has no input(s) {sorted(unknown)}; it has {sorted(known)}")

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from devkit.gemini import FAST_RETRY, Delay, Raw, Status
 from pipeline.executor import GPUExecutor
-from pipeline.loop import Idea, Studio
-from tests.fakes.gemini import FAST_RETRY, Delay, Raw, Status
+from pipeline.studio import Idea, Studio
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -57,11 +57,18 @@ async def run(studio: Studio, idea: Idea | str, user: str = "u"):
         job.finish()
 
 
-async def test_low_score_reruns_once_with_the_correction(make_studio, gemini_settings, tiny_sd_dir, tiny_clip_dir, fake_gemini):
+async def test_low_score_reruns_once_with_the_correction(
+    make_studio, gemini_settings, tiny_sd_dir, tiny_clip_dir, fake_gemini
+):
     correction = "prominent wooden table, wooden table clearly visible, a red apple on a wooden table"
     fake_gemini.script(
         "critic",
-        {"alignment_score": 40, "missing_elements": ["wooden table"], "correction_prompt": correction, "notes": "no table"},
+        {
+            "alignment_score": 40,
+            "missing_elements": ["wooden table"],
+            "correction_prompt": correction,
+            "notes": "no table",
+        },
         {"alignment_score": 92, "missing_elements": [], "correction_prompt": "", "notes": "good"},
     )
     studio = await make_studio(gemini(gemini_settings, tiny_sd_dir, tiny_clip_dir))
@@ -86,14 +93,16 @@ async def test_low_score_reruns_once_with_the_correction(make_studio, gemini_set
     assert director_calls[0].response_mime_type == "application/json"
     assert director_calls[0].response_schema is not None
     assert IDEA in director_calls[0].text
-    (mime, png), = critic_calls[0].images
+    ((mime, png),) = critic_calls[0].images
     assert mime == "image/png" and Image.open(io.BytesIO(png)).size == (64, 64)
     assert critic_calls[0].response_schema is not None
     assert {"timings", "rounds"} <= set(json.loads(result.model_dump_json()))
     assert set(result.timings) >= {"direct", "render", "review"}
 
 
-async def test_the_best_round_is_kept_not_the_last(make_studio, gemini_settings, tiny_sd_dir, tiny_clip_dir, fake_gemini):
+async def test_the_best_round_is_kept_not_the_last(
+    make_studio, gemini_settings, tiny_sd_dir, tiny_clip_dir, fake_gemini
+):
     fake_gemini.script(
         "critic",
         {"alignment_score": 70, "missing_elements": [], "correction_prompt": "a red apple, close-up", "notes": ""},
@@ -128,7 +137,9 @@ async def test_gemini_failures_fall_back_to_local_and_the_job_completes(
 ):
     fake_gemini.always("director", entry)
     fake_gemini.always("critic", entry)
-    studio = await make_studio(gemini(gemini_settings, tiny_sd_dir, tiny_clip_dir, GEMINI_TIMEOUT_S=0.5, GEMINI_RETRIES=1))
+    studio = await make_studio(
+        gemini(gemini_settings, tiny_sd_dir, tiny_clip_dir, GEMINI_TIMEOUT_S=0.5, GEMINI_RETRIES=1)
+    )
     started = asyncio.get_running_loop().time()
     output = await run(studio, IDEA)
     result = output.result
@@ -158,11 +169,23 @@ async def test_no_key_runs_fully_locally(make_studio):
     assert result.palette_source == "image" and 1 <= len(result.palette) <= 5
 
 
-async def test_regenerate_uses_the_last_correction_new_seed_more_guidance(make_studio, gemini_settings, tiny_sd_dir, tiny_clip_dir, fake_gemini):
+async def test_regenerate_uses_the_last_correction_new_seed_more_guidance(
+    make_studio, gemini_settings, tiny_sd_dir, tiny_clip_dir, fake_gemini
+):
     fake_gemini.script(
         "critic",
-        {"alignment_score": 60, "missing_elements": ["table"], "correction_prompt": "apple on a big table", "notes": ""},
-        {"alignment_score": 70, "missing_elements": ["table"], "correction_prompt": "apple on a huge wooden table", "notes": ""},
+        {
+            "alignment_score": 60,
+            "missing_elements": ["table"],
+            "correction_prompt": "apple on a big table",
+            "notes": "",
+        },
+        {
+            "alignment_score": 70,
+            "missing_elements": ["table"],
+            "correction_prompt": "apple on a huge wooden table",
+            "notes": "",
+        },
         {"alignment_score": 95, "missing_elements": [], "correction_prompt": "", "notes": ""},
     )
     studio = await make_studio(gemini(gemini_settings, tiny_sd_dir, tiny_clip_dir))
@@ -191,9 +214,14 @@ async def test_empty_idea_is_refused(make_studio):
 # ------------------------------------------------------------------------------------------------
 async def cli(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pipeline", *args,
-        cwd=cwd, env={**os.environ, **env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "pipeline",
+        *args,
+        cwd=cwd,
+        env={**os.environ, **env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     return proc.returncode, out.decode(), err.decode()
@@ -215,7 +243,7 @@ def cli_env(tiny_sd_dir, tiny_clip_dir, trained_whisper_dir, tmp_path):
 
 
 async def test_cli_voice_note_end_to_end(cli_env, tmp_path):
-    from tests.voice import make_voice_note
+    from devkit.voice import make_voice_note
 
     note = tmp_path / "note.ogg"
     make_voice_note(IDEA, note)
@@ -249,5 +277,7 @@ async def test_cli_bad_input_one_line_error(cli_env, tmp_path):
     assert lines[-1].startswith("error: ") and "Traceback" not in err
     assert not (tmp_path / "out").exists()
 
-    code, _, err = await cli(["--text", "x", "--out", "out"], {**cli_env, "DIFFUSION_MODEL": str(tmp_path / "nope")}, tmp_path)
+    code, _, err = await cli(
+        ["--text", "x", "--out", "out"], {**cli_env, "DIFFUSION_MODEL": str(tmp_path / "nope")}, tmp_path
+    )
     assert code == 3 and "DIFFUSION_MODEL" in err and "Traceback" not in err

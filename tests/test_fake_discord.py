@@ -16,14 +16,12 @@ import pytest
 from discord import app_commands
 from discord.ext import commands
 
-from tests.fakes.discord import FakeDiscord, Intents, MessageFlags
+from devkit.discord import FakeDiscord, Intents, MessageFlags
 
 pytestmark = pytest.mark.timeout(30)
 
 TOKEN = "test-bot-token"
-PNG = (
-    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x08\x08\x02\x00\x00\x00" + b"\x00" * 32
-)
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x08\x08\x02\x00\x00\x00" + b"\x00" * 32
 OGG = b"OggS\x00\x02" + bytes(range(256)) * 4
 
 
@@ -55,9 +53,7 @@ def regen_view(job: int) -> discord.ui.View:
 
 @app_commands.command(name="draw", description="Draw a picture")
 @app_commands.describe(prompt="What to draw", sketch="An optional sketch")
-async def draw(
-    interaction: discord.Interaction, prompt: str, sketch: discord.Attachment | None = None
-) -> None:
+async def draw(interaction: discord.Interaction, prompt: str, sketch: discord.Attachment | None = None) -> None:
     await interaction.response.defer(thinking=True)
     data = await sketch.read() if sketch is not None else b""
     file = discord.File(io.BytesIO(b"IMG:" + prompt.encode() + b":" + data), filename="result.png")
@@ -97,9 +93,7 @@ class StyleView(discord.ui.View):
     def __init__(self) -> None:
         super().__init__(timeout=None)
 
-    @discord.ui.select(
-        custom_id="style", options=[discord.SelectOption(label=s, value=s) for s in ("oil", "ink")]
-    )
+    @discord.ui.select(custom_id="style", options=[discord.SelectOption(label=s, value=s) for s in ("oil", "ink")])
     async def style(self, interaction: discord.Interaction, select: discord.ui.Select) -> None:
         await interaction.response.defer()  # type 6: deferred update
         interaction.client.events.append(("style", tuple(select.values)))  # type: ignore[attr-defined]
@@ -314,9 +308,7 @@ async def test_slash_command_with_attachment_is_deferred_then_answered_with_a_fi
     assert fake.original_response(click)["content"] == "Regenerating job 42"
 
 
-async def test_dynamic_item_on_a_channel_message_survives_without_view_state(
-    fake: FakeDiscord, bot: MiniBot
-) -> None:
+async def test_dynamic_item_on_a_channel_message_survives_without_view_state(fake: FakeDiscord, bot: MiniBot) -> None:
     channel = bot.get_channel(fake.channel.id)
     sent = await channel.send("Job 7 is done", view=regen_view(7), reference=None)
     bot._connection._view_store._views.clear()  # as after a restart: only the DynamicItem remains
@@ -327,9 +319,7 @@ async def test_dynamic_item_on_a_channel_message_survives_without_view_state(
     assert ("regen", 7, fake.user.id) in bot.events
 
 
-async def test_expired_interaction_token_fails_and_the_channel_still_works(
-    fake: FakeDiscord, bot: MiniBot
-) -> None:
+async def test_expired_interaction_token_fails_and_the_channel_still_works(fake: FakeDiscord, bot: MiniBot) -> None:
     fake.token_lifetime = 0.3
     inter = await fake.slash_command("slow", user=fake.user)
     interaction: discord.Interaction = await asyncio.wait_for(bot.pending.get(), 5)
@@ -347,9 +337,7 @@ async def test_expired_interaction_token_fails_and_the_channel_still_works(
     assert msg["mentions"][0]["id"] == str(fake.user.id)
 
 
-async def test_callback_after_the_ack_deadline_is_unknown_interaction(
-    fake: FakeDiscord, bot: MiniBot
-) -> None:
+async def test_callback_after_the_ack_deadline_is_unknown_interaction(fake: FakeDiscord, bot: MiniBot) -> None:
     fake.ack_deadline = 0.1
     inter = await fake.slash_command("sleepy", user=fake.user)
     error = await asyncio.wait_for(bot.errors.get(), 5)
@@ -403,9 +391,7 @@ async def test_select_and_update_message_on_a_persistent_view(fake: FakeDiscord,
     assert done.response_type == 7
     message = fake.get_message(sent.id)
     assert message["content"] == "finished" and message["edited_timestamp"] is not None
-    button = next(
-        c for row in message["components"] for c in row["components"] if c.get("custom_id") == "done"
-    )
+    button = next(c for row in message["components"] for c in row["components"] if c.get("custom_id") == "done")
     assert button["disabled"] is True
     with pytest.raises(ValueError, match="disabled"):
         await fake.click_button(sent, "done", fake.user)
@@ -484,9 +470,7 @@ async def test_message_content_intent_is_enforced() -> None:
             bot = MiniBot(message_content=False)
             task = await start_bot(bot)
             try:
-                sent = await fake.send_message(
-                    fake.channel.id, fake.user, "secret", attachments=[("a.ogg", OGG)]
-                )
+                sent = await fake.send_message(fake.channel.id, fake.user, "secret", attachments=[("a.ogg", OGG)])
                 await fake.wait_until(lambda: any(e[1] == int(sent["id"]) for e in bot.events), poll=0.01)
                 assert ("message", int(sent["id"]), "") in bot.events
                 mention = await fake.send_message(fake.channel.id, fake.user, f"{fake.bot_user.mention} hi")
@@ -505,9 +489,7 @@ async def test_rate_limit_is_retried_and_unknown_routes_are_recorded(fake: FakeD
     assert statuses == [429, 200]
 
     with pytest.raises(discord.NotFound):
-        await bot.http.request(
-            discord.http.Route("GET", "/guilds/{guild_id}/audit-logs", guild_id=fake.guild.id)
-        )
+        await bot.http.request(discord.http.Route("GET", "/guilds/{guild_id}/audit-logs", guild_id=fake.guild.id))
     (unknown,) = fake.unknown_calls
     assert unknown.path == f"/guilds/{fake.guild.id}/audit-logs" and unknown.status == 404
     fake.calls.remove(unknown)  # expected here; the fixture asserts there are no others
@@ -530,10 +512,6 @@ async def test_shutdown_is_clean(caplog: pytest.LogCaptureFixture) -> None:
         gc.collect()
     others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
     assert others == []
-    problems = [
-        r.getMessage()
-        for r in caplog.records
-        if "Unclosed" in r.getMessage() or "destroyed" in r.getMessage()
-    ]
+    problems = [r.getMessage() for r in caplog.records if "Unclosed" in r.getMessage() or "destroyed" in r.getMessage()]
     assert problems == []
     assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []

@@ -132,9 +132,7 @@ class RecordedRequest:
         for part in self.parts:
             blob = part.get("inlineData") or part.get("inline_data")
             if blob:
-                out.append(
-                    (blob.get("mimeType") or blob.get("mime_type"), decode_b64(blob["data"]))
-                )
+                out.append((blob.get("mimeType") or blob.get("mime_type"), decode_b64(blob["data"])))
         return out
 
 
@@ -210,9 +208,7 @@ class FakeGemini:
         app.router.add_route("*", "/{tail:.*}", self._unknown)
         # handler_cancellation: a client that gave up (time-out test) cancels a sleeping Delay, so
         # shutting down never waits for it
-        self._runner = web.AppRunner(
-            app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
-        )
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

@@ -44,9 +44,7 @@ def require_tools(*tools: str) -> None:
     """Skip the calling test when a command-line tool it needs is not installed."""
     missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
-        pytest.skip(
-            f"needs {', '.join(missing)} (apt-get install espeak-ng ffmpeg; make system-deps)"
-        )
+        pytest.skip(f"needs {', '.join(missing)} (apt-get install espeak-ng ffmpeg; make system-deps)")
 
 
 def _run(cmd: list[str], data: bytes | None = None) -> bytes:
@@ -79,14 +77,10 @@ def ffmpeg_encode(data: bytes, *args: str, fmt: str) -> bytes:
 
 def to_voice_note(data: bytes) -> bytes:
     """Any audio → a Discord-style voice message: OGG/Opus, 48 kHz, mono."""
-    return ffmpeg_encode(
-        data, "-c:a", "libopus", "-ar", str(VOICE_NOTE_RATE), "-ac", "1", fmt="ogg"
-    )
+    return ffmpeg_encode(data, "-c:a", "libopus", "-ar", str(VOICE_NOTE_RATE), "-ac", "1", fmt="ogg")
 
 
-def make_voice_note(
-    text: str, path: Path | None = None, *, voice: str = "en", wpm: int = SPEECH_WPM
-) -> bytes:
+def make_voice_note(text: str, path: Path | None = None, *, voice: str = "en", wpm: int = SPEECH_WPM) -> bytes:
     """``text`` spoken by espeak-ng (``voice`` is an espeak-ng voice: ``en``, ``de``, ``fr`` ...) as
     OGG/Opus 48 kHz mono bytes, like a Discord voice message; also written to ``path`` if given."""
     note = to_voice_note(speak_wav(text, voice=voice, wpm=wpm))
@@ -102,9 +96,7 @@ def wav_bytes(samples: np.ndarray, sample_rate: int, *, subtype: str = "PCM_16")
     import soundfile as sf
 
     buffer = io.BytesIO()
-    sf.write(
-        buffer, np.asarray(samples, dtype=np.float32), sample_rate, format="WAV", subtype=subtype
-    )
+    sf.write(buffer, np.asarray(samples, dtype=np.float32), sample_rate, format="WAV", subtype=subtype)
     return buffer.getvalue()
 
 
@@ -133,16 +125,12 @@ def silence(seconds: float, sample_rate: int = VOICE_NOTE_RATE) -> np.ndarray:
     return np.zeros(int(seconds * sample_rate), dtype=np.float32)
 
 
-def tone(
-    seconds: float, freq: float = 440.0, amplitude: float = 0.3, sample_rate: int = VOICE_NOTE_RATE
-) -> np.ndarray:
+def tone(seconds: float, freq: float = 440.0, amplitude: float = 0.3, sample_rate: int = VOICE_NOTE_RATE) -> np.ndarray:
     t = np.arange(int(seconds * sample_rate)) / sample_rate
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
-def noise(
-    seconds: float, amplitude: float = 0.1, sample_rate: int = VOICE_NOTE_RATE, seed: int = 0
-) -> np.ndarray:
+def noise(seconds: float, amplitude: float = 0.1, sample_rate: int = VOICE_NOTE_RATE, seed: int = 0) -> np.ndarray:
     """White Gaussian noise with standard deviation ``amplitude``."""
     rng = np.random.default_rng(seed)
     return (amplitude * rng.standard_normal(int(seconds * sample_rate))).astype(np.float32)

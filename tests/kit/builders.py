@@ -111,9 +111,7 @@ def build_tiny_clip(directory: Path, seed: int = 0) -> Path:
     model.save_pretrained(directory)
     write_clip_tokenizer(directory / "_tok")
     tokenizer = CLIPTokenizer.from_pretrained(directory / "_tok")
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    )
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
     return directory
 
@@ -188,9 +186,7 @@ def build_tiny_stable_diffusion(directory: Path, seed: int = 0, safety_checker: 
                 projection_dim=32,
             )
         )
-        feature_extractor = CLIPImageProcessor(
-            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-        )
+        feature_extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
 
     pipe = StableDiffusionPipeline(
         unet=unet,
@@ -238,9 +234,7 @@ def _whisper_special_tokens(languages: list[str]) -> list[str]:
     )
 
 
-def _write_whisper_tokenizer(
-    vocab: dict[str, int], merges: list[tuple[str, str]], languages: list[str]
-):
+def _write_whisper_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], languages: list[str]):
     """A WhisperTokenizer from an in-memory byte-level BPE vocabulary (``<|endoftext|>`` is its last
     entry), with Whisper's special tokens and the timestamp tokens appended in Whisper's order."""
     from tokenizers import AddedToken
@@ -258,17 +252,12 @@ def _write_whisper_tokenizer(
             (tmp / "merges.txt").write_text(
                 "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
             )
-            tokenizer = WhisperTokenizer(
-                vocab_file=str(tmp / "vocab.json"), merges_file=str(tmp / "merges.txt")
-            )
+            tokenizer = WhisperTokenizer(vocab_file=str(tmp / "vocab.json"), merges_file=str(tmp / "merges.txt"))
     specials = _whisper_special_tokens(languages)
     special_tokens = [AddedToken(t, special=True, normalized=False) for t in specials]
     tokenizer.add_special_tokens({"additional_special_tokens": special_tokens})
     tokenizer.add_tokens(
-        [
-            AddedToken("<|%.2f|>" % (i * 0.02), special=False, normalized=False)
-            for i in range(WHISPER_NUM_TIMESTAMPS)
-        ]
+        [AddedToken("<|%.2f|>" % (i * 0.02), special=False, normalized=False) for i in range(WHISPER_NUM_TIMESTAMPS)]
     )
     tokenizer.set_prefix_tokens()  # its template was built before <|startoftranscript|> existed
     eot = vocab["<|endoftext|>"]
@@ -569,9 +558,7 @@ def convert_ct2_whisper(src_dir: Path, out_dir: Path) -> Path:
     state_dict = _ct2_whisper_state_dict(variables, encoder_layers, decoder_layers)
     missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     if missing or unexpected:
-        raise ValueError(
-            f"CTranslate2 → transformers mapping incomplete: missing {missing}, unexpected {unexpected}"
-        )
+        raise ValueError(f"CTranslate2 → transformers mapping incomplete: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
     model.eval()
     generation_config = _whisper_generation_config(
