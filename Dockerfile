@@ -27,6 +27,8 @@ COPY --chown=voxcanvas:voxcanvas pyproject.toml README.md ./
 COPY --chown=voxcanvas:voxcanvas pipeline ./pipeline
 COPY --chown=voxcanvas:voxcanvas bot ./bot
 COPY --chown=voxcanvas:voxcanvas cogs ./cogs
+# The development kit (package `devkit`, tests/kit) is part of the distribution; small, never imported at run time.
+COPY --chown=voxcanvas:voxcanvas tests/kit ./tests/kit
 RUN pip install .
 
 VOLUME ["/data", "/cache/huggingface"]

@@ -93,14 +93,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _quiet_libraries(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
+    from pipeline.logs import configure_logging
+
+    # The benchmark's own progress lines; the product's and the libraries' only with --verbose.
+    others = ("discord", "aiohttp", "pipeline", "bot", "cogs", "tests", "httpx", "urllib3", "PIL", "numba")
+    configure_logging(
+        logging.DEBUG if verbose else logging.INFO,
+        levels=dict.fromkeys(others, logging.DEBUG if verbose else logging.WARNING),
+        fmt="%(asctime)s %(levelname).1s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
-        stream=sys.stderr,
     )
-    for name in ("discord", "aiohttp", "pipeline", "bot", "cogs", "tests", "httpx", "urllib3", "PIL", "numba"):
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -108,14 +110,12 @@ def _quiet_libraries(verbose: bool) -> None:
     try:
         import diffusers.utils.logging as dlog
 
-        dlog.set_verbosity_error()
         dlog.disable_progress_bar()
     except Exception:  # pragma: no cover
         pass
     try:
         import transformers.utils.logging as tlog
 
-        tlog.set_verbosity_error()
         tlog.disable_progress_bar()
     except Exception:  # pragma: no cover
         pass

@@ -1,4 +1,4 @@
-"""Model directories for the benchmarks: tiny (from ``tests/builders.py``) and REAL-SIZE random-weight
+"""Model directories for the benchmarks: tiny (from ``devkit.builders``) and REAL-SIZE random-weight
 architectures, saved with ``save_pretrained`` and then loaded through the product's own loading code
 (``Synthesizer``, ``Transcriber``, ``ClipCritic``), exactly like a hub checkout.
 
@@ -20,7 +20,7 @@ depend on values, and are pinned so the work matches real use:
 
 The Whisper tokenizer is Whisper's exact id layout (50257 byte-level BPE tokens, ``<|endoftext|>``
 50257, ``<|startoftranscript|>`` 50258, 100 languages, task/control tokens, 1501 timestamps = 51866),
-built with the helpers in ``tests/builders.py``.
+built with the helpers in ``devkit.builders``.
 
 Real-size models are built on the GPU when there is one (random init of ~2 billion parameters takes a
 few seconds there, ~30 s on a laptop CPU), stored in fp16 (about 4.5 GB) in a cache directory, and
@@ -30,6 +30,7 @@ rebuilt only when :data:`BUILD_VERSION` changes.
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import logging
 import re
@@ -136,10 +137,21 @@ def vocabulary_words() -> collections.Counter:
     source text: style templates, quality terms, the one-token word list, element templates) and
     the benchmark's ideas, with a count (frequent words get their merges first)."""
     import pipeline.critic
-    import pipeline.director
+    import pipeline.directors.gemini
+    import pipeline.directors.local
+    import pipeline.prompts
+    import pipeline.scene
+    import pipeline.styles
 
     words: collections.Counter = collections.Counter()
-    for module in (pipeline.director, pipeline.critic):
+    for module in (
+        pipeline.prompts,
+        pipeline.styles,
+        pipeline.scene,
+        pipeline.directors.local,
+        pipeline.directors.gemini,
+        pipeline.critic,
+    ):
         words.update(re.findall(r"[a-z]+", Path(module.__file__).read_text(encoding="utf-8").lower()))
     for idea in IDEAS:
         words.update(re.findall(r"[a-z]+", idea) * 10)
@@ -154,7 +166,7 @@ def _learn_merges(words: collections.Counter) -> list[tuple[str, str]]:
     while True:
         pairs: collections.Counter = collections.Counter()
         for word, seq in seqs.items():
-            for pair in zip(seq, seq[1:]):
+            for pair in itertools.pairwise(seq):
                 pairs[pair] += words[word]
         if not pairs:
             return merges
@@ -190,7 +202,7 @@ def write_clip_word_tokenizer(directory: Path, words: collections.Counter | None
     from transformers import CLIPTokenizer
 
     words = words if words is not None else vocabulary_words()
-    chars = list(builders._bytes_to_unicode().values())
+    chars = list(builders.bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for token in chars + [c + "</w>" for c in chars]:
         vocab[token] = len(vocab)
@@ -216,7 +228,7 @@ def write_clip_word_tokenizer(directory: Path, words: collections.Counter | None
 
 def whisper_tokenizer():
     """A WhisperTokenizer with Whisper large-v3's exact id layout (51866 ids)."""
-    chars = list(builders._bytes_to_unicode().values())
+    chars = list(builders.bytes_to_unicode().values())
     vocab: dict[str, int] = {c: i for i, c in enumerate(chars)}
     merges: list[tuple[str, str]] = []
     fillers = _filler_pairs(chars, chars, set(vocab))
@@ -225,7 +237,7 @@ def whisper_tokenizer():
         vocab[a + b] = len(vocab)
         merges.append((a, b))
     vocab["<|endoftext|>"] = WHISPER_BASE_BPE
-    tokenizer = builders._write_whisper_tokenizer(vocab, merges, builders._whisper_languages())
+    tokenizer = builders.build_whisper_tokenizer(vocab, merges, builders.whisper_languages())
     assert len(tokenizer) == WHISPER_VOCAB, len(tokenizer)
     return tokenizer
 
@@ -313,14 +325,14 @@ def build_whisper_turbo(directory: Path, *, text_tokens: int = WHISPER_TEXT_TOKE
     shape_whisper_decoder(model, [ids(t) for t in [*"abcdefghijklmnopqrstuvwxyz", "Ġ"]], eot, text_tokens)
     model.to("cpu", torch.float16)
     log.info("Whisper large-v3-turbo architecture: %.0fM parameters", _n_params(model) / 1e6)
-    generation_config = builders._whisper_generation_config(
+    generation_config = builders.whisper_generation_config(
         tokenizer,
-        languages=builders._whisper_languages(),
+        languages=builders.whisper_languages(),
         multilingual=True,
         suppress_tokens=[],
         alignment_heads=WHISPER_TURBO_ALIGNMENT_HEADS,
     )
-    return builders._save_whisper(directory, model, tokenizer, generation_config)
+    return builders.save_whisper(directory, model, tokenizer, generation_config)
 
 
 #: <|startoftranscript|> <|lang|> <|task|> <|notimestamps|> precede the text.
@@ -330,7 +342,7 @@ WHISPER_PREFIX_TOKENS = 4
 def shape_whisper_decoder(model, letter_ids: list[int], eot: int, text_tokens: int | None) -> None:
     """Make a random Whisper "say" letters, and <|endoftext|> after ``text_tokens`` text tokens.
 
-    * Letters: their output-projection rows are lengthened (as ``tests/builders.py`` does for the
+    * Letters: their output-projection rows are lengthened (as ``devkit.builders`` does for the
       tiny Whisper), so they win the argmax over the other 51k random rows.
     * End: the decoder's learned position embeddings from the position that predicts the
       ``text_tokens + 1``-th text token on are set to a long vector along <|endoftext|>'s output row.
@@ -424,7 +436,7 @@ def ensure_real_models(cache_dir: Path, names=tuple(REAL_BUILDERS)) -> dict[str,
 def ensure_tiny_models(
     cache_dir: Path, names=("sd15", "clip-vit-large-patch14", "whisper-large-v3-turbo")
 ) -> dict[str, Path]:
-    """The test suite's tiny models (``tests/builders.py``), built into ``cache_dir``. A name not
+    """The test suite's tiny models (``devkit.builders``), built into ``cache_dir``. A name not
     built maps to a directory that does not exist (for settings that never load it)."""
     cache_dir = Path(cache_dir)
     makers = {

@@ -10,6 +10,10 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
 
 EXIT_CONFIG, EXIT_TOKEN = 2, 3
 
@@ -32,17 +36,9 @@ class _RedactSecrets(logging.Filter):
 
 
 def setup_logging(level: str, secrets: list[str]) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    handler.addFilter(_RedactSecrets(secrets))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for noisy in ("discord.gateway", "httpx", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # Per-call advice from model code (generation length, token windows) is not actionable here.
-    for chatty in ("diffusers", "transformers"):
-        logging.getLogger(chatty).setLevel(logging.ERROR)
+    from pipeline.logs import configure_logging
+
+    configure_logging(level, filters=[_RedactSecrets(secrets)])
 
 
 def main() -> int:
@@ -68,14 +64,15 @@ def main() -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    secrets = [settings.DISCORD_TOKEN.get_secret_value()]
+    token = settings.DISCORD_TOKEN.get_secret_value()
+    secrets = [token]
     if settings.GEMINI_API_KEY is not None:
         secrets.append(settings.GEMINI_API_KEY.get_secret_value())
     setup_logging(settings.LOG_LEVEL, secrets)
-    return asyncio.run(run(settings))
+    return asyncio.run(run(settings, token))
 
 
-async def run(settings) -> int:
+async def run(settings: Settings, token: str) -> int:
     import discord
 
     from .client import VoxCanvasBot, configure_endpoints
@@ -107,7 +104,7 @@ async def run(settings) -> int:
             pass
     try:
         async with bot:
-            await bot.start(settings.DISCORD_TOKEN.get_secret_value())
+            await bot.start(token)
     except discord.LoginFailure:
         print(
             "VoxCanvas: Discord rejected DISCORD_TOKEN (401 Unauthorized). Reset the token in the "

@@ -1,8 +1,11 @@
 """The Discord client: a ``commands.Bot`` subclass with its dependencies injected.
 
-``setup_hook`` opens the job store, starts the GPU executor (models warm up in the background so
-the bot connects at once), loads the cogs, registers the persistent buttons, syncs slash
-commands only when they changed, and resumes jobs a previous process left unfinished.
+The executor and (optionally) an opened store are passed in; ``setup_hook`` opens the store if
+none was given, starts the executor (models warm up in the background so the bot connects at
+once), builds the studio and the :class:`~.runner.JobRunner` from them, loads the cogs, registers
+the persistent buttons, syncs slash commands only when they changed, and resumes jobs a previous
+process left unfinished (:class:`~.recovery.Recovery`). Cogs and buttons reach the store and the
+runner through :attr:`VoxCanvasBot.store` and :attr:`VoxCanvasBot.runner`, which exist from then on.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import discord
 import yarl
@@ -23,7 +27,8 @@ from pipeline.executor import GPUExecutor
 from pipeline.settings import Settings
 from pipeline.studio import Studio
 
-from .runtime import JobRunner
+from .recovery import Recovery
+from .runner import JobRunner
 from .store import JobStore
 from .views import DYNAMIC_ITEMS
 
@@ -56,6 +61,10 @@ def bot_intents() -> discord.Intents:
     return intents
 
 
+class NotStarted(RuntimeError):
+    """The store, studio and runner exist once ``setup_hook`` has run."""
+
+
 class VoxCanvasBot(commands.Bot):
     def __init__(
         self,
@@ -63,9 +72,9 @@ class VoxCanvasBot(commands.Bot):
         *,
         executor: GPUExecutor | None = None,
         store: JobStore | None = None,
-        gemini_client=None,
+        gemini_client: Any = None,
         warm_up: bool = True,
-        **client_options,
+        **client_options: Any,
     ) -> None:
         super().__init__(
             **client_options,
@@ -77,22 +86,40 @@ class VoxCanvasBot(commands.Bot):
         )
         self.settings = settings
         self.executor = executor or GPUExecutor(settings)
-        self.store: JobStore | None = store
+        self._store = store
         self._gemini_client = gemini_client
         self._warm_up = warm_up
-        self.studio: Studio | None = None
-        self.runner = JobRunner(self)
-        self.warm_up_task: asyncio.Task | None = None
+        self._studio: Studio | None = None
+        self._runner: JobRunner | None = None
+        self.warm_up_task: asyncio.Task[None] | None = None
         self.synced: bool | None = None  # whether the last start sent the command set to Discord
         self._closing = False
-        self.tree.on_error = self.on_app_command_error
+        self.tree.error(self.on_app_command_error)
+
+    @property
+    def store(self) -> JobStore:
+        if self._store is None:
+            raise NotStarted("the job store is opened in setup_hook")
+        return self._store
+
+    @property
+    def studio(self) -> Studio:
+        if self._studio is None:
+            raise NotStarted("the studio is built in setup_hook")
+        return self._studio
+
+    @property
+    def runner(self) -> JobRunner:
+        if self._runner is None:
+            raise NotStarted("the job runner is built in setup_hook")
+        return self._runner
 
     # --- start-up --------------------------------------------------------------------------
     async def setup_hook(self) -> None:
-        if self.store is None:
-            self.store = await JobStore.open(self.settings.DATA_DIR)
+        store = self._store = self._store or await JobStore.open(self.settings.DATA_DIR)
         await self.executor.start()
-        self.studio = Studio(self.settings, self.executor, gemini_client=self._gemini_client)
+        studio = self._studio = Studio(self.settings, self.executor, gemini_client=self._gemini_client)
+        self._runner = JobRunner(self, store=store, executor=self.executor, studio=studio)
         if self._warm_up:
             self.warm_up_task = asyncio.create_task(self._warm(), name="warm-up")
         for extension in EXTENSIONS:
@@ -104,12 +131,12 @@ class VoxCanvasBot(commands.Bot):
         self.add_dynamic_items(*DYNAMIC_ITEMS)
         self.synced = await self.sync_commands_if_changed()
         if self.settings.RETENTION_DAYS:
-            removed = await self.store.purge(self.settings.RETENTION_DAYS)
+            removed = await store.purge(self.settings.RETENTION_DAYS)
             if removed:
                 log.info("retention: removed %d job(s) older than %d days", removed, self.settings.RETENTION_DAYS)
         # Logged in (REST works), gateway not yet connected: no new job can have arrived, so
         # everything unfinished in the store belongs to a previous process.
-        await self.runner.resume()
+        await Recovery(self._runner).resume()
 
     async def _warm(self) -> None:
         started = asyncio.get_running_loop().time()
@@ -162,9 +189,8 @@ class VoxCanvasBot(commands.Bot):
         elif isinstance(error, app_commands.CheckFailure):
             text = "🚫 You can't use that command here."
         else:
-            log.exception(
-                "unhandled error in /%s", interaction.command.name if interaction.command else "?", exc_info=original
-            )
+            command = interaction.command.name if interaction.command else "?"
+            log.error("unhandled error in /%s", command, exc_info=original)
             text = "😵 Sorry — something broke on my side. I've logged it; please try again."
         try:
             if interaction.response.is_done():
@@ -174,8 +200,10 @@ class VoxCanvasBot(commands.Bot):
         except discord.HTTPException:
             log.warning("could not tell the user about an error", exc_info=True)
 
-    async def on_error(self, event_method: str, /, *args, **kwargs) -> None:
-        log.exception("unhandled error in %s", event_method)  # never let an event take the bot down
+    async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
+        # discord.py calls this from inside its ``except`` block: log the exception, never let an
+        # event take the bot down.
+        log.exception("unhandled error in %s", event_method)  # noqa: LOG004
 
     # --- shutdown ---------------------------------------------------------------------------
     async def close(self) -> None:
@@ -187,15 +215,16 @@ class VoxCanvasBot(commands.Bot):
         log.info("shutting down: draining running jobs (up to %.0fs)", SHUTDOWN_GRACE_S)
         self.executor.stop_admitting()
         try:
-            await self.runner.drain(SHUTDOWN_GRACE_S)
+            if self._runner is not None:
+                await self._runner.drain(SHUTDOWN_GRACE_S)
             remaining = await self.executor.shutdown(timeout_s=10)
             if remaining:
                 log.info("%d job(s) stay queued in the store for the next start", len(remaining))
         finally:
             if self.warm_up_task is not None:
                 self.warm_up_task.cancel()
-            if self.studio is not None:
-                await self.studio.aclose()
-            if self.store is not None:
-                await self.store.close()
+            if self._studio is not None:
+                await self._studio.aclose()
+            if self._store is not None:
+                await self._store.close()
             await super().close()

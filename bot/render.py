@@ -150,7 +150,8 @@ def details_text(result: Result) -> str:
         marker = " ← shown" if r.index == result.best_round else ""
         lines += [
             "",
-            f"**Round {r.index + 1}**{marker}: score {r.score}/100 · seed {r.seed} · {r.steps} steps · guidance {r.guidance:g}",
+            f"**Round {r.index + 1}**{marker}: score {r.score}/100 · seed {r.seed} · "
+            f"{r.steps} steps · guidance {r.guidance:g}",
             f"prompt: {r.prompt}",
         ]
         if r.prompt_chunks > 1:

@@ -1,9 +1,9 @@
 """Persistent buttons: Regenerate, Vary, Details.
 
-Each is a ``discord.ui.DynamicItem`` whose ``custom_id`` carries the job id
-(``voxcanvas:<action>:<job id>``, well under Discord's 100 characters). discord.py matches the
-template on every component interaction, also for messages posted before a restart, and the
-callback loads the job from the store — no state lives in memory.
+All three are :class:`JobButton`, a ``discord.ui.DynamicItem`` whose ``custom_id`` carries the
+action and the job id (``voxcanvas:<action>:<job id>``, well under Discord's 100 characters).
+discord.py matches the template on every component interaction, also for messages posted before a
+restart, and the callback loads the job from the store — no state lives in memory.
 
 Who may press them: anyone who can see the message. Regenerate and Vary start a new job that
 belongs to the person who pressed (it counts against *their* queue limit, and the new picture is
@@ -13,7 +13,8 @@ posted for them); Details answers privately (ephemeral).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+import re
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 import discord
 
@@ -22,64 +23,54 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+Action = Literal["regen", "vary", "details"]
+ACTIONS: tuple[Action, ...] = get_args(Action)
 JOB_ID = r"(?P<job_id>[0-9a-f]{8,32})"
 
+# action → label, emoji, style; in the order the buttons appear under a picture
+BUTTONS: dict[Action, tuple[str, str, discord.ButtonStyle]] = {
+    "regen": ("Regenerate", "🔁", discord.ButtonStyle.primary),
+    "vary": ("Vary", "🎲", discord.ButtonStyle.secondary),
+    "details": ("Details", "🔎", discord.ButtonStyle.secondary),
+}
 
-class _JobButton:
-    """Shared behaviour; each subclass is also a DynamicItem with its own template."""
+Button = discord.ui.Button[discord.ui.View]
 
-    action = ""
-    label = ""
-    emoji = ""
-    button_style = discord.ButtonStyle.secondary
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label=self.label,
-                emoji=self.emoji,
-                style=self.button_style,
-                custom_id=f"voxcanvas:{self.action}:{job_id}",
-            )
-        )
+class JobButton(discord.ui.DynamicItem[Button], template=rf"voxcanvas:(?P<action>{'|'.join(ACTIONS)}):{JOB_ID}"):
+    """One of the buttons under a picture; which one is the ``action`` in its ``custom_id``."""
+
+    def __init__(self, action: Action, job_id: str) -> None:
+        label, emoji, style = BUTTONS[action]
+        super().__init__(discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=custom_id(action, job_id)))
+        self.action = action
         self.job_id = job_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match, /):
-        return cls(match["job_id"])
-
-
-class RegenerateButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template=rf"voxcanvas:regen:{JOB_ID}"):
-    action, label, emoji = "regen", "Regenerate", "🔁"
-    button_style = discord.ButtonStyle.primary
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> JobButton:
+        return cls(cast(Action, match["action"]), match["job_id"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        bot: VoxCanvasBot = interaction.client  # type: ignore[assignment]
-        await bot.runner.start_follow_up(interaction, self.job_id, kind="regenerate")
+        runner = cast("VoxCanvasBot", interaction.client).runner
+        if self.action == "details":
+            await runner.show_details(interaction, self.job_id)
+        else:
+            await runner.start_follow_up(
+                interaction, self.job_id, kind="regenerate" if self.action == "regen" else "vary"
+            )
 
 
-class VaryButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template=rf"voxcanvas:vary:{JOB_ID}"):
-    action, label, emoji = "vary", "Vary", "🎲"
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        bot: VoxCanvasBot = interaction.client  # type: ignore[assignment]
-        await bot.runner.start_follow_up(interaction, self.job_id, kind="vary")
+DYNAMIC_ITEMS = (JobButton,)
 
 
-class DetailsButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template=rf"voxcanvas:details:{JOB_ID}"):
-    action, label, emoji = "details", "Details", "🔎"
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        bot: VoxCanvasBot = interaction.client  # type: ignore[assignment]
-        await bot.runner.show_details(interaction, self.job_id)
-
-
-DYNAMIC_ITEMS = (RegenerateButton, VaryButton, DetailsButton)
+def custom_id(action: Action, job_id: str) -> str:
+    return f"voxcanvas:{action}:{job_id}"
 
 
 def result_view(job_id: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    view.add_item(RegenerateButton(job_id))
-    view.add_item(VaryButton(job_id))
-    view.add_item(DetailsButton(job_id))
+    for action in ACTIONS:
+        view.add_item(JobButton(action, job_id))
     return view

@@ -9,17 +9,15 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from pipeline.director import STYLES
+from pipeline import limits
 from pipeline.studio import Idea
-from pipeline.synthesis import MAX_SEED, MAX_STEPS
+from pipeline.styles import STYLES
 
 if TYPE_CHECKING:
     from bot.client import VoxCanvasBot
 
 log = logging.getLogger(__name__)
 
-MAX_PROMPT = 1000
-MAX_IMAGE_BYTES = 10 * 1024 * 1024
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
 STYLE_CHOICES = [app_commands.Choice(name=name, value=name) for name in list(STYLES)[:25]]
 
@@ -34,25 +32,26 @@ class Imagine(commands.Cog):
     @app_commands.describe(
         prompt="What should the picture show?",
         negative_prompt="Things to keep out of the picture",
-        seed="Repeat a picture exactly (0 – 4294967295); empty = random",
+        seed=f"Repeat a picture exactly (0 – {limits.MAX_SEED}); empty = random",
         steps="Denoising steps (more = finer, slower); default 25",
-        guidance="How closely to follow the prompt (0 – 30); default 7.5",
+        guidance=f"How closely to follow the prompt ({limits.MIN_GUIDANCE:g} – {limits.MAX_GUIDANCE:g}); default 7.5",
         style="A visual style; empty = picked from your words",
         image="A starting image: makes this image-to-image",
-        strength="Image-to-image: how much to change the starting image (0.05 – 1)",
+        strength=f"Image-to-image: how much to change the starting image ({limits.MIN_STRENGTH:g} – "
+        f"{limits.MAX_STRENGTH:g})",
     )
     @app_commands.choices(style=STYLE_CHOICES)
     async def imagine(
         self,
         interaction: discord.Interaction,
-        prompt: app_commands.Range[str, 1, MAX_PROMPT],
-        negative_prompt: app_commands.Range[str, 0, 500] | None = None,
-        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
-        steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
-        guidance: app_commands.Range[float, 0.0, 30.0] | None = None,
+        prompt: app_commands.Range[str, 1, limits.MAX_IDEA_CHARS],
+        negative_prompt: app_commands.Range[str, 0, limits.MAX_NEGATIVE_PROMPT_CHARS] | None = None,
+        seed: app_commands.Range[int, 0, limits.MAX_SEED] | None = None,
+        steps: app_commands.Range[int, limits.MIN_STEPS, limits.MAX_STEPS] | None = None,
+        guidance: app_commands.Range[float, limits.MIN_GUIDANCE, limits.MAX_GUIDANCE] | None = None,
         style: app_commands.Choice[str] | None = None,
         image: discord.Attachment | None = None,
-        strength: app_commands.Range[float, 0.05, 1.0] = 0.75,
+        strength: app_commands.Range[float, limits.MIN_STRENGTH, limits.MAX_STRENGTH] = limits.DEFAULT_STRENGTH,
     ) -> None:
         if not prompt.strip():
             await interaction.response.send_message("🚫 The prompt is empty — tell me what to draw.", ephemeral=True)
@@ -143,8 +142,10 @@ def _image_problem(image: discord.Attachment) -> str | None:
     content_type = (image.content_type or "").split(";")[0].strip().lower()
     if content_type not in IMAGE_TYPES:
         return "The attachment must be a PNG, JPEG or WebP image."
-    if image.size > MAX_IMAGE_BYTES:
-        return f"The image is {image.size / 1e6:.1f} MB; please attach one under {MAX_IMAGE_BYTES // 1_000_000} MB."
+    if image.size > limits.MAX_IMAGE_BYTES:
+        return (
+            f"The image is {image.size / 1e6:.1f} MB; please attach one under {limits.MAX_IMAGE_BYTES // 1_000_000} MB."
+        )
     return None
 
 

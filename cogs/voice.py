@@ -1,8 +1,9 @@
 """Voice notes (and audio attachments) in guild channels the bot can read and in DMs.
 
 Too long or too large → refused from the attachment's metadata, before anything is downloaded.
-Otherwise acknowledged at once (a 👂 reaction and a "Listening…" reply, which then shows the
-progress and finally becomes the result).
+Otherwise handed to the job runner, the same admission path as ``/imagine``: it admits the job (or
+refuses in a reply), acknowledges at once (a 👂 reaction and a "Listening…" reply, which then shows
+the progress and finally becomes the result), downloads the note and runs it.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import discord
 from discord.ext import commands
 
 from pipeline.audio import audio_too_long, is_too_long
-from pipeline.errors import EmptyAudio, VoxCanvasError
-from pipeline.studio import new_job_id
+from pipeline.errors import EmptyAudio
 
 if TYPE_CHECKING:
     from bot.client import VoxCanvasBot
@@ -72,28 +72,7 @@ class Voice(commands.Cog):
                 mention_author=False,
             )
             return
-        try:
-            job = self.bot.executor.admit(message.author.id, new_job_id())
-        except VoxCanvasError as exc:
-            await message.reply(f"🚫 {exc}", mention_author=False)
-            return
-        try:
-            try:
-                await message.add_reaction("👂")
-            except discord.HTTPException:
-                pass  # no permission to react: the reply is enough
-            reply = await message.reply("👂 Listening…", mention_author=False)
-            try:
-                data = await attachment.read()
-            except discord.HTTPException:
-                job.finish("failed")
-                await reply.edit(content="📥 I couldn't download that voice note — please send it again.")
-                return
-            await self.bot.runner.start_voice(message, data, attachment.filename, job, reply)
-        except BaseException:
-            if not job.finished and job.listener is None:
-                job.finish("failed")
-            raise
+        await self.bot.runner.start_voice(message, attachment)
 
 
 async def setup(bot: VoxCanvasBot) -> None:

@@ -15,8 +15,18 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import limits
+from .logs import configure_logging
+
+if TYPE_CHECKING:
+    from .executor import ProgressEvent
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_MODEL = 0, 1, 2, 3
+
+#: Command-line options that are :class:`~pipeline.studio.Idea` fields of the same name.
+IDEA_OPTIONS = ("style", "negative_prompt", "seed", "steps", "guidance", "width", "height", "strength", "task")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,14 +38,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="the idea as text, instead of an audio file")
     p.add_argument("--out", type=Path, default=Path("out"), help="output directory (default: out/)")
     p.add_argument("--style", help="a style name (e.g. photographic, watercolour, anime, pixel art)")
-    p.add_argument("--negative", help="things to keep out of the picture")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--guidance", type=float)
-    p.add_argument("--width", type=int)
-    p.add_argument("--height", type=int)
+    p.add_argument("--negative", dest="negative_prompt", metavar="TEXT", help="things to keep out of the picture")
+    p.add_argument("--seed", type=int, help=f"repeat a picture exactly (0-{limits.MAX_SEED}; default: random)")
+    p.add_argument("--steps", type=int, help=f"denoising steps ({limits.MIN_STEPS}-{limits.MAX_STEPS}; default: STEPS)")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        help=f"how closely to follow the prompt ({limits.MIN_GUIDANCE:g}-{limits.MAX_GUIDANCE:g}; default: GUIDANCE)",
+    )
+    sides = f"a multiple of {limits.SIDE_MULTIPLE}, {limits.MIN_SIDE}-{limits.MAX_SIDE}"
+    p.add_argument("--width", type=int, help=f"picture width ({sides}; default: WIDTH)")
+    p.add_argument("--height", type=int, help=f"picture height ({sides}; default: HEIGHT)")
     p.add_argument("--image", type=Path, help="an init image: image-to-image")
-    p.add_argument("--strength", type=float, default=0.75, help="image-to-image strength (0-1]")
+    p.add_argument(
+        "--strength",
+        type=float,
+        default=limits.DEFAULT_STRENGTH,
+        help=f"image-to-image strength ({limits.MIN_STRENGTH:g}-{limits.MAX_STRENGTH:g}; "
+        f"default {limits.DEFAULT_STRENGTH:g})",
+    )
     p.add_argument(
         "--task",
         choices=["auto", "transcribe", "translate"],
@@ -52,13 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     if (args.audio is None) == (args.text is None):
         print('error: give either an audio file or --text "your idea" (not both)', file=sys.stderr)
         return EXIT_BAD_INPUT
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
+    configure_logging(
+        logging.DEBUG if args.verbose else logging.WARNING,
+        quiet_libraries=not args.verbose,
+        fmt="%(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("httpx", "diffusers", "transformers", "urllib3", "google_genai"):
-        if not args.verbose:
-            logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         return asyncio.run(_run(args))
@@ -88,16 +107,8 @@ async def _run(args: argparse.Namespace) -> int:
         text=args.text,
         audio=audio,
         audio_filename=args.audio.name if args.audio is not None else None,
-        style=args.style,
-        negative_prompt=args.negative,
-        seed=args.seed,
-        steps=args.steps,
-        guidance=args.guidance,
-        width=args.width,
-        height=args.height,
         init_image=init_image,
-        strength=args.strength,
-        task=args.task,
+        **{option: getattr(args, option) for option in IDEA_OPTIONS},
     )
     executor = GPUExecutor(settings)
     await executor.start()
@@ -163,10 +174,10 @@ class _Progress:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and sys.stderr is not None
-        self.bar = None
-        self.stage = None
+        self.bar: Any = None  # a tqdm bar while rendering
+        self.stage: str | None = None
 
-    def update(self, event) -> None:
+    def update(self, event: ProgressEvent) -> None:
         if not self.enabled:
             return
         from tqdm import tqdm

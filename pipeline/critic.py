@@ -21,12 +21,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import torch
 from pydantic import AfterValidator, BaseModel, Field, field_validator
 
-from .director import Scene, TokenCounter, fit_prompt, tidy_prompt
 from .errors import ProviderError
-from .gemini import GeminiProvider, delimit, generate_structured
-from .models import model_unavailable, resolve_device
+from .gemini import GeminiProvider, delimit
+from .models import ProcessorAndModel, TransformersModel, pretrained_model
+from .prompts import TokenCounter, fit_prompt, tidy_prompt
+from .scene import Scene, dedupe
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +64,7 @@ class QAReport(BaseModel):
     @field_validator("missing_elements", mode="after")
     @classmethod
     def _drop_empty(cls, value: list[str]) -> list[str]:
-        seen: set[str] = set()
-        out = []
-        for item in value:
-            if item and item.lower() not in seen:
-                seen.add(item.lower())
-                out.append(item)
-        return out
+        return dedupe(item for item in value if item)
 
     @field_validator("correction_prompt", "notes", mode="after")
     @classmethod
@@ -192,11 +188,12 @@ def score_from_similarities(
     )
 
 
-class ClipCritic:
-    """The local critic: CLIP similarities, no network. ``load`` and ``review`` are synchronous
-    torch code meant for the GPU executor thread."""
+class ClipCritic(TransformersModel):
+    """The local critic: CLIP similarities, no network. Loaded on first use (``CLIP_MODEL``);
+    ``load`` and ``review`` are synchronous torch code meant for the GPU executor thread."""
 
     name = "local"
+    setting = "CLIP_MODEL"
 
     def __init__(
         self,
@@ -205,50 +202,23 @@ class ClipCritic:
         *,
         calibration: ClipCalibration = DEFAULT_CALIBRATION,
     ) -> None:
-        self.model_id = model
-        self.device_setting = device
+        super().__init__(model, device)
         self.calibration = calibration
-        self.model: Any = None
-        self.processor: Any = None
-        self.device: Any = None
-        self.dtype: Any = None
 
-    @property
-    def loaded(self) -> bool:
-        return self.model is not None
+    def _load(self, device: torch.device, dtype: torch.dtype) -> ProcessorAndModel:
+        from transformers import CLIPModel, CLIPProcessor
 
-    def load(self) -> None:
-        """Load CLIPModel + CLIPProcessor (idempotent).
-
-        Errors become :class:`ModelUnavailable` naming ``CLIP_MODEL``."""
-        if self.model is not None:
-            return
-        device, dtype = resolve_device(self.device_setting)
-        try:
-            from transformers import CLIPModel, CLIPProcessor
-
-            processor = CLIPProcessor.from_pretrained(self.model_id)
-            model = CLIPModel.from_pretrained(self.model_id, dtype=dtype)
-            model = model.to(device).eval()
-        except Exception as exc:  # OSError, ValueError, safetensors/JSON errors, ...
-            raise model_unavailable("CLIP_MODEL", self.model_id, exc) from exc
-        self.processor, self.model, self.device, self.dtype = processor, model, device, dtype
-        log.info("CLIP critic loaded: %s on %s", self.model_id, device)
-
-    def unload(self) -> None:
-        self.model = self.processor = None
+        processor = CLIPProcessor.from_pretrained(self.model_id)
+        model = pretrained_model(CLIPModel, self.model_id, device, dtype)
+        return ProcessorAndModel(processor=processor, model=model)
 
     def count_tokens(self, text: str) -> int:
         """CLIP tokens in ``text`` without <start>/<end> (same BPE as the SD 1.x text encoder
         when CLIP_MODEL is openai/clip-vit-large-patch14)."""
-        self.load()
         return len(self.processor.tokenizer(text, add_special_tokens=False).input_ids)
 
     def similarities(self, image: Any, texts: Sequence[str]) -> list[float]:
         """Cosine similarity of ``image`` to each text (texts longer than the window are cut)."""
-        import torch
-
-        self.load()
         tokenizer = self.processor.tokenizer
         max_length = int(min(getattr(tokenizer, "model_max_length", 77) or 77, 77))
         inputs = self.processor(
@@ -313,6 +283,8 @@ class GeminiCritic(GeminiProvider):
     """Gemini looks at the picture. Raises :class:`ProviderError` (with a reason) on any failure."""
 
     default_temperature = 0.2
+    system_instruction = CRITIC_INSTRUCTION
+    label = "Gemini (critic)"
 
     def request_parts(self, image_png: bytes, scene: Scene, prompt: str) -> list[Any]:
         from google.genai import types
@@ -337,17 +309,7 @@ class GeminiCritic(GeminiProvider):
     async def review(self, image_png: bytes, scene: Scene, prompt: str) -> QAReport:
         if not isinstance(image_png, (bytes, bytearray)) or not bytes(image_png[:8]) == PNG_MAGIC:
             raise ProviderError("The critic needs the picture as PNG bytes.")
-        report = await generate_structured(
-            self.client,
-            model=self.settings.GEMINI_MODEL,
-            contents=self.request_parts(bytes(image_png), scene, prompt),
-            schema=QAReport,
-            system_instruction=CRITIC_INSTRUCTION,
-            settings=self.settings,
-            retry=self.retry,
-            temperature=self.temperature,
-            what="Gemini (critic)",
-        )
+        report = await self.generate(self.request_parts(bytes(image_png), scene, prompt), QAReport)
         return self.finish(report, scene, prompt)
 
     def finish(self, report: QAReport, scene: Scene, prompt: str) -> QAReport:

@@ -1,8 +1,8 @@
 """One way to call Gemini: structured JSON output, retries, an overall time limit, one error type.
 
-The creative director (:mod:`pipeline.director`) and the vision critic (:mod:`pipeline.critic`)
-both ask Gemini for a JSON object shaped like a pydantic model. This module is the only place
-that talks to ``google-genai``:
+The creative director (:mod:`pipeline.directors.gemini`) and the vision critic (:mod:`pipeline.critic`)
+both ask Gemini for a JSON object shaped like a pydantic model, through one call,
+:meth:`GeminiProvider.generate`. This module is the only place that talks to ``google-genai``:
 
 * **Client** — :func:`make_client` builds a ``genai.Client`` for the Gemini Developer API
   (``vertexai=False`` explicitly, so a stray ``GOOGLE_GENAI_USE_VERTEXAI`` in the environment
@@ -33,15 +33,19 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import aiohttp
 from pydantic import BaseModel, ValidationError
 
 from .errors import ProviderError
+from .prompts import TokenCounter
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from google import genai
+    from google.genai import types as genai_types
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,7 @@ class RetryPolicy:
     exp_base: float = 2.0
     jitter: float = 0.5
 
-    def http_retry_options(self, attempts: int):
+    def http_retry_options(self, attempts: int) -> genai_types.HttpRetryOptions:
         from google.genai import types
 
         return types.HttpRetryOptions(
@@ -82,7 +86,7 @@ class RetryPolicy:
 DEFAULT_RETRY = RetryPolicy()
 
 
-def make_client(settings: Settings):
+def make_client(settings: Settings) -> genai.Client:
     """A ``genai.Client`` for the Gemini Developer API, or :class:`ProviderError` without a key.
 
     One client can be shared by the director and the critic; it owns aiohttp sessions, so close
@@ -232,17 +236,20 @@ def delimit(tag: str, text: str) -> str:
 
 class GeminiProvider:
     """What the Gemini director and critic share: the client (shared or owned), the token
-    counter, the retry policy and the sampling temperature."""
+    counter, the retry policy, the sampling temperature and the one call, :meth:`generate`."""
 
     name = "gemini"
     default_temperature = 0.7
+    #: Set by each provider: the system instruction of its calls, and how its errors name it.
+    system_instruction: ClassVar[str] = ""
+    label: ClassVar[str] = "Gemini"
 
     def __init__(
         self,
         settings: Settings,
         *,
         client: Any | None = None,
-        count_tokens: Callable[[str], int | None] | None = None,
+        count_tokens: TokenCounter | None = None,
         retry: RetryPolicy | None = None,
         temperature: float | None = None,
     ) -> None:
@@ -252,6 +259,21 @@ class GeminiProvider:
         self.count_tokens = count_tokens
         self.retry = retry or DEFAULT_RETRY
         self.temperature = self.default_temperature if temperature is None else temperature
+
+    async def generate(self, contents: Any, schema: type[M]) -> M:
+        """Ask for one ``schema`` object (:func:`generate_structured`) with this provider's model,
+        system instruction, retry policy and temperature; errors are named by :attr:`label`."""
+        return await generate_structured(
+            self.client,
+            model=self.settings.GEMINI_MODEL,
+            contents=contents,
+            schema=schema,
+            system_instruction=self.system_instruction,
+            settings=self.settings,
+            retry=self.retry,
+            temperature=self.temperature,
+            what=self.label,
+        )
 
     async def aclose(self) -> None:
         """Close the client's HTTP sessions if this provider created the client."""

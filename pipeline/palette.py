@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Iterable
+from typing import cast
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -89,7 +90,8 @@ def extract_palette(image: Image.Image, count: int = 5) -> list[str]:
     counts = sorted(quantised.getcolors() or [], reverse=True)  # [(pixels, index)]
     colours: list[str] = []
     for _, index in counts:
-        colour = rgb_to_hex(tuple(palette[index * 3 : index * 3 + 3]))
+        i = cast(int, index) * 3  # a "P" image's colours are palette indices
+        colour = rgb_to_hex((palette[i], palette[i + 1], palette[i + 2]))
         if colour not in colours:
             colours.append(colour)
     return colours[:count]

@@ -6,8 +6,10 @@ import functools
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from . import limits
 
 
 class Settings(BaseSettings):
@@ -35,11 +37,11 @@ class Settings(BaseSettings):
     DEVICE: Literal["auto", "cuda", "cpu"] = "auto"
     SAFETY_CHECKER: bool = True
 
-    # --- rendering defaults ---
-    STEPS: int = Field(25, ge=1, le=150)
-    GUIDANCE: float = Field(7.5, ge=0, le=30)
-    WIDTH: int = Field(512, ge=64, le=2048)
-    HEIGHT: int = Field(512, ge=64, le=2048)
+    # --- rendering defaults (bounds: pipeline/limits.py, checked below) ---
+    STEPS: int = 25
+    GUIDANCE: float = 7.5
+    WIDTH: int = 512
+    HEIGHT: int = 512
 
     # --- self-correction ---
     QA_THRESHOLD: int = Field(85, ge=0, le=100)
@@ -47,7 +49,7 @@ class Settings(BaseSettings):
 
     # --- queue ---
     MAX_AUDIO_SECONDS: float = Field(120, gt=0)
-    MAX_AUDIO_BYTES: int = Field(25 * 1024 * 1024, gt=0)
+    MAX_AUDIO_BYTES: int = Field(limits.MAX_AUDIO_BYTES, gt=0)
     MAX_JOBS_PER_USER: int = Field(2, ge=1)
     MAX_QUEUE: int = Field(100, ge=1)
     DYNAMIC_BATCHING: bool = True
@@ -67,6 +69,34 @@ class Settings(BaseSettings):
             return [int(part) for part in value.replace(";", ",").split(",") if part.strip()]
         if isinstance(value, int):
             return [value]
+        return value
+
+    # A rendering default the renderer would refuse fails at start, naming the setting, instead
+    # of failing every job: the bounds are the renderer's own (pipeline/limits.py).
+    @field_validator("STEPS")
+    @classmethod
+    def _steps_renderable(cls, value: int) -> int:
+        if not limits.MIN_STEPS <= value <= limits.MAX_STEPS:
+            raise ValueError(f"STEPS must be between {limits.MIN_STEPS} and {limits.MAX_STEPS} (got {value}).")
+        return value
+
+    @field_validator("GUIDANCE")
+    @classmethod
+    def _guidance_renderable(cls, value: float) -> float:
+        if not limits.MIN_GUIDANCE <= value <= limits.MAX_GUIDANCE:
+            raise ValueError(
+                f"GUIDANCE must be between {limits.MIN_GUIDANCE:g} and {limits.MAX_GUIDANCE:g} (got {value:g})."
+            )
+        return value
+
+    @field_validator("WIDTH", "HEIGHT")
+    @classmethod
+    def _side_renderable(cls, value: int, info: ValidationInfo) -> int:
+        if value % limits.SIDE_MULTIPLE or not limits.MIN_SIDE <= value <= limits.MAX_SIDE:
+            raise ValueError(
+                f"{info.field_name} must be a multiple of {limits.SIDE_MULTIPLE} between {limits.MIN_SIDE} and "
+                f"{limits.MAX_SIDE} pixels (got {value})."
+            )
         return value
 
     @field_validator("DISCORD_TOKEN", "GEMINI_API_KEY", mode="before")

@@ -1,7 +1,7 @@
-"""The self-correcting loop: transcribe → direct → render → review → (correct → review)*.
+"""The self-correcting studio: transcribe → direct → render → review → (correct → review)*.
 
 ``Studio`` is the one entry point the bot, the CLI and the benchmarks share. It awaits GPU stages
-through the :class:`~pipeline.executor.GPUExecutor` and network stages (Gemini) on the event loop,
+through the :class:`~pipeline.executor.Executor` and network stages (Gemini) on the event loop,
 so the GPU thread never waits on the network and the event loop never runs torch.
 
 Provider policy: with ``GEMINI_API_KEY`` set, Gemini directs and judges; when Gemini fails after
@@ -16,27 +16,28 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
-from .audio import decode_audio
+from . import limits
+from .audio import SAMPLE_RATE, decode_audio
 from .critic import GeminiCritic, QAReport
-from .director import GeminiDirector, LocalDirector, Scene
+from .directors import GeminiDirector, LocalDirector
 from .errors import BadRequest, ProviderError
-from .executor import GPUExecutor, Job, ProgressEvent
+from .executor import Executor, Job, ProgressEvent, Stage
 from .gemini import make_client
 from .palette import extract_palette, swatch_png
+from .scene import Scene
 from .settings import Settings
 from .synthesis import RenderedImage, RenderRequest, image_to_png
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from google import genai
+    from PIL import Image
 
-GUIDANCE_STEP = 1.5  # each correction round: guidance +1.5 (7.5 → 9.0)
-STEPS_STEP = 5  # each correction round: steps +5 (25 → 30)
-MAX_GUIDANCE = 30.0
-MAX_STEPS = 100
+log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -57,7 +58,7 @@ class Idea:
     width: int | None = None
     height: int | None = None
     init_image: bytes | None = field(default=None, repr=False)
-    strength: float = 0.75
+    strength: float = limits.DEFAULT_STRENGTH
     task: Literal["auto", "transcribe", "translate"] = "auto"
 
     @property
@@ -91,10 +92,10 @@ class Round(BaseModel):
     review_s: float = 0.0
 
 
-class Result(BaseModel):
-    """Everything about a finished job except the image bytes (see :class:`Output`)."""
+class Provenance(BaseModel):
+    """Where a picture's idea came from: what was asked or said, what was heard, and the scene
+    the director made of it. Regenerate and Vary carry their parent's provenance unchanged."""
 
-    job_id: str
     kind: str  # "text" | "voice" | "regenerate" | "vary"
     parent_job_id: str | None = None
     idea: str
@@ -104,14 +105,26 @@ class Result(BaseModel):
     audio_seconds: float | None = None
     style: str | None = None
     scene: Scene
+    director: str
+    director_fallback: str | None = None
+
+    def follow_up(self, kind: str, parent_job_id: str) -> Provenance:
+        """The same origin for a new job made from this one (``kind`` "regenerate" or "vary")."""
+        origin = {name: getattr(self, name) for name in Provenance.model_fields}
+        return Provenance(**{**origin, "kind": kind, "parent_job_id": parent_job_id})
+
+
+class Result(Provenance):
+    """Everything about a finished job except the image bytes (see :class:`Output`): its
+    :class:`Provenance` (the same flat fields) and what the studio made of it."""
+
+    job_id: str
     palette: list[str]
     palette_source: str  # "director" | "image"
     tags: list[str]
     rounds: list[Round]
     best_round: int
     threshold: int
-    director: str
-    director_fallback: str | None = None
     critic: str
     critic_fallback: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
@@ -148,9 +161,9 @@ class Studio:
     def __init__(
         self,
         settings: Settings,
-        executor: GPUExecutor,
+        executor: Executor,
         *,
-        gemini_client=None,
+        gemini_client: genai.Client | None = None,
     ) -> None:
         self.settings = settings
         self.executor = executor
@@ -158,7 +171,7 @@ class Studio:
         self.gemini_director: GeminiDirector | None = None
         self.gemini_critic: GeminiCritic | None = None
         self._own_client = False
-        self._gemini_client = None
+        self._gemini_client: genai.Client | None = None
         if settings.gemini_enabled:
             if gemini_client is None:
                 gemini_client = make_client(settings)
@@ -190,7 +203,7 @@ class Studio:
                 decode_audio, idea.audio, max_seconds=self.settings.MAX_AUDIO_SECONDS, filename=idea.audio_filename
             )
             timings["decode"] = time.perf_counter() - t0
-            audio_seconds = len(audio) / 16_000
+            audio_seconds = len(audio) / SAMPLE_RATE
             t0 = time.perf_counter()
             heard = await self.executor.transcribe(job, audio, idea.task)
             timings["transcribe"] = time.perf_counter() - t0
@@ -217,22 +230,19 @@ class Studio:
             init_image=idea.init_image,
             strength=idea.strength,
         )
-        return await self._render_and_correct(
-            job,
-            first,
-            scene=scene,
+        provenance = Provenance(
             kind=idea.kind,
-            idea_text=idea.text or text,
+            idea=idea.text or text,
             transcript=transcript,
             language=language or scene.language,
             translated=translated,
             audio_seconds=audio_seconds,
             style=idea.style or scene.style,
+            scene=scene,
             director=director,
             director_fallback=director_fallback,
-            timings=timings,
-            started=started,
         )
+        return await self._render_and_correct(job, first, provenance, timings=timings, started=started)
 
     async def regenerate(self, job: Job, previous: Result, *, init_image: bytes | None = None) -> Output:
         """The Regenerate button: the last correction prompt (or the prompt), a new seed,
@@ -241,7 +251,7 @@ class Studio:
         request = _request_like(
             last,
             prompt=last.correction_prompt or last.prompt,
-            guidance=min(MAX_GUIDANCE, last.guidance + GUIDANCE_STEP),
+            guidance=min(limits.MAX_GUIDANCE, last.guidance + limits.GUIDANCE_STEP),
             init_image=init_image,
         )
         return await self._follow_up(job, previous, request, kind="regenerate")
@@ -254,43 +264,19 @@ class Studio:
 
     # --- internals -------------------------------------------------------------------------------
     async def _follow_up(self, job: Job, previous: Result, request: RenderRequest, *, kind: str) -> Output:
-        return await self._render_and_correct(
-            job,
-            request,
-            scene=previous.scene,
-            kind=kind,
-            idea_text=previous.idea,
-            transcript=previous.transcript,
-            language=previous.language,
-            translated=previous.translated,
-            audio_seconds=previous.audio_seconds,
-            style=previous.style,
-            director=previous.director,
-            director_fallback=previous.director_fallback,
-            timings={},
-            started=time.perf_counter(),
-            parent_job_id=previous.job_id,
-        )
+        provenance = previous.follow_up(kind, parent_job_id=previous.job_id)
+        return await self._render_and_correct(job, request, provenance, timings={}, started=time.perf_counter())
 
     async def _render_and_correct(
         self,
         job: Job,
         request: RenderRequest,
+        provenance: Provenance,
         *,
-        scene: Scene,
-        kind: str,
-        idea_text: str,
-        transcript: str | None,
-        language: str | None,
-        translated: bool,
-        audio_seconds: float | None,
-        style: str | None,
-        director: str,
-        director_fallback: str | None,
         timings: dict[str, float],
         started: float,
-        parent_job_id: str | None = None,
     ) -> Output:
+        scene = provenance.scene
         rounds: list[Round] = []
         images: list[RenderedImage] = []
         critic_used = "local"
@@ -340,16 +326,12 @@ class Studio:
             if report.alignment_score >= self.settings.QA_THRESHOLD or corrections_done >= self.settings.QA_MAX_ROUNDS:
                 break
             # Below the threshold: the critic's correction, more guidance, more steps, a new seed.
-            request = RenderRequest(
+            request = replace(
+                request,
                 prompt=report.correction_prompt or request.prompt,
-                negative_prompt=request.negative_prompt,
                 seed=None,
-                steps=min(MAX_STEPS, request.steps + STEPS_STEP),
-                guidance=min(MAX_GUIDANCE, request.guidance + GUIDANCE_STEP),
-                width=request.width,
-                height=request.height,
-                init_image=request.init_image,
-                strength=request.strength,
+                steps=min(limits.MAX_STEPS, request.steps + limits.STEPS_STEP),
+                guidance=min(limits.MAX_GUIDANCE, request.guidance + limits.GUIDANCE_STEP),
             )
 
         # Keep the best-scoring image, not merely the last (the earliest wins a tie).
@@ -359,24 +341,14 @@ class Studio:
         palette, palette_source = await asyncio.to_thread(_palette_for, scene, best_image)
         image_png, palette_png = await asyncio.to_thread(_encode_outputs, best_image, palette)
         result = Result(
+            **dict(provenance),
             job_id=job.id,
-            kind=kind,
-            parent_job_id=parent_job_id,
-            idea=idea_text,
-            transcript=transcript,
-            language=language,
-            translated=translated,
-            audio_seconds=audio_seconds,
-            style=style,
-            scene=scene,
             palette=palette,
             palette_source=palette_source,
             tags=list(scene.tags),
             rounds=rounds,
             best_round=best,
             threshold=self.settings.QA_THRESHOLD,
-            director=director,
-            director_fallback=director_fallback,
             critic=critic_used,
             critic_fallback=critic_fallback,
             timings={k: round(v, 4) for k, v in timings.items()},
@@ -417,7 +389,7 @@ class Studio:
         return report, "local", reason
 
     @staticmethod
-    def _stage(job: Job, stage: str, step: int = 0, total: int = 0) -> None:
+    def _stage(job: Job, stage: Stage, step: int = 0, total: int = 0) -> None:
         job.stage = stage
         if job.listener is not None:
             try:
@@ -437,7 +409,7 @@ def _request_like(round_: Round, *, prompt: str, guidance: float, init_image: by
         width=round_.width,
         height=round_.height,
         init_image=init_image,
-        strength=round_.strength or 0.75,
+        strength=round_.strength or limits.DEFAULT_STRENGTH,
     )
 
 
@@ -446,14 +418,14 @@ def _join_negative(scene_negative: str, user_negative: str | None) -> str:
     return ", ".join(parts)
 
 
-def _palette_for(scene: Scene, image) -> tuple[list[str], str]:
+def _palette_for(scene: Scene, image: Image.Image) -> tuple[list[str], str]:
     """The director's palette when it chose one on purpose; else the rendered image's colours."""
     if scene.palette and scene.palette_source != "default":
         return list(scene.palette), "director"
     return extract_palette(image, 5), "image"
 
 
-def _encode_outputs(image, palette: list[str]) -> tuple[bytes, bytes]:
+def _encode_outputs(image: Image.Image, palette: list[str]) -> tuple[bytes, bytes]:
     return image_to_png(image), swatch_png(palette)
 
 

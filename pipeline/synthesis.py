@@ -22,28 +22,23 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from PIL import Image
 
+from . import limits
 from .errors import BadRequest
-from .models import model_unavailable, resolve_device
+from .models import LazyModel
 
 log = logging.getLogger(__name__)
-
-MIN_SIDE, MAX_SIDE = 64, 1024
-MAX_STEPS = 100
-MAX_GUIDANCE = 30.0
-MAX_PROMPT_CHARS = 2000
-MAX_SEED = 2**32 - 1
 
 ProgressFn = Callable[[int, int], None]  # (step done, total steps) -> None
 StopFn = Callable[[], bool]  # True -> stop at the next step
 
 
 def random_seed() -> int:
-    return secrets.randbelow(MAX_SEED + 1)
+    return secrets.randbelow(limits.MAX_SEED + 1)
 
 
 @dataclass(frozen=True)
@@ -58,7 +53,7 @@ class RenderRequest:
     width: int = 512
     height: int = 512
     init_image: bytes | None = field(default=None, repr=False)  # PNG/JPEG bytes: image-to-image
-    strength: float = 0.75
+    strength: float = limits.DEFAULT_STRENGTH
 
     @property
     def mode(self) -> Literal["text2img", "img2img"]:
@@ -69,29 +64,47 @@ class RenderRequest:
         prompt = (self.prompt or "").strip()
         if not prompt:
             raise BadRequest("The prompt is empty — tell me what to draw.")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise BadRequest(f"The prompt is {len(prompt)} characters long; please keep it under {MAX_PROMPT_CHARS}.")
+        if len(prompt) > limits.MAX_PROMPT_CHARS:
+            raise BadRequest(
+                f"The prompt is {len(prompt)} characters long; please keep it under {limits.MAX_PROMPT_CHARS}."
+            )
         for name, side in (("width", self.width), ("height", self.height)):
-            if not isinstance(side, int) or side % 8 or not MIN_SIDE <= side <= MAX_SIDE:
+            if (
+                not isinstance(side, int)
+                or side % limits.SIDE_MULTIPLE
+                or not limits.MIN_SIDE <= side <= limits.MAX_SIDE
+            ):
                 raise BadRequest(
-                    f"The {name} must be a multiple of 8 between {MIN_SIDE} and {MAX_SIDE} pixels (got {side})."
+                    f"The {name} must be a multiple of {limits.SIDE_MULTIPLE} between {limits.MIN_SIDE} and "
+                    f"{limits.MAX_SIDE} pixels (got {side})."
                 )
-        if not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
-            raise BadRequest(f"Steps must be between 1 and {MAX_STEPS} (got {self.steps}).")
-        if not 0.0 <= float(self.guidance) <= MAX_GUIDANCE:
-            raise BadRequest(f"Guidance must be between 0 and {MAX_GUIDANCE:g} (got {self.guidance:g}).")
-        if self.seed is not None and not 0 <= int(self.seed) <= MAX_SEED:
-            raise BadRequest(f"The seed must be between 0 and {MAX_SEED} (got {self.seed}).")
+        if not isinstance(self.steps, int) or not limits.MIN_STEPS <= self.steps <= limits.MAX_STEPS:
+            raise BadRequest(f"Steps must be between {limits.MIN_STEPS} and {limits.MAX_STEPS} (got {self.steps}).")
+        if not limits.MIN_GUIDANCE <= float(self.guidance) <= limits.MAX_GUIDANCE:
+            raise BadRequest(
+                f"Guidance must be between {limits.MIN_GUIDANCE:g} and {limits.MAX_GUIDANCE:g} (got {self.guidance:g})."
+            )
+        if self.seed is not None and not 0 <= int(self.seed) <= limits.MAX_SEED:
+            raise BadRequest(f"The seed must be between 0 and {limits.MAX_SEED} (got {self.seed}).")
         if self.init_image is not None:
-            if not 0.0 < float(self.strength) <= 1.0:
-                raise BadRequest(f"Strength must be above 0 and at most 1 (got {self.strength:g}).")
+            if not limits.MIN_STRENGTH <= float(self.strength) <= limits.MAX_STRENGTH:
+                raise BadRequest(
+                    f"Strength must be between {limits.MIN_STRENGTH:g} and {limits.MAX_STRENGTH:g} "
+                    f"(got {self.strength:g})."
+                )
             if int(self.steps * self.strength) < 1:
                 raise BadRequest("With that strength and step count no denoising step would run; raise either.")
             decode_init_image(self.init_image)  # raises BadRequest when it isn't an image
         seed = random_seed() if self.seed is None else int(self.seed)
         return replace(self, prompt=prompt, negative_prompt=(self.negative_prompt or "").strip(), seed=seed)
 
-    def batch_key(self) -> tuple:
+    def sized_init_image(self) -> Image.Image:
+        """The init image decoded and resized to the requested size (image-to-image only)."""
+        if self.init_image is None:
+            raise ValueError("a text-to-image request has no init image")
+        return decode_init_image(self.init_image).resize((self.width, self.height), Image.Resampling.LANCZOS)
+
+    def batch_key(self) -> tuple[Any, ...]:
         """Requests with equal keys may share one pipeline call."""
         strength = round(float(self.strength), 4) if self.init_image is not None else None
         return (self.mode, self.width, self.height, self.steps, round(float(self.guidance), 4), strength)
@@ -132,8 +145,9 @@ def decode_init_image(data: bytes) -> Image.Image:
         image.load()
     except Exception as exc:  # PIL raises many types for junk
         raise BadRequest("The attached file isn't an image I can read (PNG, JPEG or WebP).") from exc
-    if image.width * image.height > 4096 * 4096:
-        raise BadRequest("The attached image is too large; please send one under 16 megapixels.")
+    if image.width * image.height > limits.MAX_IMAGE_PIXELS:
+        megapixels = limits.MAX_IMAGE_PIXELS // 1_000_000
+        raise BadRequest(f"The attached image is too large; please send one under {megapixels} megapixels.")
     return image.convert("RGB")
 
 
@@ -141,62 +155,59 @@ class RenderInterrupted(Exception):
     """The pipeline call was stopped at a step boundary because every job in it was cancelled."""
 
 
-class Synthesizer:
+@dataclass(frozen=True)
+class DiffusionPipelines:
+    """The loaded text-to-image pipeline and an image-to-image view of the same components."""
+
+    text2img: Any
+    img2img: Any
+
+
+class Synthesizer(LazyModel[DiffusionPipelines]):
     """Owns the diffusion pipeline. Not thread-safe: use from the GPU executor thread only."""
 
+    setting = "DIFFUSION_MODEL"
+
     def __init__(self, model: str, device: str = "auto", *, safety_checker: bool = True) -> None:
-        self.model_id = model
-        self.device_setting = device
+        super().__init__(model, device)
         self.safety_checker = safety_checker
-        self._text2img = None
-        self._img2img = None
-        self.device: torch.device | None = None
-        self.dtype: torch.dtype | None = None
 
     # -- loading -----------------------------------------------------------------------------
-    @property
-    def loaded(self) -> bool:
-        return self._text2img is not None
-
-    def load(self) -> None:
-        if self._text2img is not None:
-            return
+    def _load(self, device: torch.device, dtype: torch.dtype) -> DiffusionPipelines:
         from diffusers import (
             AutoPipelineForImage2Image,
             AutoPipelineForText2Image,
             EulerDiscreteScheduler,
         )
 
-        self.device, self.dtype = resolve_device(self.device_setting)
-        kwargs: dict = {"dtype": self.dtype}
+        kwargs: dict[str, Any] = {"dtype": dtype}
         if not self.safety_checker:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
-        started = time.perf_counter()
-        try:
-            pipe = AutoPipelineForText2Image.from_pretrained(self.model_id, **kwargs)
-        except Exception as exc:
-            raise model_unavailable("DIFFUSION_MODEL", self.model_id, exc) from exc
-        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
-        pipe = pipe.to(self.device)
-        if self.device.type == "cuda":
+        pipe = AutoPipelineForText2Image.from_pretrained(self.model_id, **kwargs)  # type: ignore[no-untyped-call]
+        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)  # type: ignore[no-untyped-call]
+        pipe = pipe.to(device)
+        if device.type == "cuda":
             pipe.unet.to(memory_format=torch.channels_last)
         pipe.set_progress_bar_config(disable=True)
-        self._text2img = pipe
         # Same modules, no copy: from_pipe re-uses the loaded components.
-        self._img2img = AutoPipelineForImage2Image.from_pipe(pipe)
-        self._img2img.set_progress_bar_config(disable=True)
-        log.info(
-            "diffusion model %s loaded on %s/%s in %.1fs (safety checker %s)",
-            self.model_id,
-            self.device,
-            str(self.dtype).removeprefix("torch."),
-            time.perf_counter() - started,
-            "on" if getattr(pipe, "safety_checker", None) is not None else "off",
-        )
+        img2img = AutoPipelineForImage2Image.from_pipe(pipe)
+        img2img.set_progress_bar_config(disable=True)
+        return DiffusionPipelines(text2img=pipe, img2img=img2img)
+
+    def _loaded_note(self, weights: DiffusionPipelines) -> str:
+        checker = getattr(weights.text2img, "safety_checker", None)
+        return f", safety checker {'on' if checker is not None else 'off'}"
 
     @property
-    def tokenizer(self):
-        self.load()
+    def _text2img(self) -> Any:
+        return self.load().text2img
+
+    @property
+    def _img2img(self) -> Any:
+        return self.load().img2img
+
+    @property
+    def tokenizer(self) -> Any:
         return self._text2img.tokenizer
 
     # -- prompts -----------------------------------------------------------------------------
@@ -210,7 +221,7 @@ class Synthesizer:
     def chunks_for(self, text: str) -> int:
         return max(1, math.ceil(self.count_tokens(text) / (self._window() - 2)))
 
-    def batch_key(self, request: RenderRequest) -> tuple:
+    def batch_key(self, request: RenderRequest) -> tuple[Any, ...]:
         """:meth:`RenderRequest.batch_key` plus the prompt's chunk count: requests batch together
         only when batching changes nothing about any of their images."""
         chunks = max(self.chunks_for(request.prompt), self.chunks_for(request.negative_prompt))
@@ -254,34 +265,35 @@ class Synthesizer:
             return []
         self.load()
         keys = {self.batch_key(r) for r in requests}
-        if len(keys) != 1 or any(r.seed is None for r in requests):
+        seeds = [r.seed for r in requests if r.seed is not None]
+        if len(keys) != 1 or len(seeds) != len(requests):
             raise ValueError("render() needs validated requests that share one batch key")
         first = requests[0]
         chunks = keys.pop()[-1]
         prompt_embeds = self._encode([r.prompt for r in requests], chunks)
         negative_embeds = self._encode([r.negative_prompt for r in requests], chunks)
-        generators = [torch.Generator("cpu").manual_seed(int(r.seed)) for r in requests]
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
-        def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        def on_step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
             if progress is not None:
                 progress(step + 1, pipe.num_timesteps)
             if should_stop is not None and should_stop():
                 pipe._interrupt = True
             return callback_kwargs
 
-        common = dict(
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_embeds,
-            num_inference_steps=first.steps,
-            guidance_scale=float(first.guidance),
-            generator=generators,
-            callback_on_step_end=on_step_end,
-            output_type="pil",
-        )
+        common: dict[str, Any] = {
+            "prompt_embeds": prompt_embeds,
+            "negative_prompt_embeds": negative_embeds,
+            "num_inference_steps": first.steps,
+            "guidance_scale": float(first.guidance),
+            "generator": generators,
+            "callback_on_step_end": on_step_end,
+            "output_type": "pil",
+        }
         started = time.perf_counter()
         with torch.inference_mode():
             if first.mode == "img2img":
-                images = [decode_init_image(r.init_image).resize((r.width, r.height), Image.LANCZOS) for r in requests]
+                images = [r.sized_init_image() for r in requests]
                 pipe = self._img2img
                 output = pipe(image=images, strength=float(first.strength), **common)
             else:
@@ -291,12 +303,12 @@ class Synthesizer:
             raise RenderInterrupted()
         seconds = time.perf_counter() - started
         flagged = output.nsfw_content_detected or [False] * len(requests)
-        results = []
-        for request, image, nsfw in zip(requests, output.images, flagged):
+        results: list[RenderedImage] = []
+        for request, seed, image, nsfw in zip(requests, seeds, output.images, flagged, strict=True):
             results.append(
                 RenderedImage(
                     image=image,
-                    seed=int(request.seed),
+                    seed=seed,
                     prompt=request.prompt,
                     negative_prompt=request.negative_prompt,
                     steps=request.steps,
@@ -312,9 +324,3 @@ class Synthesizer:
                 )
             )
         return results
-
-    def unload(self) -> None:
-        self._text2img = None
-        self._img2img = None
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()

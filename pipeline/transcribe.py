@@ -47,7 +47,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -56,8 +55,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from .audio import SAMPLE_RATE, SILENCE_DBFS, loudest_dbfs
-from .errors import ModelUnavailable, NoSpeech
-from .models import model_unavailable, resolve_device
+from .errors import NoSpeech
+from .models import ProcessorAndModel, TransformersModel, pretrained_model
 
 if TYPE_CHECKING:
     import torch
@@ -111,13 +110,15 @@ def has_words(text: str) -> bool:
     return bool(_WORD_RE.search(_ANNOTATION_RE.sub(" ", text)))
 
 
-class Transcriber:
+class Transcriber(TransformersModel):
     """Whisper through transformers: ``WhisperProcessor`` + ``WhisperForConditionalGeneration``.
 
     ``model`` is a hub id or a local directory saved with ``save_pretrained`` (the
     ``WHISPER_MODEL`` setting); ``device`` is the ``DEVICE`` setting (``auto``/``cuda``/``cpu``).
-    fp16 + SDPA attention on CUDA, fp32 on the CPU.
+    fp16 + SDPA attention on CUDA, fp32 on the CPU. Loaded on first use (:meth:`load`).
     """
+
+    setting = "WHISPER_MODEL"
 
     def __init__(
         self,
@@ -127,59 +128,26 @@ class Transcriber:
         num_beams: int = 5,
         no_speech_threshold: float = NO_SPEECH_THRESHOLD,
     ) -> None:
-        self.model_id = str(model)
-        self.device_setting = device
+        super().__init__(model, device)
         self.num_beams = num_beams
         self.no_speech_threshold = no_speech_threshold
-        self.processor: Any = None
-        self.model: Any = None
-        self.device: torch.device | None = None
-        self.dtype: torch.dtype | None = None
-        self._lock = threading.Lock()
 
     # --- loading -------------------------------------------------------------------------------
 
-    @property
-    def loaded(self) -> bool:
-        return self.model is not None
+    def _load(self, device: torch.device, dtype: torch.dtype) -> ProcessorAndModel:
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    def load(self) -> None:
-        """Load processor and model once (later calls return at once)."""
-        if self.model is not None:
-            return
-        with self._lock:
-            if self.model is not None:
-                return
-            device, dtype = resolve_device(self.device_setting)
-            started = time.perf_counter()
-            try:
-                from transformers import WhisperForConditionalGeneration, WhisperProcessor
+        processor = WhisperProcessor.from_pretrained(self.model_id)
+        options: dict[str, Any] = {"attn_implementation": "sdpa"} if device.type == "cuda" else {}
+        model = pretrained_model(WhisperForConditionalGeneration, self.model_id, device, dtype, **options)
+        return ProcessorAndModel(processor=processor, model=model)
 
-                processor = WhisperProcessor.from_pretrained(self.model_id)
-                kwargs: dict[str, Any] = {_dtype_kwarg(): dtype}
-                if device.type == "cuda":
-                    kwargs["attn_implementation"] = "sdpa"
-                model = WhisperForConditionalGeneration.from_pretrained(self.model_id, **kwargs)
-                model.to(device).eval()
-            except ModelUnavailable:
-                raise
-            except Exception as exc:
-                raise model_unavailable("WHISPER_MODEL", self.model_id, exc) from exc
-            self.processor, self.device, self.dtype = processor, device, dtype
-            self.model = model
-            log.info(
-                "Whisper %s loaded on %s (%s, %s) in %.1f s",
-                self.model_id,
-                device,
-                str(dtype).replace("torch.", ""),
-                "multilingual" if self.multilingual else "English-only",
-                time.perf_counter() - started,
-            )
+    def _loaded_note(self, weights: ProcessorAndModel) -> str:
+        return ", multilingual" if self.multilingual else ", English-only"
 
     @property
     def multilingual(self) -> bool:
         """Whether the checkpoint knows languages other than English."""
-        self._require_loaded()
         generation_config = self.model.generation_config
         flag = getattr(generation_config, "is_multilingual", None)
         if flag is not None:
@@ -254,10 +222,6 @@ class Transcriber:
 
     # --- steps ---------------------------------------------------------------------------------
 
-    def _require_loaded(self) -> None:
-        if self.model is None:
-            raise RuntimeError("Transcriber.load() has not been called")
-
     def _window_frames(self) -> int:
         encoder = self.model.model.encoder
         return int(self.model.config.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0])
@@ -328,11 +292,3 @@ class Transcriber:
     def _decode(self, sequences: torch.Tensor) -> str:
         text = self.processor.batch_decode(sequences, skip_special_tokens=True)[0]
         return _SPACES_RE.sub(" ", text).strip()
-
-
-def _dtype_kwarg() -> str:
-    """``from_pretrained`` takes ``dtype=`` since transformers 4.56 (``torch_dtype=`` before)."""
-    import transformers
-    from packaging.version import Version
-
-    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"

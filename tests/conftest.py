@@ -54,7 +54,7 @@ def make_settings(tmp_path: Path, tiny_sd_dir: Path, tiny_clip_dir: Path):
 
 
 # ------------------------------------------------------------------------------------------------
-# Fake Gemini (tests/fakes/gemini.py): `fake_gemini` (a running fake server) and
+# Fake Gemini (devkit.gemini): `fake_gemini` (a running fake server) and
 # `gemini_settings(**overrides)` (Settings pointing at it).
 # ------------------------------------------------------------------------------------------------
 from devkit.gemini import fake_gemini, gemini_settings  # noqa: E402,F401

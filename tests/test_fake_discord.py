@@ -217,6 +217,28 @@ async def test_tree_sync_is_recorded(fake: FakeDiscord, bot: MiniBot) -> None:
     assert [c["name"] for c in put.json] == [c["name"] for c in fake.commands()]
 
 
+async def test_single_commands_are_created_edited_and_deleted(fake: FakeDiscord, bot: MiniBot) -> None:
+    http, app_id = bot.http, fake.application_id
+    (draw,) = [c for c in await http.get_global_commands(app_id) if c["name"] == "draw"]
+    assert (await http.get_global_command(app_id, draw["id"]))["description"] == "Draw a picture"
+    edited = await http.edit_global_command(app_id, draw["id"], {"description": "Paint"})
+    assert edited["id"] == draw["id"] and edited["version"] != draw["version"]
+    assert [c["description"] for c in fake.commands() if c["name"] == "draw"] == ["Paint"]
+
+    guild_only = await http.upsert_guild_command(app_id, fake.guild.id, {"name": "queue", "description": "Queue"})
+    assert guild_only["guild_id"] == str(fake.guild.id) and fake.commands(fake.guild.id) == [guild_only]
+    again = await http.upsert_guild_command(app_id, fake.guild.id, {"name": "queue", "description": "Jobs"})
+    assert again["id"] == guild_only["id"] and [c["description"] for c in fake.commands(fake.guild.id)] == ["Jobs"]
+
+    await http.delete_global_command(app_id, draw["id"])
+    assert "draw" not in {c["name"] for c in fake.commands()}
+    with pytest.raises(discord.NotFound):
+        await http.get_global_command(app_id, draw["id"])
+    with pytest.raises(discord.Forbidden):
+        await http.get_global_commands(fake.application_id + 1)
+    assert fake.sync_count() == 1  # single-command routes are not bulk syncs
+
+
 async def test_wrong_token_is_a_login_failure(fake: FakeDiscord) -> None:
     bot = MiniBot()
     with pytest.raises(discord.LoginFailure):
@@ -463,6 +485,11 @@ async def test_prefix_command_reply_reaction_and_typing(fake: FakeDiscord, bot: 
     assert fake.get_message(sent["id"])["reactions"][0]["emoji"]["name"] == "\N{THUMBS UP SIGN}"
     assert fake.find_calls(route="POST /channels/{channel_id}/typing")
 
+    await bot.http.remove_own_reaction(fake.channel.id, int(sent["id"]), "\N{THUMBS UP SIGN}")
+    assert fake.get_message(sent["id"])["reactions"] == []
+    with pytest.raises(discord.NotFound):
+        await bot.http.remove_own_reaction(fake.channel.id, 1, "\N{THUMBS UP SIGN}")
+
 
 async def test_message_content_intent_is_enforced() -> None:
     async with FakeDiscord(TOKEN) as fake:
@@ -479,6 +506,28 @@ async def test_message_content_intent_is_enforced() -> None:
             finally:
                 await bot.close()
                 await task
+
+
+async def test_a_message_sent_again_with_its_nonce_is_not_created_twice(fake: FakeDiscord, bot: MiniBot) -> None:
+    channel = bot.get_channel(fake.channel.id)
+    first = await channel.send("delivered once", nonce=4242)
+    again = await channel.send("delivered once", nonce=4242)  # e.g. a retry after a lost answer
+    assert again.id == first.id and again.nonce == first.nonce == "4242"
+    posts = fake.find_calls(route="POST /channels/{channel_id}/messages")
+    assert [(c.json["nonce"], c.json["enforce_nonce"], c.status) for c in posts] == [("4242", True, 200)] * 2
+    assert [m["id"] for m in fake.find_messages(lambda m: m["content"] == "delivered once")] == [str(first.id)]
+    (session,) = fake.sessions.values()
+    created = [f for f in session.buffer if f["t"] == "MESSAGE_CREATE" and f["d"]["id"] == str(first.id)]
+    assert len(created) == 1
+
+    # A nonce is only unique within its channel, and only enforced when asked for.
+    user = await bot.fetch_user(fake.user.id)
+    in_dm = await user.send("delivered once", nonce=4242)
+    assert in_dm.id != first.id and in_dm.channel.id == fake.dm_channel_for(fake.user).id
+    route = discord.http.Route("POST", "/channels/{channel_id}/messages", channel_id=fake.channel.id)
+    unenforced = await bot.http.request(route, json={"content": "delivered once", "nonce": "4242"})
+    assert int(unenforced["id"]) != first.id and unenforced["nonce"] == "4242"
+    assert len(fake.find_messages(lambda m: m["content"] == "delivered once")) == 3
 
 
 async def test_rate_limit_is_retried_and_unknown_routes_are_recorded(fake: FakeDiscord, bot: MiniBot) -> None:

@@ -4,32 +4,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import itertools
 import os
+import sqlite3
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from devkit.helpers import custom_ids, footer_job
 from devkit.voice import make_voice_note, samples_voice_note, silence
 from pipeline.studio import Result
 
 pytestmark = pytest.mark.timeout(180)
 
 RESULT_TIMEOUT = 90
-
-
-def footer_job(message: dict) -> str | None:
-    for embed in message.get("embeds") or []:
-        text = (embed.get("footer") or {}).get("text", "")
-        if text.startswith("job "):
-            return text.removeprefix("job ")
-    return None
-
-
-def custom_ids(message: dict) -> list[str]:
-    return [c.get("custom_id") for row in message.get("components") or [] for c in row.get("components", [])]
 
 
 def field(message: dict, name: str) -> str | None:
@@ -64,6 +57,14 @@ async def imagine(fake, options: dict, **kw):
     interaction = await fake.slash_command("imagine", options, **kw)
     await fake.wait_for_response(interaction)
     return interaction
+
+
+def posted_result(fake, interaction) -> dict | None:
+    """The job's result posted in the channel (not in the interaction's own response)."""
+    for msg in fake.find_messages(channel_id=fake.channel.id, from_bot=True):
+        if footer_job(msg) and int(msg["id"]) != interaction.original_message_id:
+            return msg
+    return None
 
 
 async def test_imagine_end_to_end(start_bot, fake_discord, secret_log):
@@ -131,7 +132,7 @@ async def test_progress_shows_queue_position_then_stages_throttled(start_bot, fa
     assert footer_job(message)
     edits = [c for c in fake.calls if c.method == "PATCH" and c.path.endswith("/messages/@original") and c.json]
     times = [c.at for c in edits if "attachments" not in (c.json or {}) and not c.files]
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(gap >= 1.9 for gap in gaps), gaps  # at most one progress edit every ~2 s
     stages = [c.json.get("content") or "" for c in edits]
     assert any(word in t for t in stages for word in ("Rendering", "Directing", "Reviewing")), stages
@@ -283,16 +284,64 @@ async def test_job_outliving_the_token_is_posted_to_the_channel(start_bot, fake_
     fake = fake_discord
     interaction = await imagine(fake, {"prompt": "a fox in the snow"})
     fake.expire_token(interaction)  # as if 15 minutes had passed
-
-    def posted():
-        for msg in fake.find_messages(channel_id=fake.channel.id, from_bot=True):
-            if footer_job(msg) and msg["id"] != interaction.original_message_id:
-                return msg
-        return None
-
-    message = await fake.wait_until(posted, RESULT_TIMEOUT, "result in the channel", poll=0.05)
+    message = await fake.wait_until(
+        lambda: posted_result(fake, interaction), RESULT_TIMEOUT, "result in the channel", poll=0.05
+    )
     assert message["content"].startswith(f"<@{fake.user.id}>")
     assert sorted(a["filename"] for a in message["attachments"]) == ["image.png", "palette.png"]
+
+
+def forget_delivery(settings, job_id: str, interaction) -> None:
+    """What a crash right after sending a job's result leaves in the store: the send begun
+    (``delivery_started_at``), the interaction token still there, neither the message nor the
+    progress message recorded."""
+    with contextlib.closing(sqlite3.connect(Path(settings.DATA_DIR) / "voxcanvas.db")) as db, db:
+        db.execute(
+            "UPDATE jobs SET delivered_message_id = NULL, delivered_channel_id = NULL, "
+            "progress_message_id = NULL, interaction_token = ? WHERE id = ?",
+            (interaction.token, job_id),
+        )
+
+
+async def test_result_posted_just_before_a_crash_is_not_posted_again(start_bot, fake_discord, bot_settings):
+    """After a restart, a result whose interaction token has run out is posted to the channel with
+    the job's delivery nonce. If that process dies before recording the post, the next one sends
+    it again and Discord answers with the first message: still one post, even after more chatter
+    than a search of the channel's recent messages covers."""
+    fake = fake_discord
+    settings = bot_settings(QA_MAX_ROUNDS=0)
+    first = await start_bot(settings)
+    interaction = await imagine(fake, {"prompt": "a lantern on a pier"})
+    job_id = footer_job(await wait_result(fake, interaction))
+    await delivered_record(first, job_id)
+    await first.bot.close()
+
+    # The first process died before recording its delivery; by the restart the token has run out.
+    forget_delivery(settings, job_id, interaction)
+    fake.expire_token(interaction)
+    second = await start_bot(settings)
+    record = await delivered_record(second, job_id)
+    posted = fake.get_message(record.delivered_message_id)
+    assert int(posted["id"]) != interaction.original_message_id and footer_job(posted) == job_id
+    assert record.delivery_started_at is not None and posted["nonce"] == record.delivery_nonce
+    for i in range(60):
+        await fake.send_message(fake.channel.id, fake.other_user, f"chatter {i}")
+    await second.bot.close()
+
+    # The second process died right after posting: the third sends the same post again.
+    forget_delivery(settings, job_id, interaction)
+    since = len(fake.calls)
+    third = await start_bot(settings)
+    record = await delivered_record(third, job_id)
+    assert record.delivered_message_id == int(posted["id"])  # the first post, returned by Discord
+    resent = fake.find_calls(method="POST", route="POST /channels/{channel_id}/messages", since=since)
+    assert [(c.json["nonce"], c.json["enforce_nonce"]) for c in resent] == [(record.delivery_nonce, True)]
+    in_channel = [
+        m
+        for m in fake.find_messages(channel_id=fake.channel.id, from_bot=True)
+        if footer_job(m) == job_id and int(m["id"]) != interaction.original_message_id
+    ]
+    assert len(in_channel) == 1
 
 
 async def test_commands_sync_only_when_changed(start_bot, fake_discord, bot_settings):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bot.test_bot import custom_ids, footer_job
+from devkit.helpers import custom_ids, footer_job
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -7,5 +7,11 @@ that ``bench/`` imports public names from it without reaching into ``tests/``:
   and the CTranslate2 → transformers converter for the real Whisper tiny.en;
 - ``devkit.voice``     voice notes like Discord's (espeak-ng + ffmpeg → OGG/Opus);
 - ``devkit.gemini``    a fake Gemini server for the real google-genai client;
-- ``devkit.discord``   a fake Discord (REST + gateway) for the real discord.py client.
+- ``devkit.discord``   a fake Discord (REST + gateway + CDN) for the real discord.py client, a package
+  split by concern (world, http, gateway, messages, interactions, commands, cdn, app);
+- ``devkit.helpers``   reading what the VoxCanvas bot posted (job footers, button custom ids).
+
+Why here: the top level is fixed, the kit is test infrastructure that lives with the tests, and an
+installed name (in the ``test`` extra's editable or regular install) lets ``bench/`` use it from any
+working directory. Only ``devkit.gemini`` imports product code (its retry policy and settings).
 """

@@ -18,7 +18,9 @@ import torch
 # ------------------------------------------------------------------------------------------------
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table that byte-level BPE tokenizers (CLIP, Whisper) use:
+    its 256 values, in order, are the base tokens of a byte-level vocabulary."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
     bs += list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -28,7 +30,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
 def write_clip_tokenizer(directory: Path, model_max_length: int = 77) -> Path:
@@ -36,7 +38,7 @@ def write_clip_tokenizer(directory: Path, model_max_length: int = 77) -> Path:
     from transformers import CLIPTokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for ch in chars:
         vocab[ch] = len(vocab)
@@ -213,7 +215,7 @@ def build_tiny_stable_diffusion(directory: Path, seed: int = 0, safety_checker: 
 WHISPER_NUM_TIMESTAMPS = 1501  # <|0.00|> ... <|30.00|>, 0.02 s apart: long-form decoding needs them
 
 
-def _whisper_languages() -> list[str]:
+def whisper_languages() -> list[str]:
     """Whisper's language codes in token order (``<|en|>`` right after ``<|startoftranscript|>``)."""
     from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
@@ -234,9 +236,12 @@ def _whisper_special_tokens(languages: list[str]) -> list[str]:
     )
 
 
-def _write_whisper_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], languages: list[str]):
+def build_whisper_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], languages: list[str]):
     """A WhisperTokenizer from an in-memory byte-level BPE vocabulary (``<|endoftext|>`` is its last
-    entry), with Whisper's special tokens and the timestamp tokens appended in Whisper's order."""
+    entry), with Whisper's special tokens and the timestamp tokens appended in Whisper's order.
+
+    ``languages`` is :func:`whisper_languages` (or a prefix of it); the bench builds Whisper
+    large-v3's exact 51866-id layout with it, the tests a tiny one."""
     from tokenizers import AddedToken
     from transformers import WhisperTokenizer
 
@@ -265,7 +270,7 @@ def _write_whisper_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]
     return tokenizer
 
 
-def _whisper_generation_config(
+def whisper_generation_config(
     tokenizer,
     *,
     languages: list[str],
@@ -302,7 +307,10 @@ def _whisper_generation_config(
     )
 
 
-def _save_whisper(directory: Path, model, tokenizer, generation_config) -> Path:
+def save_whisper(directory: Path, model, tokenizer, generation_config) -> Path:
+    """Save a Whisper model with its generation config, tokenizer and feature extractor the way a
+    hub checkout is laid out, so ``WhisperProcessor`` / ``WhisperForConditionalGeneration``
+    ``from_pretrained(directory)`` load it; returns ``directory``."""
     from transformers import WhisperFeatureExtractor, WhisperProcessor
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -325,10 +333,10 @@ def build_tiny_whisper(directory: Path, seed: int = 0) -> Path:
     """
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    languages = _whisper_languages()
-    vocab: dict[str, int] = {ch: i for i, ch in enumerate(_bytes_to_unicode().values())}
+    languages = whisper_languages()
+    vocab: dict[str, int] = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
     vocab["<|endoftext|>"] = len(vocab)
-    tokenizer = _write_whisper_tokenizer(vocab, [], languages)
+    tokenizer = build_whisper_tokenizer(vocab, [], languages)
     ids = tokenizer.convert_tokens_to_ids
     config = WhisperConfig(
         vocab_size=len(tokenizer),
@@ -358,7 +366,7 @@ def build_tiny_whisper(directory: Path, seed: int = 0) -> Path:
     with torch.no_grad():
         for token in [*"abcdefghijklmnopqrstuvwxyz", "Ġ"]:
             model.proj_out.weight[ids(token)] *= 8.0
-    generation_config = _whisper_generation_config(
+    generation_config = whisper_generation_config(
         tokenizer,
         languages=languages,
         multilingual=True,
@@ -366,7 +374,7 @@ def build_tiny_whisper(directory: Path, seed: int = 0) -> Path:
         alignment_heads=[[1, 0], [1, 1]],
     )
     generation_config.max_length = config.max_target_positions
-    return _save_whisper(directory, model, tokenizer, generation_config)
+    return save_whisper(directory, model, tokenizer, generation_config)
 
 
 # --- CTranslate2 → transformers -----------------------------------------------------------------
@@ -529,7 +537,7 @@ def convert_ct2_whisper(src_dir: Path, out_dir: Path) -> Path:
     sot, translate = added["<|startoftranscript|>"], added["<|translate|>"]
     in_order = sorted(added.items(), key=lambda kv: kv[1])
     languages = [content[2:-2] for content, i in in_order if sot < i < translate]
-    tokenizer = _write_whisper_tokenizer(bpe_vocab, merges, languages)
+    tokenizer = build_whisper_tokenizer(bpe_vocab, merges, languages)
     if len(tokenizer) != vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens, the model {vocab_size}")
     multilingual = vocab_size >= 51865  # tiny.en & co have 51864; multilingual checkpoints 51865+
@@ -561,11 +569,11 @@ def convert_ct2_whisper(src_dir: Path, out_dir: Path) -> Path:
         raise ValueError(f"CTranslate2 → transformers mapping incomplete: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
     model.eval()
-    generation_config = _whisper_generation_config(
+    generation_config = whisper_generation_config(
         tokenizer,
         languages=languages,
         multilingual=multilingual,
         suppress_tokens=ct2_config["suppress_ids"],
         alignment_heads=ct2_config.get("alignment_heads") or [],
     )
-    return _save_whisper(out_dir, model, tokenizer, generation_config)
+    return save_whisper(out_dir, model, tokenizer, generation_config)

@@ -4,13 +4,14 @@ the product's code, and the Gemini critic against the fake Gemini server."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import time
 
 import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from devkit import builders
 from devkit.gemini import FAST_RETRY, Delay, Raw, Status
 from pipeline.critic import (
     CRITIC_INSTRUCTION,
@@ -22,26 +23,17 @@ from pipeline.critic import (
     build_correction_prompt,
     score_from_similarities,
 )
-from pipeline.director import PROMPT_TOKEN_LIMIT, GeminiDirector, Scene, estimate_clip_tokens
+from pipeline.directors import GeminiDirector
 from pipeline.errors import ModelUnavailable, ProviderError
+from pipeline.prompts import PROMPT_TOKEN_LIMIT, estimate_clip_tokens
+from pipeline.scene import Scene
+from tests.pipeline.scenes import scene_data
 
 PROMPT = "a red apple on a wooden table, still life, oil painting, soft light, highly detailed"
 
 
 def make_scene(**overrides) -> Scene:
-    data = {
-        "title": "A red apple",
-        "language": "en",
-        "scene_description": "A red apple on a wooden table.",
-        "elements": ["red apple", "wooden table"],
-        "diffusion_prompt": PROMPT,
-        "negative_prompt": "blurry, text",
-        "palette": ["#C0392B", "#8E5B3A", "#F3E9DC"],
-        "tags": ["apple", "still life", "fruit", "table", "oil painting"],
-        "style": "oil painting",
-    }
-    data.update(overrides)
-    return Scene(**data)
+    return Scene(**scene_data(**{"diffusion_prompt": PROMPT, **overrides}))
 
 
 def png_bytes(colour=(200, 30, 30), size=(48, 40)) -> bytes:
@@ -50,14 +42,6 @@ def png_bytes(colour=(200, 30, 30), size=(48, 40)) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def byte_tokens(tmp_path_factory):
-    from transformers import CLIPTokenizer
-
-    tokenizer = CLIPTokenizer.from_pretrained(builders.write_clip_tokenizer(tmp_path_factory.mktemp("tok")))
-    return lambda text: len(tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -349,3 +333,14 @@ async def test_director_and_critic_can_share_one_client(fake_gemini, gemini_sett
     finally:
         await director.aclose()
     assert [r.purpose for r in fake_gemini.requests] == ["director", "critic", "critic"]
+
+
+def test_the_critic_depends_on_prompts_and_the_scene_never_on_a_director():
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, pipeline.critic; print(*sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert {"pipeline.prompts", "pipeline.scene"} <= set(loaded)
+    assert not [name for name in loaded if name.startswith("pipeline.director")]

@@ -59,7 +59,7 @@ class GpuGate:
         return "gate"
 
     async def hold(self, executor: GPUExecutor) -> asyncio.Task:
-        task = asyncio.create_task(executor.call(None, "gate", self))
+        task = asyncio.create_task(executor.call(None, "tool", self))
         assert await asyncio.to_thread(self.entered.wait, 30)
         return task
 
@@ -70,7 +70,7 @@ async def test_fifty_jobs_from_ten_users_caps_and_round_robin(make_executor):
     held = await gate.hold(ex)
 
     jobs = []
-    for n in range(5):  # each user asks for 5 jobs, interleaved as they arrive
+    for _ in range(5):  # each user asks for 5 jobs, interleaved as they arrive
         for user in range(10):
             jobs.append(ex.admit(f"user{user}"))
     with pytest.raises(TooManyJobs) as too_many:
@@ -195,7 +195,7 @@ async def test_batching_equals_one_at_a_time(make_executor, tiny_sd_dir):
         job.listener = progress[job.id].append
     tasks = [
         asyncio.create_task(ex.render(job, request(seed=10 + i, prompt=p)))
-        for i, (job, p) in enumerate(zip(jobs, prompts))
+        for i, (job, p) in enumerate(zip(jobs, prompts, strict=True))
     ]
     await asyncio.sleep(0.02)
     gate.release.set()
@@ -208,7 +208,7 @@ async def test_batching_equals_one_at_a_time(make_executor, tiny_sd_dir):
         assert steps == [1, 2, 3, 4]
 
     single = Synthesizer(str(tiny_sd_dir), "cpu")
-    for i, (p, img) in enumerate(zip(prompts, batched)):
+    for i, (p, img) in enumerate(zip(prompts, batched, strict=True)):
         alone = single.render([request(seed=10 + i, prompt=p).validated()])[0]
         diff = np.abs(np.asarray(alone.image, dtype=int) - np.asarray(img.image, dtype=int))
         assert diff.max() <= 1, f"batched image {i} differs from the single render"
@@ -288,7 +288,8 @@ async def test_out_of_memory_splits_the_batch_and_fails_only_what_does_not_fit(m
     jobs = [ex.admit(f"u{i}") for i in range(4)]
     prompts = ["apple", "too big", "boat", "castle"]
     tasks = [
-        asyncio.create_task(ex.render(j, request(seed=i, prompt=p))) for i, (j, p) in enumerate(zip(jobs, prompts))
+        asyncio.create_task(ex.render(j, request(seed=i, prompt=p)))
+        for i, (j, p) in enumerate(zip(jobs, prompts, strict=True))
     ]
     await asyncio.sleep(0.02)
     gate.release.set()

@@ -15,7 +15,8 @@ from PIL import Image
 
 from devkit.gemini import FAST_RETRY, Delay, Raw, Status
 from pipeline.executor import GPUExecutor
-from pipeline.studio import Idea, Studio
+from pipeline.studio import Idea, Provenance, Result, Studio
+from tests.pipeline.scenes import scene_data
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -281,3 +282,70 @@ async def test_cli_bad_input_one_line_error(cli_env, tmp_path):
         ["--text", "x", "--out", "out"], {**cli_env, "DIFFUSION_MODEL": str(tmp_path / "nope")}, tmp_path
     )
     assert code == 3 and "DIFFUSION_MODEL" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------------
+# Provenance: where an idea came from, carried into follow-ups; Result's JSON keeps its flat shape
+# ------------------------------------------------------------------------------------------------
+RESULT_KEYS = {
+    "job_id", "kind", "parent_job_id", "idea", "transcript", "language", "translated", "audio_seconds", "style",
+    "scene", "palette", "palette_source", "tags", "rounds", "best_round", "threshold", "director",
+    "director_fallback", "critic", "critic_fallback", "timings", "total_s",
+}  # fmt: skip
+
+
+def voice_result() -> Result:
+    """A finished voice-note job as the store keeps it: flat JSON."""
+    return Result.model_validate(
+        {
+            "job_id": "parent123456",
+            "kind": "voice",
+            "idea": "Bitte zeichne einen roten Apfel",
+            "transcript": "Please draw a red apple",
+            "language": "de",
+            "translated": True,
+            "audio_seconds": 2.5,
+            "style": "oil painting",
+            "scene": scene_data(),
+            "palette": ["#C0392B"],
+            "palette_source": "director",
+            "tags": ["apple"],
+            "rounds": [
+                {
+                    "index": 0,
+                    "prompt": "a red apple",
+                    "negative_prompt": "",
+                    "seed": 1,
+                    "guidance": 7.5,
+                    "steps": 4,
+                    "width": 64,
+                    "height": 64,
+                    "prompt_tokens": 3,
+                    "prompt_chunks": 1,
+                    "score": 70,
+                }
+            ],
+            "best_round": 0,
+            "threshold": 85,
+            "director": "gemini",
+            "critic": "local",
+        }
+    )
+
+
+def test_result_json_keeps_its_flat_shape_and_reads_back():
+    result = voice_result()
+    data = json.loads(result.model_dump_json())
+    assert set(data) == RESULT_KEYS
+    assert data["transcript"] == "Please draw a red apple" and data["scene"]["title"] == "A red apple"
+    assert Result.model_validate_json(result.model_dump_json()) == result
+
+
+def test_a_follow_up_carries_the_parents_provenance_with_its_own_kind_and_parent():
+    parent = voice_result()
+    follow_up = parent.follow_up("vary", parent_job_id=parent.job_id)
+    assert type(follow_up) is Provenance
+    assert (follow_up.kind, follow_up.parent_job_id) == ("vary", "parent123456")
+    unchanged = set(Provenance.model_fields) - {"kind", "parent_job_id"}
+    assert {name: getattr(follow_up, name) for name in unchanged} == {name: getattr(parent, name) for name in unchanged}
+    assert (parent.kind, parent.parent_job_id) == ("voice", None)  # the parent itself is untouched

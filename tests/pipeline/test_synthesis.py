@@ -69,6 +69,8 @@ def test_missing_seed_is_chosen_and_recorded():
         (dict(seed=2**40), "seed"),
         (dict(init_image=b"not an image", strength=0.5), "isn't an image"),
         (dict(init_image=b"\x89PNG", strength=0.0), "Strength"),
+        (dict(init_image=b"\x89PNG", strength=0.01), "between 0.05 and 1"),
+        (dict(init_image=b"\x89PNG", strength=1.5), "Strength"),
         (dict(prompt="x" * 5000), "characters"),
     ],
 )
@@ -85,7 +87,7 @@ def test_batch_equals_one_at_a_time(synth):
     assert len({synth.batch_key(r) for r in requests}) == 1
     batched = synth.render(requests)
     assert [img.batch_size for img in batched] == [3, 3, 3]
-    for request, image in zip(requests, batched):
+    for request, image in zip(requests, batched, strict=True):
         alone = synth.render([request])[0]
         assert alone.seed == image.seed
         assert np.abs(pixels(alone.image) - pixels(image.image)).max() <= 1

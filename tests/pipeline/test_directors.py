@@ -1,66 +1,25 @@
-"""The creative directors: the Scene model, prompt fitting, the local director, and the Gemini
-director against the fake Gemini server (tests/fakes/gemini.py) through the real google-genai."""
+"""The creative directors: the local director, and the Gemini director against the fake Gemini
+server (devkit.gemini) through the real google-genai."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
-from pydantic import ValidationError
 
-from devkit import builders
 from devkit.gemini import FAST_RETRY, Delay, Envelope, Raw, Status
-from pipeline.director import (
+from pipeline.directors import (
     ABSTRACT_SUBJECT,
     COLOUR_WORDS,
-    DEFAULT_STYLE,
     DIRECTOR_INSTRUCTION,
-    PROMPT_TOKEN_LIMIT,
-    STYLES,
     GeminiDirector,
     LocalDirector,
-    Scene,
-    estimate_clip_tokens,
-    fit_prompt,
-    resolve_style,
-    tidy_prompt,
 )
 from pipeline.errors import BadRequest, ProviderError
-
-
-# ------------------------------------------------------------------------------------------------
-# helpers
-# ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def byte_tokens(tmp_path_factory):
-    """Exact token counts with the tiny SD model's byte-level CLIP tokenizer (every byte is a
-    token, so it is far stricter than the real BPE)."""
-    from transformers import CLIPTokenizer
-
-    directory = builders.write_clip_tokenizer(tmp_path_factory.mktemp("tok"))
-    tokenizer = CLIPTokenizer.from_pretrained(directory)
-
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
-
-    return count
-
-
-def scene_data(**overrides) -> dict:
-    data = {
-        "title": "A red apple",
-        "language": "en",
-        "scene_description": "A red apple on a wooden table.",
-        "elements": ["red apple", "wooden table"],
-        "diffusion_prompt": "a red apple on a wooden table, still life, oil painting, soft light",
-        "negative_prompt": "blurry, text",
-        "palette": ["#C0392B", "#8E5B3A", "#F3E9DC"],
-        "tags": ["apple", "still life", "fruit", "table", "oil painting"],
-        "style": "oil painting",
-    }
-    data.update(overrides)
-    return data
+from pipeline.prompts import PROMPT_TOKEN_LIMIT, estimate_clip_tokens
+from pipeline.scene import Scene
+from pipeline.styles import DEFAULT_STYLE, STYLES
+from tests.pipeline.scenes import scene_data
 
 
 @pytest.fixture
@@ -75,140 +34,6 @@ async def make_director(gemini_settings):
     yield factory
     for director in made:
         await director.aclose()
-
-
-# ------------------------------------------------------------------------------------------------
-# Scene
-# ------------------------------------------------------------------------------------------------
-def test_palette_is_validated_and_normalised():
-    scene = Scene(**scene_data(palette=["#abc123", "ff8800", " #0a0B0c ", "#fff"]))
-    assert scene.palette == ["#ABC123", "#FF8800", "#0A0B0C", "#FFFFFF"]
-    scene = Scene(**scene_data(palette=["#ABC123", "#abc123", "#000000", "#FFFFFF"]))
-    assert scene.palette == ["#ABC123", "#000000", "#FFFFFF"]  # duplicates dropped, order kept
-
-    for bad in (
-        ["#GG0000", "#000000", "#FFFFFF"],
-        ["red", "#000000", "#FFFFFF"],
-        ["#12345", "#000000", "#111111"],
-    ):
-        with pytest.raises(ValidationError, match="palette"):
-            Scene(**scene_data(palette=bad))
-    with pytest.raises(ValidationError, match="palette"):
-        Scene(**scene_data(palette=["#000000", "#FFFFFF"]))  # too few
-    with pytest.raises(ValidationError, match="palette"):
-        Scene(**scene_data(palette=[f"#{i:06X}" for i in range(7)]))  # too many
-    with pytest.raises(ValidationError, match="palette"):
-        Scene(**scene_data(palette=["#000000", "#000", "#FFFFFF"]))  # 2 distinct colours
-
-
-def test_scene_normalises_tags_language_style_and_rejects_nonsense():
-    scene = Scene(
-        **scene_data(
-            tags=["#Apple", "Still  Life", "FRUIT", "fruit", "table", "oil_painting"],
-            language="PT_br",
-            style="Watercolor",
-        )
-    )
-    assert scene.tags == ["apple", "still life", "fruit", "table", "oil painting"]
-    assert scene.language == "pt-br"
-    assert scene.style == "watercolour"
-    assert Scene(**scene_data(style=None)).style is None
-    with pytest.raises(ValidationError, match="style"):
-        Scene(**scene_data(style="vaporwave"))
-    with pytest.raises(ValidationError, match="language"):
-        Scene(**scene_data(language="english please"))
-    with pytest.raises(ValidationError, match="tags"):
-        Scene(**scene_data(tags=["a", "b", "c", "d"]))
-    with pytest.raises(ValidationError, match="elements"):
-        Scene(**scene_data(elements=[]))
-    with pytest.raises(ValidationError, match="diffusion_prompt"):
-        Scene(**scene_data(diffusion_prompt="   "))
-    with pytest.raises(ValidationError, match="diffusion_prompt"):
-        Scene(**scene_data(diffusion_prompt="word " * 600))
-    long_title = Scene(**scene_data(title="A very long title " * 10)).title
-    assert len(long_title) <= 80
-
-
-def test_scene_schema_is_accepted_by_google_genai_and_hides_internal_fields():
-    from google.genai import _transformers, types
-
-    schema = _transformers.t_schema(None, Scene)  # what generate_content does with the class
-    assert isinstance(schema, types.Schema)
-    assert schema.type == types.Type.OBJECT
-    assert set(schema.properties) == {
-        "title",
-        "language",
-        "scene_description",
-        "elements",
-        "diffusion_prompt",
-        "negative_prompt",
-        "palette",
-        "tags",
-        "style",
-    }
-    assert "palette_source" not in schema.properties  # internal, not asked of the model
-    assert (schema.properties["palette"].min_items, schema.properties["palette"].max_items) == (
-        3,
-        6,
-    )
-    assert (schema.properties["tags"].min_items, schema.properties["tags"].max_items) == (5, 10)
-    assert schema.properties["style"].nullable is True
-    assert set(schema.properties["style"].enum) == set(STYLES)
-
-
-def test_resolve_style_aliases():
-    assert resolve_style("Watercolor") == "watercolour"
-    assert resolve_style("3D") == "3d render"
-    assert resolve_style("oil_painting") == "oil painting"
-    assert resolve_style(None) is None and resolve_style("auto") is None
-    with pytest.raises(ValueError):
-        resolve_style("vaporwave")
-
-
-def test_styles_are_complete_templates():
-    assert 8 <= len(STYLES) <= 12
-    for name, template in STYLES.items():
-        assert template.name == name
-        assert template.medium and template.modifiers and template.negative and template.quality
-        assert 3 <= len(template.palette) <= 6
-        Scene(**scene_data(palette=list(template.palette), style=name))  # valid as a Scene
-
-
-# ------------------------------------------------------------------------------------------------
-# token counting and fitting
-# ------------------------------------------------------------------------------------------------
-def test_estimate_counts_common_words_once_and_charges_rare_and_foreign_text_more():
-    assert estimate_clip_tokens("a red apple on a wooden table") == 7
-    assert estimate_clip_tokens("apples, cats") == 3  # plural of known words + the comma
-    assert estimate_clip_tokens("Llanfairpwllgwyngyll") > 5
-    assert estimate_clip_tokens("東京の夜景") >= 2 * len("東京の夜景")
-    assert estimate_clip_tokens("1890s") == 5
-    assert estimate_clip_tokens("") == 0
-
-
-def test_fit_prompt_drops_trailing_parts_then_words(byte_tokens):
-    prompt = "a red apple on a wooden table, oil painting, warm light, " + ", ".join(
-        f"quality term {i}" for i in range(40)
-    )
-    fitted = fit_prompt(prompt)
-    assert estimate_clip_tokens(fitted) <= PROMPT_TOKEN_LIMIT
-    assert fitted.startswith("a red apple on a wooden table, oil painting")
-    assert prompt.startswith(fitted)  # only the tail was dropped
-
-    strict = fit_prompt(prompt, count_tokens=byte_tokens)
-    assert byte_tokens(strict) <= PROMPT_TOKEN_LIMIT
-    assert strict.startswith("a red apple")
-
-    rambling = " ".join(["word"] * 200)  # no commas: trailing words go
-    assert estimate_clip_tokens(fit_prompt(rambling)) <= PROMPT_TOKEN_LIMIT
-    assert fit_prompt("  a  cat,  sitting ") == "a cat, sitting"  # short: only whitespace tidied
-    assert fit_prompt("a cat", count_tokens=lambda text: None) == "a cat"  # None → the estimate
-
-
-def test_tidy_prompt_removes_weighting_syntax():
-    assert tidy_prompt('(red apple:1.3), [table:0.8], ((masterpiece)), "quoted"') == (
-        "red apple, table, masterpiece, quoted"
-    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -528,10 +353,3 @@ async def test_gemini_director_unreachable_server_is_a_provider_error(gemini_set
             await director.direct("a red apple")
     finally:
         await director.aclose()
-
-
-def test_fake_default_scene_is_a_valid_scene(fake_gemini=None):
-    from devkit.gemini import FakeGemini
-
-    Scene.model_validate(FakeGemini().default_scene)
-    json.dumps(FakeGemini().default_scene)

@@ -1,0 +1,257 @@
+"""The store's files under ``DATA_DIR``: atomic fsynced writes, reads, removal and the process lock.
+
+The functions block; :class:`JobFiles` runs them in a thread for the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from .errors import JobNotFound, StoreError
+from .records import is_job_id
+
+if sys.platform != "win32":  # POSIX only; elsewhere the single-process rule is not enforced
+    import fcntl
+
+log = logging.getLogger(__name__)
+
+DB_NAME: Final = "voxcanvas.db"
+LOCK_NAME: Final = "voxcanvas.lock"
+JOBS_DIR: Final = "jobs"
+
+IMAGE_FILE: Final = "image.png"
+PALETTE_FILE: Final = "palette.png"
+INIT_IMAGE_FILE: Final = "init.png"
+RESULT_MARKER: Final = "result.json"  # written last by complete(): the picture files are whole
+RESULT_FILES: Final = (IMAGE_FILE, PALETTE_FILE, RESULT_MARKER)
+_AUDIO_EXT = re.compile(r"[a-z0-9]{1,8}")
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """A new job's input files (``audio.<ext>``, ``init.png``), saved before its row."""
+
+    audio_file: str | None
+    init_image_file: str | None
+    files: tuple[tuple[str, bytes], ...]
+
+    @classmethod
+    def of(cls, audio: bytes | None, audio_ext: str, init_image: bytes | None) -> JobInputs:
+        """Name the inputs; ``ValueError`` for an audio extension that can't be a file name's."""
+        ext = audio_ext.lower().lstrip(".")
+        if audio is not None and not _AUDIO_EXT.fullmatch(ext):
+            raise ValueError(f"audio_ext must be a short alphanumeric extension, not {audio_ext!r}")
+        audio_file = f"audio.{ext}" if audio is not None else None
+        init_file = INIT_IMAGE_FILE if init_image is not None else None
+        named = ((audio_file, audio), (init_file, init_image))
+        return cls(audio_file, init_file, tuple((name, data) for name, data in named if name and data is not None))
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_name(path: Path) -> Path:
+    """A hidden sibling of ``path`` to write before ``os.replace`` puts it in place."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def atomic_write(path: Path, data: bytes, *, durable: bool) -> None:
+    """``path`` holds either its old content or all of ``data``, never a part."""
+    tmp = temp_name(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_files(directory: Path, files: Iterable[tuple[str, bytes]], *, durable: bool, new_dir: bool = False) -> None:
+    """Write ``files`` atomically into ``directory`` (created; must not exist if ``new_dir``)."""
+    created = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=not new_dir)
+    for name, data in files:
+        atomic_write(directory / name, data, durable=durable)
+    if durable:
+        fsync_dir(directory)
+        if created:
+            fsync_dir(directory.parent)
+
+
+def write_result_files(directory: Path, image_png: bytes, palette_png: bytes, marker: bytes, *, durable: bool) -> None:
+    """The picture and palette first, then :data:`RESULT_MARKER`: its presence means both are whole."""
+    write_files(directory, [(IMAGE_FILE, image_png), (PALETTE_FILE, palette_png)], durable=durable)
+    write_files(directory, [(RESULT_MARKER, marker)], durable=durable)
+
+
+def read_file(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def unlink_all(directory: Path, names: Iterable[str]) -> None:
+    for name in names:
+        with contextlib.suppress(OSError):
+            (directory / name).unlink()
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def find_result_markers(jobs_dir: Path, job_ids: Iterable[str]) -> list[tuple[str, bytes]]:
+    """``(job id, marker bytes)`` for each job whose result files were all saved.
+
+    A marker without its picture files (it can't happen through :func:`write_result_files`, but a
+    hand-edited directory can) is removed so the job simply runs again.
+    """
+    found = []
+    for job_id in job_ids:
+        directory = jobs_dir / job_id
+        marker = directory / RESULT_MARKER
+        if marker.is_file():
+            if (directory / IMAGE_FILE).is_file() and (directory / PALETTE_FILE).is_file():
+                found.append((job_id, marker.read_bytes()))
+            else:
+                with contextlib.suppress(OSError):
+                    marker.unlink()
+    return found
+
+
+def remove_job_dirs(jobs_dir: Path, removed: Iterable[str], known: set[str], cutoff: float) -> None:
+    """Remove the directories of ``removed`` jobs, and those with no row older than ``cutoff``."""
+    for job_id in removed:
+        remove_tree(jobs_dir / job_id)
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(jobs_dir):
+            if entry.is_dir(follow_symlinks=False) and entry.name not in known:
+                with contextlib.suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        remove_tree(Path(entry.path))
+
+
+# --- DATA_DIR and its lock -----------------------------------------------------------------------
+def prepare_data_dir(data_dir: Path) -> int | None:
+    """Create and probe ``data_dir``, then take its lock: one VoxCanvas process per DATA_DIR.
+
+    Returns the lock's file descriptor (``None`` where ``fcntl`` is missing); give it back with
+    :func:`release_lock`.
+    """
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / JOBS_DIR).mkdir(exist_ok=True)
+        probe = data_dir / f".write-probe-{secrets.token_hex(4)}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StoreError(
+            f"DATA_DIR {data_dir} can't be used ({exc.strerror or exc}). Point DATA_DIR at a "
+            "directory the VoxCanvas user can create and write to."
+        ) from exc
+    if sys.platform == "win32":  # pragma: no cover
+        return None
+    lock_path = data_dir / LOCK_NAME
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise StoreError(
+            f"Another VoxCanvas process is already using DATA_DIR {data_dir} (it holds "
+            f"{lock_path}). Stop it first, or give this one its own DATA_DIR."
+        ) from exc
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def release_lock(fd: int | None) -> None:
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        if sys.platform != "win32":
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+# --- the job directories, for the event loop ----------------------------------------------------
+class JobFiles:
+    """``DATA_DIR/jobs/<job id>/``: the blocking helpers above, run in a thread, errors made ours."""
+
+    def __init__(self, jobs_dir: Path, *, durable: bool) -> None:
+        self.jobs_dir = jobs_dir
+        self.durable = durable
+
+    def job_dir(self, job_id: str) -> Path:
+        """The job's directory (the id is checked: it comes from user-visible custom ids)."""
+        if not is_job_id(job_id):
+            raise JobNotFound()
+        return self.jobs_dir / job_id
+
+    async def save_inputs(self, job_id: str, inputs: JobInputs) -> None:
+        """Write a new job's audio / init image into its new directory."""
+        try:
+            await asyncio.to_thread(write_files, self.job_dir(job_id), inputs.files, durable=self.durable, new_dir=True)
+        except FileExistsError:
+            raise ValueError(f"job id {job_id!r} is already taken") from None
+        except OSError as exc:
+            log.error("job %s: can't save its input files: %s", job_id, exc)
+            raise StoreError() from exc
+
+    async def save_result(self, job_id: str, image_png: bytes, palette_png: bytes, marker: bytes) -> None:
+        """See :func:`write_result_files`."""
+        try:
+            await asyncio.to_thread(
+                write_result_files, self.job_dir(job_id), image_png, palette_png, marker, durable=self.durable
+            )
+        except OSError as exc:
+            log.error("job %s: can't save its picture: %s", job_id, exc)
+            raise StoreError() from exc
+
+    async def read(self, job_id: str, name: str) -> bytes:
+        directory = self.job_dir(job_id)
+        try:
+            return await asyncio.to_thread(read_file, directory / name)
+        except FileNotFoundError:
+            log.error("job %s: %s is missing from %s", job_id, name, directory)
+            raise JobNotFound("The files for that picture are missing — please make it again.") from None
+
+    async def unlink(self, job_id: str, names: Iterable[str]) -> None:
+        await asyncio.to_thread(unlink_all, self.job_dir(job_id), tuple(names))
+
+    async def remove(self, job_id: str) -> None:
+        await asyncio.to_thread(remove_tree, self.job_dir(job_id))
+
+    async def remove_dirs(self, removed: list[str], known: set[str], cutoff: float) -> None:
+        """See :func:`remove_job_dirs`."""
+        await asyncio.to_thread(remove_job_dirs, self.jobs_dir, removed, known, cutoff)
+
+    async def result_markers(self, job_ids: list[str]) -> list[tuple[str, bytes]]:
+        """See :func:`find_result_markers`."""
+        return await asyncio.to_thread(find_result_markers, self.jobs_dir, job_ids)

@@ -1,0 +1,58 @@
+"""The models: constructed anywhere, loaded and used only on the model thread."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..critic import ClipCritic
+    from ..settings import Settings
+    from ..synthesis import Synthesizer
+    from ..transcribe import Transcriber
+
+
+class Engine:
+    """Whisper, the diffusion pipeline and CLIP, each created on first use (importing torch
+    libraries only then)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._transcriber: Transcriber | None = None
+        self._synthesizer: Synthesizer | None = None
+        self._clip_critic: ClipCritic | None = None
+
+    @property
+    def transcriber(self) -> Transcriber:
+        if self._transcriber is None:
+            from ..transcribe import Transcriber
+
+            self._transcriber = Transcriber(self.settings.WHISPER_MODEL, self.settings.DEVICE)
+        return self._transcriber
+
+    @property
+    def synthesizer(self) -> Synthesizer:
+        if self._synthesizer is None:
+            from ..synthesis import Synthesizer
+
+            self._synthesizer = Synthesizer(
+                self.settings.DIFFUSION_MODEL,
+                self.settings.DEVICE,
+                safety_checker=self.settings.SAFETY_CHECKER,
+            )
+        return self._synthesizer
+
+    @property
+    def clip_critic(self) -> ClipCritic:
+        if self._clip_critic is None:
+            from ..critic import ClipCritic
+
+            self._clip_critic = ClipCritic(self.settings.CLIP_MODEL, self.settings.DEVICE)
+        return self._clip_critic
+
+    def warm_up(self, *, whisper: bool = True, clip: bool = True) -> None:
+        """Load the models a job will need (runs on the model thread)."""
+        self.synthesizer.load()
+        if clip:
+            self.clip_critic.load()
+        if whisper:
+            self.transcriber.load()

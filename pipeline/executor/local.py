@@ -1,0 +1,476 @@
+"""The local executor: an asyncio-facing queue feeding ONE thread that owns every model and every
+torch call. What runs next is decided by :mod:`.policy`; this module is the thread and futures.
+
+Promises (README "The queue" repeats them for users and operators):
+
+* **One owner.** Whisper, the diffusion pipeline and CLIP are loaded lazily, once, on the GPU
+  thread, and every stage call runs there. The event loop only submits work and awaits futures,
+  so a busy GPU never blocks the Discord gateway heartbeat.
+* **Admission, order, batching** as :mod:`.policy` says: caps per user and in all, started jobs
+  first, per-user round robin, compatible renders in one pipeline call up to ``MAX_BATCH`` after
+  a gather window of ``BATCH_WINDOW_MS``. Each batched request keeps its own seed and its own
+  progress; the images equal rendering them one at a time.
+* **Progress and cancellation.** Per-step progress reaches the job's listener on the event loop
+  (``call_soon_threadsafe``). Cancelling removes queued work at once and interrupts a running
+  render at the next step (a batch keeps going for the jobs that still want it).
+* **Failures.** An exception fails only the work item that raised it. CUDA out-of-memory empties
+  the cache and retries a batch split in halves; a single request that still does not fit fails
+  with :class:`OutOfMemory`. If the thread dies anyway it is restarted and the work it held fails
+  with :class:`ExecutorFailure`. Every await is bounded by ``STAGE_TIMEOUT_S``.
+* **Shutdown.** Stop admitting, let the running batch finish (bounded), fail what is still queued
+  with :class:`ShuttingDown`, and return the ids of the unfinished jobs so the store keeps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ExecutorFailure, JobCancelled, OutOfMemory, ShuttingDown, StageTimeout
+from ..synthesis import RenderedImage, RenderInterrupted, RenderRequest
+from . import policy
+from .device import free_cuda_cache_if_oom, is_out_of_memory, leave_a_core_for_the_event_loop, user_facing
+from .engine import Engine
+from .jobs import BatchKey, Job, ProgressEvent, WorkItem, WorkKind
+from .metrics import MetricsRecorder, MetricsSnapshot
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+    from PIL import Image
+
+    from ..critic import QAReport
+    from ..scene import Scene
+    from ..settings import Settings
+    from ..transcribe import Task, Transcript
+
+log = logging.getLogger(__name__)
+
+
+class GPUExecutor:
+    STAGE_TIMEOUT_S = 600.0
+
+    def __init__(
+        self, settings: Settings, *, engine: Engine | None = None, stage_timeout_s: float | None = None
+    ) -> None:
+        self.settings = settings
+        self.engine = engine or Engine(settings)
+        self.stage_timeout_s = stage_timeout_s or self.STAGE_TIMEOUT_S
+        self.max_batch = settings.MAX_BATCH if settings.DYNAMIC_BATCHING else 1
+        self.batch_window_s = settings.BATCH_WINDOW_MS / 1000.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._cond = threading.Condition()  # guards _pending, _running, _jobs and _ring
+        self._pending: list[WorkItem] = []
+        self._running: list[WorkItem] = []
+        self._jobs: dict[str, Job] = {}
+        self._ring = policy.UserRing()
+        self._seq = itertools.count()
+        self._job_seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._accepting = True
+        self._generation = 0
+        self._metrics = MetricsRecorder()
+
+    # --- life cycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._start_thread()
+
+    def _start_thread(self) -> None:
+        self._generation += 1
+        self._thread = threading.Thread(
+            target=self._thread_main, args=(self._generation,), name=f"gpu-{self._generation}", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
+    async def warm_up(self, *, whisper: bool = True, clip: bool = True) -> None:
+        """Load models on the GPU thread (start it in the background at start-up)."""
+        await self._submit(None, "warmup", functools.partial(self.engine.warm_up, whisper=whisper, clip=clip))
+
+    def stop_admitting(self) -> None:
+        """New jobs are refused with :class:`ShuttingDown`; queued and running work goes on."""
+        self._accepting = False
+
+    async def shutdown(self, timeout_s: float = 30.0) -> list[str]:
+        """Stop admitting, let running work finish (bounded), and return the ids of jobs that were
+        admitted but not finished (their queued work fails with :class:`ShuttingDown`)."""
+        self._accepting = False
+        with self._cond:
+            dropped = list(self._pending)
+            self._pending.clear()
+            self._stopping = True
+            self._cond.notify_all()
+        for item in dropped:
+            self._fail_item(item, ShuttingDown())
+        thread = self._thread
+        if thread is not None:
+            await asyncio.to_thread(thread.join, timeout_s)
+            if thread.is_alive():
+                # Out of patience: interrupt running renders at their next step.
+                log.warning("GPU thread still busy after %.0fs at shutdown; interrupting", timeout_s)
+                for job in list(self._jobs.values()):
+                    job.cancelled = True
+                await asyncio.to_thread(thread.join, 10)
+                if thread.is_alive():
+                    log.error("GPU thread did not stop")
+        return [job.id for job in self._jobs.values() if not job.finished]
+
+    # --- jobs --------------------------------------------------------------------------------
+    def admit(self, user_id: str | int, job_id: str | None = None, *, force: bool = False) -> Job:
+        """Take a slot for a user's job or raise a user-facing error.
+
+        ``force`` skips the caps: for jobs already accepted before a restart."""
+        user = str(user_id)
+        if not self._accepting:
+            raise ShuttingDown()
+        if not force:
+            policy.check_admission(
+                self._jobs.values(),
+                user,
+                max_jobs_per_user=self.settings.MAX_JOBS_PER_USER,
+                max_queue=self.settings.MAX_QUEUE,
+            )
+        if job_id is not None and job_id in self._jobs:
+            raise ValueError(f"job {job_id} is already admitted")
+        job = Job(self, job_id or uuid.uuid4().hex[:12], user, next(self._job_seq))
+        with self._cond:
+            self._jobs[job.id] = job
+            self._ring.join(user)
+        return job
+
+    def get_job(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def jobs_of(self, user_id: str | int) -> list[Job]:
+        return [j for j in self._jobs.values() if j.user_id == str(user_id) and not j.finished]
+
+    def finish(self, job: Job, outcome: str = "done") -> None:
+        if job.finished:
+            return
+        job.finished = True
+        with self._cond:
+            self._jobs.pop(job.id, None)
+            if not any(j.user_id == job.user_id for j in self._jobs.values()):
+                self._ring.leave(job.user_id)
+        self._metrics.job_finished(time.monotonic() - job.admitted_at, outcome, cancelled=job.cancelled)
+        self._notify_positions()
+
+    def cancel(self, job: Job) -> None:
+        job.cancelled = True
+        with self._cond:
+            dropped = [it for it in self._pending if it.job is job]
+            for it in dropped:
+                self._pending.remove(it)
+        for it in dropped:
+            self._fail_item(it, JobCancelled())
+        self._notify_positions()
+
+    def position_of(self, job: Job) -> int | None:
+        if job.started or job.finished:
+            return None
+        return policy.queue_position(job, policy.service_order(self._jobs.values(), self._ring))
+
+    def eta_of(self, job: Job) -> float | None:
+        pos = self.position_of(job)
+        return None if pos is None else self._eta_at(pos)
+
+    def _eta_at(self, position: int) -> float:
+        return policy.eta_at(
+            position,
+            running_jobs=sum(1 for j in self._jobs.values() if j.started and not j.finished),
+            mean_job_s=self._metrics.mean_job_seconds(),
+            mean_batch_size=self._metrics.mean_batch_size(),
+        )
+
+    def metrics(self) -> MetricsSnapshot:
+        active = [j for j in self._jobs.values() if not j.finished]
+        return self._metrics.snapshot(
+            queue_depth=sum(1 for j in active if not j.started),
+            running_jobs=sum(1 for j in active if j.started),
+            pending_items=len(self._pending),
+        )
+
+    # --- submission --------------------------------------------------------------------------
+    async def transcribe(self, job: Job, audio: NDArray[np.float32], task: Task = "auto") -> Transcript:
+        transcript: Transcript = await self._submit(
+            job, "transcribe", lambda: self.engine.transcriber.transcribe(audio, task=task)
+        )
+        return transcript
+
+    async def render(self, job: Job, request: RenderRequest) -> RenderedImage:
+        # Validating an init image decodes it: tens of ms for a large one, so not on the loop.
+        request = await asyncio.to_thread(request.validated) if request.init_image else request.validated()
+        image: RenderedImage = await self._submit(job, "render", None, request=request)
+        return image
+
+    async def review(self, job: Job, image: Image.Image, scene: Scene, prompt: str) -> QAReport:
+        report: QAReport = await self._submit(
+            job, "review", functools.partial(self.engine.clip_critic.review, image, scene, prompt)
+        )
+        return report
+
+    async def call(self, job: Job | None, kind: WorkKind, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run any callable on the GPU thread as a work item of ``job`` (tools, tests, CLI)."""
+        return await self._submit(job, kind, functools.partial(fn, *args))
+
+    def count_tokens(self, text: str) -> int | None:
+        """CLIP tokens in ``text`` when the diffusion tokenizer is loaded (pure Python, no torch)."""
+        synth = self.engine.synthesizer
+        return synth.count_tokens(text) if synth.loaded else None
+
+    async def _submit(
+        self, job: Job | None, kind: WorkKind, fn: Callable[[], Any] | None, *, request: RenderRequest | None = None
+    ) -> Any:
+        if self._loop is None:
+            raise RuntimeError("GPUExecutor.start() was not awaited")
+        if job is not None and job.cancelled:
+            raise JobCancelled()
+        if self._stopping:
+            raise ShuttingDown()
+        future = self._loop.create_future()
+        item = WorkItem(job=job, kind=kind, future=future, seq=next(self._seq), fn=fn, request=request)
+        with self._cond:
+            self._pending.append(item)
+            self._cond.notify_all()
+        self._notify_positions()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.stage_timeout_s)
+        except TimeoutError:
+            if job is not None:
+                job.cancel()
+            raise StageTimeout() from None
+        except asyncio.CancelledError:
+            # The awaiting task was cancelled: drop the work if it has not started.
+            with self._cond:
+                if item in self._pending:
+                    self._pending.remove(item)
+            raise
+
+    # --- the GPU thread ----------------------------------------------------------------------
+    def _thread_main(self, generation: int) -> None:
+        # Process signals (SIGTERM, Ctrl-C) belong to the event-loop thread. Block them here, so
+        # they are never delivered into torch's worker threads (which inherit this mask) in the
+        # middle of a kernel.
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        leave_a_core_for_the_event_loop(self.settings.DEVICE)
+        died: BaseException | None = None
+        try:
+            while True:
+                with self._cond:
+                    while not self._pending and not self._stopping:
+                        self._cond.wait()
+                    if self._stopping and not self._pending:
+                        return
+                    needs_model = any(it.request is not None for it in self._pending)
+                if needs_model and self.max_batch > 1 and not self.engine.synthesizer.loaded:
+                    # Batch keys need the tokenizer: load outside the lock, never blocking submitters.
+                    if not self._load_synthesizer():
+                        continue
+                with self._cond:
+                    if not self._pending:
+                        continue
+                    batch = self._take_work()
+                    if not batch:
+                        continue
+                    self._running = batch
+                    for it in batch:
+                        if it.job is not None:
+                            it.job.started = True
+                self._notify_positions_threadsafe()
+                began = time.monotonic()
+                for it in batch:
+                    self._metrics.waits.append(began - it.enqueued_at)
+                self._execute(batch)
+                elapsed = time.monotonic() - began
+                self._metrics.busy_s += elapsed
+                self._metrics.stage_times[batch[0].kind].append(elapsed)
+                with self._cond:
+                    self._running = []
+        except BaseException as exc:
+            died = exc
+            raise
+        finally:
+            if died is not None and self._loop is not None and not self._loop.is_closed():
+                log.error("GPU thread %s died: %r — restarting it", generation, died)
+                held = list(self._running)
+                self._running = []
+                self._loop.call_soon_threadsafe(self._on_thread_death, held)
+
+    def _take_work(self) -> list[WorkItem]:
+        """Take the next item and its batch mates off the queue. Called with the condition held."""
+        order = policy.priority_order(self._pending, self._ring)
+        head = order[0]
+        if head.request is not None and len(self._pending) < self.max_batch and self.batch_window_s > 0:
+            # Gather window: give renders arriving in the next few ms a chance to join this one.
+            self._cond.wait(self.batch_window_s)
+            order = policy.priority_order(self._pending, self._ring)
+            if head in order:  # (unless it was cancelled meanwhile)
+                order.remove(head)
+                order.insert(0, head)
+            if not order:
+                return []
+        batch = policy.pick_batch(order, max_batch=self.max_batch, key_of=self._batch_key)
+        for it in batch:
+            self._pending.remove(it)
+        self._ring.served(batch)
+        return batch
+
+    def _batch_key(self, item: WorkItem) -> BatchKey | None:
+        if item.request is None:
+            return None
+        if item.key is None:
+            item.key = self.engine.synthesizer.batch_key(item.request)
+        return item.key
+
+    def _load_synthesizer(self) -> bool:
+        """Load the diffusion model on this thread; on failure fail every waiting render."""
+        started = time.monotonic()
+        try:
+            self.engine.synthesizer.load()
+            return True
+        except Exception as exc:
+            with self._cond:
+                renders = [it for it in self._pending if it.request is not None]
+                for it in renders:
+                    self._pending.remove(it)
+            for it in renders:
+                self._fail_item(it, exc)
+            return False
+        finally:
+            self._metrics.busy_s += time.monotonic() - started
+
+    def _on_thread_death(self, held: list[WorkItem]) -> None:
+        for it in held:
+            self._fail_item(it, ExecutorFailure())
+        self._metrics.restarts += 1
+        if not self._stopping:
+            self._start_thread()
+
+    def _execute(self, batch: list[WorkItem]) -> None:
+        item = batch[0]
+        if item.fn is None:
+            self._execute_render(batch)
+            return
+        if item.job is not None:
+            self._emit(item.job, ProgressEvent(item.job.id, item.kind))
+        try:
+            result = item.fn()
+        except Exception as exc:
+            log.debug("work item %s of %s failed", item.kind, item.job, exc_info=True)
+            self._fail_item(item, user_facing(exc))
+            free_cuda_cache_if_oom(exc)
+            return
+        self._settle(item, result)
+
+    def _execute_render(self, batch: list[WorkItem]) -> None:
+        requests = [it.request for it in batch if it.request is not None]
+        self._metrics.batch_sizes[len(batch)] += 1
+        for it, req in zip(batch, requests, strict=True):
+            if it.job is not None:
+                self._emit(it.job, ProgressEvent(it.job.id, "render", 0, req.steps))
+
+        def progress(step: int, total: int) -> None:
+            for it in batch:
+                if it.job is not None and not it.job.cancelled:
+                    self._emit(it.job, ProgressEvent(it.job.id, "render", step, total))
+
+        def should_stop() -> bool:
+            return all(it.job is not None and it.job.cancelled for it in batch)
+
+        try:
+            images = self.engine.synthesizer.render(requests, progress=progress, should_stop=should_stop)
+        except RenderInterrupted:
+            for it in batch:
+                self._fail_item(it, JobCancelled())
+            return
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                free_cuda_cache_if_oom(exc)
+                if len(batch) > 1:
+                    half = len(batch) // 2
+                    log.warning(
+                        "CUDA out of memory on a batch of %d: retrying as %d + %d", len(batch), half, len(batch) - half
+                    )
+                    self._execute_render(batch[:half])
+                    self._execute_render(batch[half:])
+                    return
+                self._fail_item(batch[0], OutOfMemory())
+                return
+            log.debug("render batch of %d failed", len(batch), exc_info=True)
+            for it in batch:
+                self._fail_item(it, exc)
+            return
+        for it, image in zip(batch, images, strict=True):
+            self._settle(it, image)
+
+    # --- loop-side helpers (thread-safe) -----------------------------------------------------
+    def _settle(self, item: WorkItem, result: Any) -> None:
+        """Resolve a finished item, or fail it when its job was cancelled meanwhile."""
+        if item.job is not None and item.job.cancelled:
+            self._fail_item(item, JobCancelled())
+        elif self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(_set_result, item.future, result)
+
+    def _fail_item(self, item: WorkItem, exc: BaseException) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if _in_loop(loop):
+            _set_exception(item.future, exc)
+        else:
+            loop.call_soon_threadsafe(_set_exception, item.future, exc)
+
+    def _emit(self, job: Job, event: ProgressEvent) -> None:
+        job.stage = event.stage
+        listener = job.listener
+        if listener is None or self._loop is None or self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(_call_listener, listener, event)
+
+    def _notify_positions_threadsafe(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._notify_positions)
+
+    def _notify_positions(self) -> None:
+        """Tell waiting jobs their new place in the queue (the order is computed once)."""
+        for pos, job in enumerate(policy.service_order(self._jobs.values(), self._ring), start=1):
+            if job.listener is not None:
+                self._emit(job, ProgressEvent(job.id, "queued", position=pos, eta_s=self._eta_at(pos)))
+
+
+def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def _set_result(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+def _call_listener(listener: Callable[[ProgressEvent], None], event: ProgressEvent) -> None:
+    try:
+        listener(event)
+    except Exception:
+        log.exception("progress listener failed")
