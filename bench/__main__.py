@@ -70,6 +70,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only",
         help=f"gpu mode: comma-separated sections of {','.join(GPU_SECTIONS)}; results merge into the same day's file",
     )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        help="gpu mode: seconds for the whole run (e.g. 480 on a lent GPU); sections run in order of "
+        "importance (sd, options, compile, burst, whisper, clip, loop, whisper-compile; compile included "
+        "without --compile) and one whose estimated time no longer fits is skipped and recorded",
+    )
     parser.add_argument("--repeats", type=int, help="gpu mode: timed repeats per measurement (default 5; smoke 1)")
     parser.add_argument(
         "--cache",
@@ -87,8 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         unknown = set(args.only) - set(GPU_SECTIONS)
         if unknown:
             parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(GPU_SECTIONS)}")
-    if args.mode == "cpu" and (args.smoke or args.only or args.compile):
-        parser.error("--smoke, --only and --compile belong to --mode gpu")
+    if args.mode == "cpu" and (args.smoke or args.only or args.compile or args.budget):
+        parser.error("--smoke, --only, --compile and --budget belong to --mode gpu")
     return args
 
 

@@ -259,7 +259,35 @@ def render_markdown(results_dir: Path = RESULTS_DIR) -> str:
             lines.append(f"| {label} | {target} | {note} | — | — |")
     lines.append("")
     lines += _notes(cpu, gpu, smoke)
+    lines += GPU_SESSION
     return "\n".join(lines) + "\n"
+
+
+GPU_SESSION = [  # issue #19: what to run when a GPU is lent, and what it costs
+    "",
+    "## The GPU session (when a GPU is lent)",
+    "",
+    "A lent GPU comes with about 15 minutes of device time in all, a fresh machine each start and at most",
+    "10 minutes per command, so the measurement is one prepared command: `bash bench/gpu_session.sh`.",
+    "",
+    "- **Install** (≤ ~2 min, only what is missing): the CUDA build of torch (`pip install torch==2.13.0`",
+    "  resolves to it on a CUDA machine) and VoxCanvas's dependencies; `SKIP_INSTALL=1` uses the environment",
+    "  as it is.",
+    "- **Budget: 480 s** of measuring (`BUDGET=…` to change), model building included: the real-size",
+    "  random-weight models are built once into `.cache/bench-models`. `python -m bench --mode gpu",
+    "  --budget 480` runs the sections most important first — `sd` (SD 1.5 512², 25 steps, batch 1 and",
+    "  images/s by batch), `options` (fp16, SDPA, channels_last, fused QKV … before/after), `compile`",
+    "  (`torch.compile` of UNet and VAE with warm-up), `burst` (32 jobs batched vs one at a time), `whisper`",
+    "  (large-v3-turbo, 20 s clip, encoder once), `clip`, `loop`, `whisper-compile` — and skips (and",
+    "  records) a section whose estimate (`bench.gpu.ESTIMATE_S`) no longer fits.",
+    "- **Results are saved after every section** (`bench/results/gpu-<date>.json`), so a lease that ends",
+    "  early still leaves numbers; the script ends with `python -m bench --table`, which rewrites this page.",
+    "- **Checked on the CPU** by `tests/bench/test_gpu_session.py` (`--smoke --models tiny`, ~35 s), so the",
+    "  script is known to run before a GPU ever sees it. Not covered yet: SDXL 1024² and a Turbo model",
+    "  (the bench has no real-size SDXL builder yet).",
+    '- Then switch on by default only the options the table shows faster, keeping the table\'s "before"',
+    "  column.",
+]
 
 
 def _machine_line(data: dict[str, Any]) -> str:

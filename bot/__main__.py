@@ -1,7 +1,8 @@
 """``python -m bot`` (``make run``): start VoxCanvas.
 
 Exit codes: 0 clean shutdown, 2 configuration problem (missing token, bad settings, unusable
-data directory), 3 Discord rejected the token.
+data directory), 3 Discord rejected the token, 4 Discord could not be reached (after retrying for
+DISCORD_CONNECT_TIMEOUT_S).
 """
 
 from __future__ import annotations
@@ -15,30 +16,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pipeline.settings import Settings
 
-EXIT_CONFIG, EXIT_TOKEN = 2, 3
+EXIT_CONFIG, EXIT_TOKEN, EXIT_UNREACHABLE = 2, 3, 4
 
 
-class _RedactSecrets(logging.Filter):
-    """Belt and braces: no log line ever carries the Discord token or the Gemini key."""
-
-    def __init__(self, secrets: list[str]) -> None:
-        super().__init__()
-        self.secrets = [s for s in secrets if s and len(s) >= 6]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            message = record.getMessage()
-            if any(s in message for s in self.secrets):
-                for s in self.secrets:
-                    message = message.replace(s, "[redacted]")
-                record.msg, record.args = message, ()
-        return True
-
-
-def setup_logging(level: str, secrets: list[str]) -> None:
+def setup_logging(level: str, secrets: list[str], unmute: list[str] | None = None) -> None:
+    """The process's logging: every line redacted (``secrets`` and credential shapes, tracebacks
+    included); the loggers that carry interaction tokens stay at WARNING unless in ``unmute``."""
     from pipeline.logs import configure_logging
 
-    configure_logging(level, filters=[_RedactSecrets(secrets)])
+    configure_logging(level, secrets=secrets, unmute=unmute or ())
 
 
 def main() -> int:
@@ -68,18 +54,25 @@ def main() -> int:
     secrets = [token]
     if settings.GEMINI_API_KEY is not None:
         secrets.append(settings.GEMINI_API_KEY.get_secret_value())
-    setup_logging(settings.LOG_LEVEL, secrets)
+    setup_logging(settings.LOG_LEVEL, secrets, settings.LOG_DEBUG_LOGGERS)
     return asyncio.run(run(settings, token))
 
 
 async def run(settings: Settings, token: str) -> int:
+    import aiohttp
     import discord
 
     from .client import VoxCanvasBot, configure_endpoints
+    from .connectivity import DiscordUnreachable, host_of, reason_of, wait_for_discord
     from .store import StoreError
 
     configure_endpoints(settings)
     log = logging.getLogger("bot")
+    try:
+        await wait_for_discord(settings.DISCORD_API_BASE, settings.DISCORD_CONNECT_TIMEOUT_S)
+    except DiscordUnreachable as exc:
+        print(f"VoxCanvas: {exc}. Check the network (or DISCORD_API_BASE).", file=sys.stderr)
+        return EXIT_UNREACHABLE
     try:
         from .store import JobStore
 
@@ -112,6 +105,13 @@ async def run(settings: Settings, token: str) -> int:
             file=sys.stderr,
         )
         return EXIT_TOKEN
+    except aiohttp.ClientConnectionError as exc:  # reachable a moment ago, gone again: say so, no traceback
+        print(
+            f"VoxCanvas: lost the connection to Discord at {host_of(settings.DISCORD_API_BASE)} "
+            f"({reason_of(exc, settings.DISCORD_CONNECT_TIMEOUT_S)}).",
+            file=sys.stderr,
+        )
+        return EXIT_UNREACHABLE
     except discord.PrivilegedIntentsRequired:
         print(
             "VoxCanvas: the MESSAGE CONTENT intent is not enabled for this bot. Enable it in the "

@@ -11,6 +11,7 @@ runner through :attr:`VoxCanvasBot.store` and :attr:`VoxCanvasBot.runner`, which
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ from pipeline.studio import Studio
 from .recovery import Recovery
 from .runner import JobRunner
 from .store import JobStore
+from .store.files import DIR_MODE, atomic_write
 from .views import DYNAMIC_ITEMS
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,7 @@ class VoxCanvasBot(commands.Bot):
         self._studio: Studio | None = None
         self._runner: JobRunner | None = None
         self.warm_up_task: asyncio.Task[None] | None = None
+        self.purge_task: asyncio.Task[None] | None = None
         self.synced: bool | None = None  # whether the last start sent the command set to Discord
         self._closing = False
         self.tree.error(self.on_app_command_error)
@@ -131,9 +134,8 @@ class VoxCanvasBot(commands.Bot):
         self.add_dynamic_items(*DYNAMIC_ITEMS)
         self.synced = await self.sync_commands_if_changed()
         if self.settings.RETENTION_DAYS:
-            removed = await store.purge(self.settings.RETENTION_DAYS)
-            if removed:
-                log.info("retention: removed %d job(s) older than %d days", removed, self.settings.RETENTION_DAYS)
+            await self.purge_expired()
+            self.purge_task = asyncio.create_task(self._purge_periodically(), name="retention-purge")
         # Logged in (REST works), gateway not yet connected: no new job can have arrived, so
         # everything unfinished in the store belongs to a previous process.
         await Recovery(self._runner).resume()
@@ -145,6 +147,25 @@ class VoxCanvasBot(commands.Bot):
             log.info("models warm in %.1fs", asyncio.get_running_loop().time() - started)
         except VoxCanvasError as exc:
             log.error("model warm-up failed: %s", exc)
+
+    # --- retention ---------------------------------------------------------------------------
+    async def purge_expired(self) -> int:
+        """Delete finished jobs older than RETENTION_DAYS (rows and files); how many were removed."""
+        removed = await self.store.purge(self.settings.RETENTION_DAYS)
+        if removed:
+            log.info("retention: removed %d job(s) older than %d days", removed, self.settings.RETENTION_DAYS)
+        return removed
+
+    async def _purge_periodically(self) -> None:
+        """Apply the retention every PURGE_INTERVAL_HOURS while the bot runs (not only at start-up);
+        a failed purge is logged and tried again at the next interval."""
+        interval_s = self.settings.PURGE_INTERVAL_HOURS * 3600
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.purge_expired()
+            except Exception:
+                log.exception("retention purge failed; trying again in %.0f s", interval_s)
 
     async def on_ready(self) -> None:
         log.info(
@@ -175,8 +196,8 @@ class VoxCanvasBot(commands.Bot):
         else:
             await self.tree.sync()
             log.info("slash commands synced globally (may take up to an hour to appear)")
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(fingerprint)
+        marker.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        atomic_write(marker, fingerprint.encode(), durable=False)  # private, like all of DATA_DIR
         return True
 
     # --- errors: one place turns exceptions into user messages --------------------------------
@@ -223,6 +244,10 @@ class VoxCanvasBot(commands.Bot):
         finally:
             if self.warm_up_task is not None:
                 self.warm_up_task.cancel()
+            if self.purge_task is not None:
+                self.purge_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.purge_task  # a purge in progress ends before the store closes
             if self._studio is not None:
                 await self._studio.aclose()
             if self._store is not None:

@@ -14,14 +14,17 @@ from .surfaces import MessageParts, Surface
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 2.0  # at most one progress edit per message every 2 s
-FIRST_PROGRESS_DELAY_S = 1.0
+FIRST_PROGRESS_DELAY_S = 0.25
+"""The first progress edit waits this long, so the stage the job reached by then (not "queued") is
+shown first. It was 1.0 s, which alone put the first sign of life past the 1 s target (issue #19)."""
 
 
 class ProgressReporter:
     """Coalesces progress lines and edits the surface at most every ``interval_s`` seconds.
 
-    The first edit waits ``first_delay_s``: a job that finishes sooner goes straight from Discord's
-    "thinking…" (or the "Listening…" reply) to its result, with no progress edits at all."""
+    The first edit waits ``first_delay_s`` (a quarter of a second): a job that finishes sooner goes
+    straight from Discord's "thinking…" (or the "Listening…" reply) to its result with no progress
+    edit, and a job that starts at once shows its first stage rather than "queued"."""
 
     def __init__(
         self,

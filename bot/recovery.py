@@ -84,14 +84,14 @@ class Recovery:
         """The stored job's request: its idea with its audio and start image, and for a
         regenerate / vary the picture it reworks (``None`` if that has been deleted since)."""
         idea = idea_from_record(record)
-        idea.audio = await self.store.read_audio(record.id)
         idea.init_image = await self.store.read_init_image(record.id)
         previous = None
         if record.parent_job_id is not None:
             parent = await self.store.get(record.parent_job_id)
             if parent is not None and parent.result_json:
                 previous = Result.model_validate_json(parent.result_json)
-        return JobRequest(record.kind, idea, previous)
+        # The voice note stays on disk until the job runs (read by the studio then).
+        return self.runner.audio_on_disk(JobRequest(record.kind, idea, previous), record)
 
     def surface_for(self, record: JobRecord) -> Surface:
         """Where a job from a previous process shows up: its interaction's original response while
@@ -114,7 +114,10 @@ class Recovery:
         self.runner.track(asyncio.create_task(self._redeliver(record), name=f"redeliver-{record.id}"))
 
     async def _redeliver(self, record: JobRecord) -> None:
+        """Deliver a finished job's result (or its failure) that was never delivered. The runner's
+        delivery never raises for Discord or the store; a result whose files are gone is told as such."""
         surface = self.surface_for(record)
+        nonce = record.delivery_nonce
         try:
             if record.delivery_started_at is not None and surface.will_post:
                 found = await self._find_delivered(record)
@@ -123,11 +126,16 @@ class Recovery:
                     return
             if record.state == "done" and record.result_json:
                 result = Result.model_validate_json(record.result_json)
-                image_png = await self.store.read_image(record.id)
-                palette_png = await self.store.read_palette(record.id)
-                await self.runner.deliver_result(record.id, surface, result, image_png, palette_png)
+                try:
+                    image_png = await self.store.read_image(record.id)
+                    palette_png = await self.store.read_palette(record.id)
+                except VoxCanvasError as exc:
+                    await self.runner.deliver_text(record.id, surface, f"⚠️ {exc}", nonce=nonce)
+                    return
+                await self.runner.deliver_result(record.id, surface, result, image_png, palette_png, nonce=nonce)
             else:
-                await self.runner.deliver_text(record.id, surface, f"⚠️ {record.error or render.apology(record.id)}")
+                text = f"⚠️ {record.error or render.apology(record.id)}"
+                await self.runner.deliver_text(record.id, surface, text, nonce=nonce)
         except Exception:
             log.exception("redelivery of job %s failed", record.id)
 

@@ -2,22 +2,62 @@
 
 Also the progress lines shown while a job waits and runs, and the texts of error replies.
 Pure functions of their inputs (plus discord.py's data classes), so they are easy to test.
+
+Everything built here fits Discord's limits (:mod:`bot.limits`): :func:`fit_embed` keeps an embed
+within 6,000 characters, 25 fields and each part's own limit, shortening the least important
+parts first; :func:`fit_uploads` re-encodes the picture as WebP, then JPEG, when the PNG would not
+fit the upload limit of where it goes (:func:`upload_limit`).
 """
 
 from __future__ import annotations
 
 import io
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import discord
+from PIL import Image
 
+from pipeline.errors import VoxCanvasError
 from pipeline.executor import ProgressEvent
 from pipeline.studio import Result
 
+from .limits import (
+    BOOSTED_PREMIUM_TIER,
+    DEFAULT_UPLOAD_BYTES,
+    EMBED_AUTHOR_NAME_CHARS,
+    EMBED_DESCRIPTION_CHARS,
+    EMBED_FIELD_NAME_CHARS,
+    EMBED_FIELD_VALUE_CHARS,
+    EMBED_FIELDS,
+    EMBED_FOOTER_CHARS,
+    EMBED_TITLE_CHARS,
+    EMBED_TOTAL_CHARS,
+    MESSAGE_CONTENT_CHARS,
+)
+
+log = logging.getLogger(__name__)
+
 EMBED_COLOUR_OK = 0x2ECC71
 EMBED_COLOUR_LOW = 0xF1C40F
-FIELD_LIMIT = 1024
+FIELD_LIMIT = EMBED_FIELD_VALUE_CHARS
 IMAGE_NAME = "image.png"
 PALETTE_NAME = "palette.png"
+
+# The result embed's fields that may grow with what a model or a user wrote.
+HEARD_FIELD = "🎙️ Heard"
+MISSING_FIELD = "Missing"
+PROMPT_FIELD = "Prompt"
+TAGS_FIELD = "Tags"
+#: :func:`fit_embed`'s names for the embed's own texts.
+DESCRIPTION = "description"
+TITLE = "title"
+#: What a too-long result embed gives up first: tags, then the prompt (the Details button shows
+#: it in full), the missing elements, the scene description, what was heard, the title.
+RESULT_SHRINK_ORDER = (TAGS_FIELD, PROMPT_FIELD, MISSING_FIELD, DESCRIPTION, HEARD_FIELD, TITLE)
+FALLBACK_DIRECTOR = "local director (Gemini unavailable)"
+FALLBACK_CRITIC = "CLIP critic (Gemini unavailable)"
 
 LANGUAGE_NAMES = {
     "en": "English",
@@ -44,8 +84,11 @@ LANGUAGE_NAMES = {
 
 
 def _clip(text: str, limit: int = FIELD_LIMIT) -> str:
+    """``text`` trimmed, and at most ``limit`` characters (cut ones end in "…")."""
     text = text.strip()
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…" if limit > 0 else ""
 
 
 def language_name(code: str | None) -> str:
@@ -55,19 +98,20 @@ def language_name(code: str | None) -> str:
 
 
 def result_embed(result: Result) -> discord.Embed:
+    """The result's embed, within Discord's limits (:func:`fit_embed`)."""
     best = result.best
     score = best.score
     passed = score is not None and score >= result.threshold
     title = result.scene.title or result.idea
     embed = discord.Embed(
-        title=_clip(title, 256),
+        title=_clip(title, EMBED_TITLE_CHARS),
         colour=EMBED_COLOUR_OK if passed else EMBED_COLOUR_LOW,
-        description=_clip(result.scene.scene_description, 4000),
+        description=_clip(result.scene.scene_description, EMBED_DESCRIPTION_CHARS),
     )
     if result.transcript is not None:
         heard = f"“{_clip(result.transcript, 900)}”\n*{language_name(result.language)}"
         heard += ", translated to English*" if result.translated else "*"
-        embed.add_field(name="🎙️ Heard", value=heard, inline=False)
+        embed.add_field(name=HEARD_FIELD, value=heard, inline=False)
 
     alignment = f"**{score}/100**" if score is not None else "not scored"
     alignment += " ✅" if passed else f" (below {result.threshold})"
@@ -84,16 +128,16 @@ def result_embed(result: Result) -> discord.Embed:
         inline=True,
     )
     if best.missing_elements:
-        embed.add_field(name="Missing", value=_clip(", ".join(best.missing_elements)), inline=False)
+        embed.add_field(name=MISSING_FIELD, value=_clip(", ".join(best.missing_elements)), inline=False)
     if best.nsfw:
         embed.add_field(
             name="Safety filter",
             value="The safety checker withheld this picture. Try rephrasing your idea.",
             inline=False,
         )
-    embed.add_field(name="Prompt", value=_clip(best.prompt), inline=False)
+    embed.add_field(name=PROMPT_FIELD, value=_clip(best.prompt), inline=False)
     if result.tags:
-        embed.add_field(name="Tags", value=_clip(" · ".join(result.tags)), inline=False)
+        embed.add_field(name=TAGS_FIELD, value=_clip(" · ".join(result.tags)), inline=False)
     embed.add_field(name="Palette", value=" ".join(f"`{c}`" for c in result.palette), inline=False)
     embed.add_field(name="Directed by", value=provider_line(result.director, result.director_fallback), inline=True)
     embed.add_field(
@@ -102,7 +146,59 @@ def result_embed(result: Result) -> discord.Embed:
     embed.add_field(name="Time", value=f"{result.total_s:.1f} s", inline=True)
     embed.set_image(url=f"attachment://{IMAGE_NAME}")
     embed.set_footer(text=f"job {result.job_id}")
+    return fit_embed(embed, RESULT_SHRINK_ORDER)
+
+
+def fit_embed(embed: discord.Embed, shrink_first: Sequence[str] = ()) -> discord.Embed:
+    """``embed`` (changed in place) within Discord's limits: each text within its own limit, at
+    most 25 fields, and all of them together within 6,000 characters.
+
+    Over the total, the parts named in ``shrink_first`` (field names, :data:`DESCRIPTION`,
+    :data:`TITLE`) are shortened in that order, each no more than needed; should that not be
+    enough, fields are dropped from the end, then the description and title are shortened."""
+    if embed.title:
+        embed.title = _clip(embed.title, EMBED_TITLE_CHARS)
+    if embed.description:
+        embed.description = _clip(embed.description, EMBED_DESCRIPTION_CHARS)
+    if embed.footer.text:
+        embed.set_footer(text=_clip(embed.footer.text, EMBED_FOOTER_CHARS), icon_url=embed.footer.icon_url)
+    if embed.author.name:
+        author = embed.author
+        embed.set_author(
+            name=_clip(author.name or "", EMBED_AUTHOR_NAME_CHARS), url=author.url, icon_url=author.icon_url
+        )
+    while len(embed.fields) > EMBED_FIELDS:
+        embed.remove_field(len(embed.fields) - 1)
+    for index, item in enumerate(embed.fields):
+        name = _clip(item.name or "", EMBED_FIELD_NAME_CHARS) or "\u200b"
+        value = _clip(item.value or "", EMBED_FIELD_VALUE_CHARS) or "\u200b"
+        embed.set_field_at(index, name=name, value=value, inline=bool(item.inline))
+    for part in shrink_first:
+        excess = len(embed) - EMBED_TOTAL_CHARS
+        if excess <= 0:
+            return embed
+        _shorten_part(embed, part, excess)
+    while len(embed) > EMBED_TOTAL_CHARS and embed.fields:
+        embed.remove_field(len(embed.fields) - 1)
+    for part in (DESCRIPTION, TITLE):
+        excess = len(embed) - EMBED_TOTAL_CHARS
+        if excess > 0:
+            _shorten_part(embed, part, excess)
     return embed
+
+
+def _shorten_part(embed: discord.Embed, part: str, by: int) -> None:
+    """Shorten one text of ``embed`` by ``by`` characters (a field value keeps at least "…")."""
+    if part == DESCRIPTION and embed.description:
+        embed.description = _clip(embed.description, len(embed.description) - by) or None
+    elif part == TITLE and embed.title:
+        embed.title = _clip(embed.title, len(embed.title) - by) or None
+    else:
+        for index, item in enumerate(embed.fields):
+            if item.name == part and item.value:
+                value = _clip(item.value, max(1, len(item.value) - by))
+                embed.set_field_at(index, name=part, value=value, inline=bool(item.inline))
+                return
 
 
 def provider_line(provider: str, fallback: str | None, *, critic: bool = False) -> str:
@@ -112,11 +208,115 @@ def provider_line(provider: str, fallback: str | None, *, critic: bool = False) 
     return f"{local} — Gemini unavailable" if fallback else local
 
 
-def result_files(image_png: bytes, palette_png: bytes) -> list[discord.File]:
-    return [
-        discord.File(io.BytesIO(image_png), filename=IMAGE_NAME),
-        discord.File(io.BytesIO(palette_png), filename=PALETTE_NAME),
-    ]
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """A file to attach to a message: its name and its bytes. Kept as bytes, so a send can be
+    repeated (another surface, a retry) and the picture re-encoded to fit."""
+
+    filename: str
+    data: bytes = field(repr=False)
+
+    def file(self) -> discord.File:
+        """A fresh ``discord.File`` for one request."""
+        return discord.File(io.BytesIO(self.data), filename=self.filename)
+
+
+def result_files(image_png: bytes, palette_png: bytes) -> list[Upload]:
+    return [Upload(IMAGE_NAME, image_png), Upload(PALETTE_NAME, palette_png)]
+
+
+class UploadTooLarge(VoxCanvasError):
+    default_message = "The picture is too large to upload here, even compressed."
+
+
+def upload_limit(guild: discord.Guild | None, interaction_limit: int | None = None) -> int:
+    """Bytes of files a message may carry where it goes.
+
+    A guild boosted to tier 2 or more has its own, larger limit; otherwise the smaller of
+    discord.py's number and :data:`~bot.limits.DEFAULT_UPLOAD_BYTES` (10 MiB for bots since
+    2025). DMs: the default. An interaction says what Discord allows for its response
+    (``attachment_size_limit``): never more than that."""
+    if guild is None:
+        limit = DEFAULT_UPLOAD_BYTES
+    elif (guild.premium_tier or 0) >= BOOSTED_PREMIUM_TIER:
+        limit = guild.filesize_limit
+    else:
+        limit = min(guild.filesize_limit, DEFAULT_UPLOAD_BYTES)
+    return limit if not interaction_limit else min(limit, interaction_limit)
+
+
+def fit_uploads(
+    files: Sequence[Upload], embed: discord.Embed | None, limit: int
+) -> tuple[list[Upload], discord.Embed | None]:
+    """``files`` within ``limit`` bytes in all, and ``embed`` pointing at them.
+
+    When they don't fit, the largest PNG (the picture) is re-encoded as WebP, or else JPEG, at
+    the best quality that fits (:func:`encode_to_fit`); an embed that shows it as its image is
+    pointed at the new name (a copy; the given embed is left alone). CPU work: call it in a
+    worker thread. Raises :class:`UploadTooLarge` when nothing fits."""
+    total = sum(len(f.data) for f in files)
+    if total <= limit:
+        return list(files), embed
+    pngs = [i for i, f in enumerate(files) if f.filename.lower().endswith(".png")]
+    if not pngs:
+        raise UploadTooLarge()
+    index = max(pngs, key=lambda i: len(files[i].data))
+    picture = files[index]
+    data, extension = encode_to_fit(picture.data, limit - (total - len(picture.data)))
+    renamed = Upload(f"{picture.filename.rsplit('.', 1)[0]}.{extension}", data)
+    log.info(
+        "%s: %d bytes of files over the %d-byte upload limit; sent as %s (%d bytes)",
+        picture.filename,
+        total,
+        limit,
+        renamed.filename,
+        len(data),
+    )
+    fitted = [*files[:index], renamed, *files[index + 1 :]]
+    if embed is not None and embed.image.url == f"attachment://{picture.filename}":
+        embed = embed.copy()
+        embed.set_image(url=f"attachment://{renamed.filename}")
+    return fitted, embed
+
+
+#: What :func:`encode_to_fit` tries, in order: (Pillow format, file extension, quality).
+FALLBACK_ENCODINGS = (
+    ("WEBP", "webp", 90),
+    ("WEBP", "webp", 75),
+    ("JPEG", "jpg", 85),
+    ("JPEG", "jpg", 70),
+    ("JPEG", "jpg", 50),
+)
+#: Then JPEG at this quality, the picture scaled by 3/4 each time, down to this side.
+SCALED_JPEG_QUALITY = 75
+SMALLEST_SCALED_SIDE = 64
+
+
+def encode_to_fit(image_bytes: bytes, budget: int) -> tuple[bytes, str]:
+    """The picture as WebP, else JPEG, in at most ``budget`` bytes: ``(data, extension)``.
+
+    Tries :data:`FALLBACK_ENCODINGS` in order, then ever smaller JPEGs; raises
+    :class:`UploadTooLarge` when even the smallest does not fit."""
+    if budget > 0:
+        with Image.open(io.BytesIO(image_bytes)) as opened:
+            picture = opened.convert("RGB")
+        for image_format, extension, quality in FALLBACK_ENCODINGS:
+            data = _encode(picture, image_format, quality)
+            if len(data) <= budget:
+                return data, extension
+        while min(picture.size) > SMALLEST_SCALED_SIDE:
+            size = (max(1, picture.width * 3 // 4), max(1, picture.height * 3 // 4))
+            picture = picture.resize(size, Image.Resampling.LANCZOS)
+            data = _encode(picture, "JPEG", SCALED_JPEG_QUALITY)
+            if len(data) <= budget:
+                return data, "jpg"
+    raise UploadTooLarge()
+
+
+def _encode(picture: Image.Image, image_format: str, quality: int) -> bytes:
+    out = io.BytesIO()
+    picture.save(out, format=image_format, quality=quality)
+    return out.getvalue()
 
 
 def result_content(result: Result) -> str:
@@ -126,7 +326,7 @@ def result_content(result: Result) -> str:
     elif result.kind == "vary":
         parts.append("A variation:")
     parts.append("Palette: " + " ".join(result.palette))
-    return " ".join(parts)
+    return _clip(" ".join(parts), MESSAGE_CONTENT_CHARS)
 
 
 def details_text(result: Result) -> str:
@@ -142,10 +342,12 @@ def details_text(result: Result) -> str:
         f"**Palette:** {' '.join(result.palette)} (from the {result.palette_source})",
         f"**Tags:** {', '.join(result.tags)}",
     ]
+    # Anyone who can see the message can press Details: the reason Gemini failed (it may quote
+    # the provider's answer or a URL) is in the operator's log, not here.
     if result.director_fallback:
-        lines.append(f"**Director fallback:** {result.director_fallback}")
+        lines.append(f"**Director:** fallback: {FALLBACK_DIRECTOR}")
     if result.critic_fallback:
-        lines.append(f"**Critic fallback:** {result.critic_fallback}")
+        lines.append(f"**Critic:** fallback: {FALLBACK_CRITIC}")
     for r in result.rounds:
         marker = " ← shown" if r.index == result.best_round else ""
         lines += [

@@ -5,7 +5,8 @@ becomes an :class:`AdmittedJob` before it runs:
 
 1. **admit**: a queue slot for the user from the executor, or a refusal that says why;
 2. **acknowledge** within Discord's 3 s (Discord's "thinking…", or a 👂 and a "Listening…" reply)
-   and gather what the job needs (the voice note's audio, the reworked picture's start image);
+   and gather what the job needs (the voice note's audio, ``/imagine``'s attached start image, the
+   reworked picture's start image) — downloads come after the acknowledgement, never before;
 3. **store**: the job's record, so a restart finds it.
 
 If anything after step 1 fails, the slot is given back. Then the job runs in the background: its
@@ -17,20 +18,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import discord
+from PIL import Image
 
-from pipeline.errors import BadRequest, VoxCanvasError
+from pipeline.errors import BadRequest, ModelUnavailable, VoxCanvasError
 from pipeline.executor import Executor, Job, ProgressEvent
+from pipeline.images import check_image_bytes, inspect_init_image
+from pipeline.limits import RESULT_SAVE_ATTEMPTS, RESULT_SAVE_RETRY_DELAY_S
 from pipeline.studio import Idea, Output, Result, Studio, new_job_id
 
 from . import render
 from .progress import ProgressReporter
-from .store import JobKind, JobRecord, JobStore
+from .store import JobKind, JobNotFound, JobRecord, JobStateError, JobStore, StoreError
+from .store.records import EndState
 from .surfaces import ChannelSurface, InteractionSurface, MessageParts, RecordingSurface, Surface
 from .views import result_view
 
@@ -43,6 +49,18 @@ PICTURE_GONE = (
 PICTURE_GONE_DETAILS = "🗑️ That picture is no longer in my history (it was deleted or has expired)."
 PARENT_GONE = "The picture this was based on has been deleted, so I can't rework it."
 DOWNLOAD_FAILED = "📥 I couldn't download that voice note — please send it again."
+IMAGE_DOWNLOAD_FAILED = "I couldn't download that image — please attach it again."
+UNSAVED = "The picture was made but could not be saved (the disk or the database failed)."
+UNSAVED_NOTE = "⚠️ I couldn't save this picture, so its buttons won't work — download it if you want to keep it."
+RESULT_REFUSED = (
+    "😵 Your picture is ready, but Discord refused to show it (job `{job_id}`). I've logged it; please try again."
+)
+REDUCED_IMAGE_NAME = "image.jpg"
+JPEG_QUALITY = 90
+MODEL_UNAVAILABLE = (
+    "A model I need couldn't be loaded, so I can't make pictures right now. I've logged the details "
+    "for the operator (job `{job_id}`); please try again later."
+)
 
 Work = Callable[[Job], Awaitable[Output]]
 Refuse = Callable[[str], Awaitable[object]]
@@ -115,11 +133,17 @@ class JobRunner:
         self.tasks: set[asyncio.Task[None]] = set()
 
     # --- entry points ------------------------------------------------------------------------
-    async def start_imagine(self, interaction: discord.Interaction, idea: Idea) -> None:
-        """/imagine: admit (or refuse privately), acknowledge, then run in the background."""
+    async def start_imagine(
+        self, interaction: discord.Interaction, idea: Idea, *, image: discord.Attachment | None = None
+    ) -> None:
+        """/imagine: admit (or refuse privately), acknowledge, then download the start ``image``
+        (if any, checked from its metadata already: downloading only after the acknowledgement
+        keeps Discord's 3 s off the CDN), then run in the background."""
 
         async def request() -> JobRequest:
-            return JobRequest("text", idea)
+            if image is None:
+                return JobRequest("text", idea)
+            return JobRequest("text", replace(idea, init_image=await download_init_image(image)))
 
         await self._start_from_interaction(interaction, request)
 
@@ -186,10 +210,15 @@ class JobRunner:
         async def refuse(text: str) -> None:
             await interaction.response.send_message(text, ephemeral=True)
 
-        async def acknowledge(job: Job) -> Acknowledged:
+        async def acknowledge(job: Job) -> Acknowledged | None:
             await interaction.response.defer(thinking=True)
+            try:
+                job_request = await request()
+            except VoxCanvasError as exc:  # e.g. a start image that could not be downloaded or read
+                await interaction.edit_original_response(content=f"🚫 {exc.user_message}")
+                return None
             fallback = self.channel_surface(job.id, origin.channel_id, mention_user_id=origin.user_id)
-            return Acknowledged(InteractionSurface.live(interaction, fallback), await request())
+            return Acknowledged(InteractionSurface.live(interaction, fallback), job_request)
 
         admitted = await self._admit(origin, refuse, acknowledge)
         if admitted is not None:
@@ -214,7 +243,15 @@ class JobRunner:
         except BaseException:
             job.finish("failed")
             raise
-        return AdmittedJob(job, acknowledged.surface, record, acknowledged.request)
+        return AdmittedJob(job, acknowledged.surface, record, self.audio_on_disk(acknowledged.request, record))
+
+    def audio_on_disk(self, request: JobRequest, record: JobRecord) -> JobRequest:
+        """``request`` with its voice note read from the store's copy when the job runs, not held in
+        memory while it waits (a queued job keeps its idea until then)."""
+        if record.audio_file is None:
+            return request
+        on_disk = replace(request.idea, audio=None, audio_path=self.store.job_dir(record.id) / record.audio_file)
+        return replace(request, idea=on_disk)
 
     async def _store_new(self, job: Job, origin: JobOrigin, acknowledged: Acknowledged) -> JobRecord:
         request, interaction = acknowledged.request, origin.interaction
@@ -258,8 +295,18 @@ class JobRunner:
         self.track(asyncio.create_task(self._run(admitted), name=f"job-{admitted.job.id}"))
 
     def track(self, task: asyncio.Task[None]) -> None:
+        """Keep ``task`` (named after its job) until it ends; its exception, if any, is retrieved
+        and logged with that name, never left for asyncio's "never retrieved" warning."""
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("task %s died: %s", task.get_name(), exc, exc_info=exc)
 
     def _work(self, request: JobRequest) -> Work:
         """The studio call that makes the request's picture."""
@@ -276,7 +323,9 @@ class JobRunner:
         return lambda job: rework(job, previous, init_image=idea.init_image)
 
     async def _run(self, admitted: AdmittedJob) -> None:
-        job, surface = admitted.job, admitted.surface
+        """Run the job and always end it with a message to its user, whatever part fails: the
+        studio, saving the picture, the store, or Discord refusing the result."""
+        job, surface, nonce = admitted.job, admitted.surface, admitted.record.delivery_nonce
         work = self._work(admitted.request)
         reporter = ProgressReporter(surface)
         corrections = 0
@@ -289,73 +338,173 @@ class JobRunner:
 
         job.listener = on_progress
         on_progress(ProgressEvent(job.id, "queued", position=job.position(), eta_s=job.eta_s()))
-        outcome: Literal["done", "failed", "cancelled"] = "failed"
         try:
-            await self.store.mark_running(job.id)
-            output = await work(job)
-            await self.store.complete(
-                job.id,
-                result_json=output.result.model_dump_json(),
-                score=output.result.score,
-                title=output.result.scene.title,
-                image_png=output.image_png,
-                palette_png=output.palette_png,
+            try:
+                await self.store.mark_running(job.id)
+                output = await work(job)
+            except VoxCanvasError as exc:
+                outcome: EndState = "cancelled" if job.cancelled else "failed"
+                text = user_error_text(exc, job.id)
+                if isinstance(exc, ModelUnavailable):  # the operator's problem: the details go to the log
+                    log.error("job %s failed: %s", job.id, exc)
+                else:
+                    log.info("job %s refused: %s", job.id, exc)
+                job.finish(outcome)
+                await reporter.close()
+                await self._end_without_picture(job.id, surface, nonce, f"⚠️ {text}", error=text, state=outcome)
+                return
+            except asyncio.CancelledError:
+                raise  # shutting down: the store still says queued/running, so it is resumed
+            except Exception:
+                log.exception("job %s failed unexpectedly", job.id)
+                job.finish("failed")
+                await reporter.close()
+                apology = render.apology(job.id)
+                await self._end_without_picture(job.id, surface, nonce, apology, error=apology)
+                return
+            job.finish("done")  # the GPU part is over: free the user's slot before saving and delivery
+            saved = await self._save(job.id, output)
+            await reporter.close()
+            if saved is not True:
+                if saved is not None:  # the job was cancelled or deleted meanwhile: say that instead
+                    await self._end_without_picture(
+                        job.id, surface, nonce, f"⚠️ {saved.user_message}", error=saved.user_message
+                    )
+                    return
+                log.warning("job %s: delivering its picture from memory; it could not be saved", job.id)
+            await self.deliver_result(
+                job.id, surface, output.result, output.image_png, output.palette_png, nonce=nonce, saved=bool(saved)
             )
-            outcome = "done"
-            job.finish(outcome)  # the GPU part is over: free the user's slot before delivery
-            await reporter.close()
-            await self.deliver_result(job.id, surface, output.result, output.image_png, output.palette_png)
-        except VoxCanvasError as exc:
-            outcome = "cancelled" if job.cancelled else "failed"
-            log.info("job %s refused: %s", job.id, exc)
-            await self.store.fail(job.id, str(exc), state=outcome)
-            job.finish(outcome)
-            await reporter.close()
-            await self.deliver_text(job.id, surface, f"⚠️ {exc}")
-        except asyncio.CancelledError:
-            await reporter.close()
-            raise  # shutting down: the store still says queued/running, so it is resumed
-        except Exception:
-            log.exception("job %s failed unexpectedly", job.id)
-            with contextlib.suppress(Exception):
-                await self.store.fail(job.id, render.apology(job.id))
-            await reporter.close()
-            with contextlib.suppress(Exception):
-                await self.deliver_text(job.id, surface, render.apology(job.id))
         finally:
             job.listener = None
             await reporter.close()
-            job.finish(outcome)
+            job.finish("failed")  # no-op unless the job ended on an error or was cancelled
+
+    async def _save(self, job_id: str, output: Output) -> Literal[True] | StoreError | None:
+        """Save the finished picture: ``True``; ``None`` when it could not be saved (the disk or
+        the database failing, after one retry: the job is then marked failed with
+        :data:`UNSAVED`, if the store allows it); the :class:`StoreError` when the job was
+        cancelled or deleted while rendering."""
+        for attempt in range(1, RESULT_SAVE_ATTEMPTS + 1):
+            try:
+                await self.store.complete(
+                    job_id,
+                    result_json=output.result.model_dump_json(),
+                    score=output.result.score,
+                    title=output.result.scene.title,
+                    image_png=output.image_png,
+                    palette_png=output.palette_png,
+                )
+                return True
+            except (JobStateError, JobNotFound) as exc:
+                return exc
+            except Exception:
+                log.exception(
+                    "job %s: saving the picture failed (attempt %d of %d)", job_id, attempt, RESULT_SAVE_ATTEMPTS
+                )
+                if attempt < RESULT_SAVE_ATTEMPTS:
+                    await asyncio.sleep(RESULT_SAVE_RETRY_DELAY_S)
+        await self._record_failure(job_id, UNSAVED)
+        return None
+
+    async def _record_failure(self, job_id: str, error: str, *, state: EndState = "failed") -> None:
+        """Mark the job failed (or cancelled) with ``error``; a store that can't is logged, never raised."""
+        try:
+            await self.store.fail(job_id, error, state=state)
+        except Exception:
+            log.exception("job %s: the store could not record that it %s", job_id, state)
+
+    async def _end_without_picture(
+        self, job_id: str, surface: Surface, nonce: str, shown: str, *, error: str, state: EndState = "failed"
+    ) -> None:
+        """A job with no picture to show: record ``error`` (if the store can) and tell the user ``shown``."""
+        await self._record_failure(job_id, error, state=state)
+        await self.deliver_text(job_id, surface, shown, nonce=nonce)
 
     # --- delivery ----------------------------------------------------------------------------
     async def deliver_result(
-        self, job_id: str, surface: Surface, result: Result, image_png: bytes, palette_png: bytes
+        self,
+        job_id: str,
+        surface: Surface,
+        result: Result,
+        image_png: bytes,
+        palette_png: bytes,
+        *,
+        nonce: str,
+        saved: bool = True,
     ) -> None:
-        await self._deliver(
-            job_id,
-            surface,
-            MessageParts(
-                render.result_content(result),  # a channel surface adds the user's mention itself
-                embed=render.result_embed(result),
-                files=render.result_files(image_png, palette_png),
-                view=result_view(job_id),
-            ),
+        """Show the result. If Discord refuses it, show it once more in a reduced form (no embed,
+        no palette, the picture as JPEG), then an apology; the store's ``error`` says which was
+        shown and why. Unsaved (``saved=False``): no buttons, and the user is told why."""
+        content = render.result_content(result)  # a channel surface adds the user's mention itself
+        view: discord.ui.View | None = result_view(job_id)
+        if not saved:
+            content, view = f"{UNSAVED_NOTE}\n{content}", None
+        full = MessageParts(
+            content, embed=render.result_embed(result), files=render.result_files(image_png, palette_png), view=view
         )
+        first_refusal = await self._try_deliver(job_id, surface, full, nonce=nonce)
+        if first_refusal is None:
+            return
+        log.warning("job %s: the result was refused (%s); trying a reduced form", job_id, first_refusal)
+        jpeg = await asyncio.to_thread(png_to_jpeg, image_png)
+        reduced = MessageParts(
+            reduced_content(result, content),
+            files=[discord.File(io.BytesIO(jpeg), filename=REDUCED_IMAGE_NAME)],
+            view=view,
+        )
+        note = f"Discord refused the full result ({first_refusal}); a reduced one was shown."
+        second_refusal = await self._try_deliver(job_id, surface, reduced, nonce=nonce, note=note)
+        if second_refusal is None:
+            return
+        log.error("job %s: the reduced result was refused too (%s)", job_id, second_refusal)
+        note = (
+            f"Discord refused the result ({first_refusal}) and a reduced one ({second_refusal}); an apology was shown."
+        )
+        await self.deliver_text(job_id, surface, RESULT_REFUSED.format(job_id=job_id), nonce=nonce, note=note)
 
-    async def deliver_text(self, job_id: str, surface: Surface, text: str) -> None:
-        await self._deliver(job_id, surface, MessageParts(text, files=[]))
+    async def deliver_text(
+        self, job_id: str, surface: Surface, text: str, *, nonce: str, note: str | None = None
+    ) -> None:
+        """Show a text-only final message; if even that fails, log it (nothing else can reach the user)."""
+        refused = await self._try_deliver(job_id, surface, MessageParts(text, files=[]), nonce=nonce, note=note)
+        if refused is not None:
+            log.error("job %s: its final message was refused too (%s); the user was not told", job_id, refused)
 
-    async def _deliver(self, job_id: str, surface: Surface, parts: MessageParts) -> None:
+    async def _try_deliver(
+        self, job_id: str, surface: Surface, parts: MessageParts, *, nonce: str, note: str | None = None
+    ) -> str | None:
+        """:meth:`_deliver`; ``None`` once shown, else why it was not (Discord's refusal, or the
+        error that stopped the send — logged with its traceback)."""
+        try:
+            await self._deliver(job_id, surface, parts, nonce=nonce, note=note)
+        except discord.HTTPException as exc:
+            return refusal(exc)
+        except Exception as exc:
+            log.exception("job %s: showing its final message failed", job_id)
+            return type(exc).__name__
+        return None
+
+    async def _deliver(
+        self, job_id: str, surface: Surface, parts: MessageParts, *, nonce: str, note: str | None = None
+    ) -> None:
         """Show the job's final message and record where it landed.
 
-        ``begin_delivery`` first marks the send and hands out the job's delivery nonce: a new
-        channel message carries it, so if this process dies before ``record_delivery``, the
-        next one's repeated send is answered by Discord with this very message (see
-        :mod:`.recovery`). Edits — of the interaction's response or of the job's progress
-        message — land in the same message however often they are repeated."""
-        record = await self.store.begin_delivery(job_id)
-        message = await surface.show(replace(parts, nonce=record.delivery_nonce))
-        await self.store.record_delivery(job_id, message_id=message.id, channel_id=message.channel.id)
+        ``begin_delivery`` first marks the send; a new channel message carries the job's delivery
+        nonce, so if this process dies before ``record_delivery``, the next one's repeated send is
+        answered by Discord with this very message (see :mod:`.recovery`). Edits — of the
+        interaction's response or of the job's progress message — land in the same message
+        however often they are repeated. The job is recorded as delivered only once Discord
+        accepted the message; a store failing around the send is logged and does not stop it."""
+        try:
+            await self.store.begin_delivery(job_id)
+        except Exception:
+            log.exception("job %s: the store could not mark the send; sending anyway", job_id)
+        message = await surface.show(replace(parts, nonce=nonce))
+        try:
+            await self.store.record_delivery(job_id, message_id=message.id, channel_id=message.channel.id, note=note)
+        except Exception:
+            log.exception("job %s: delivered as message %s, but the store could not record it", job_id, message.id)
 
     # --- shutdown ------------------------------------------------------------------------------
     async def drain(self, timeout_s: float) -> None:
@@ -370,19 +519,46 @@ class JobRunner:
             await asyncio.wait(pending, timeout=5)
 
 
+# --- what the user is told ------------------------------------------------------------------------
+def user_error_text(exc: BaseException, job_id: str) -> str:
+    """What the user reads about a failed job: a :class:`VoxCanvasError`'s own message, written
+    for them — except a model-loading error, whose message names settings and filesystem paths
+    for the operator (it is logged) — and a generic apology with the job id for anything else."""
+    if isinstance(exc, ModelUnavailable):
+        return MODEL_UNAVAILABLE.format(job_id=job_id)
+    if isinstance(exc, VoxCanvasError):
+        return exc.user_message
+    return render.apology(job_id)
+
+
 # --- ideas as stored -----------------------------------------------------------------------------
 def idea_to_dict(idea: Idea) -> dict[str, Any]:
     """The idea's options for the store record; the audio and start image are stored as files."""
     data = asdict(idea)
     data.pop("audio", None)
+    data.pop("audio_path", None)
     data.pop("init_image", None)
     return data
 
 
 def idea_from_record(record: JobRecord) -> Idea:
     """The idea's options from a store record (without its audio and start image)."""
-    fields = set(Idea.__dataclass_fields__) - {"audio", "init_image"}
+    fields = set(Idea.__dataclass_fields__) - {"audio", "audio_path", "init_image"}
     return Idea(**{k: v for k, v in record.idea.items() if k in fields})
+
+
+async def download_init_image(attachment: discord.Attachment) -> bytes:
+    """The start image of ``/imagine image:``, downloaded and checked from its header (too many
+    bytes or pixels, not PNG/JPEG/WebP: :class:`BadRequest` now, before the job is queued; no
+    pixel is decoded here, on the event loop)."""
+    check_image_bytes(attachment.size)
+    try:
+        data = await attachment.read()
+    except discord.HTTPException as exc:
+        log.info("downloading start image %s failed: %s", attachment.id, exc)
+        raise BadRequest(IMAGE_DOWNLOAD_FAILED) from exc
+    inspect_init_image(data)
+    return data
 
 
 def audio_ext(filename: str | None) -> str:
@@ -391,3 +567,23 @@ def audio_ext(filename: str | None) -> str:
         if ext.isalnum() and len(ext) <= 5:
             return ext
     return "ogg"
+
+
+# --- a result Discord refused, reduced ------------------------------------------------------------
+def refusal(exc: discord.HTTPException) -> str:
+    """Discord's refusal in a few words for the log and the store: ``"400 (50035): Invalid Form Body"``."""
+    return f"{exc.status} ({exc.code}): {exc.text or exc.response.reason}"[:200]
+
+
+def png_to_jpeg(png: bytes) -> bytes:
+    """The picture as a JPEG: smaller, and a different upload than the one refused."""
+    with Image.open(io.BytesIO(png)) as image:
+        out = io.BytesIO()
+        image.convert("RGB").save(out, format="JPEG", quality=JPEG_QUALITY)
+        return out.getvalue()
+
+
+def reduced_content(result: Result, content: str) -> str:
+    """The result as plain text (no embed): title, score, and the job id recovery looks for."""
+    score = f" · alignment {result.score}/100" if result.score is not None else ""
+    return f"{content}\n**{result.scene.title[:200]}**{score} · job `{result.job_id}`"

@@ -10,6 +10,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from pipeline import limits
+from pipeline.errors import BadRequest
+from pipeline.images import check_image_bytes
 from pipeline.studio import Idea
 from pipeline.styles import STYLES
 
@@ -56,19 +58,10 @@ class Imagine(commands.Cog):
         if not prompt.strip():
             await interaction.response.send_message("🚫 The prompt is empty — tell me what to draw.", ephemeral=True)
             return
-        init_image = None
         if image is not None:
-            problem = _image_problem(image)
+            problem = _image_problem(image)  # from the attachment's metadata: nothing downloaded yet
             if problem:
                 await interaction.response.send_message(f"🚫 {problem}", ephemeral=True)
-                return
-            # Attachments of slash commands are served by Discord's CDN: reading is quick.
-            try:
-                init_image = await image.read()
-            except discord.HTTPException:
-                await interaction.response.send_message(
-                    "🚫 I couldn't download that image — please attach it again.", ephemeral=True
-                )
                 return
         idea = Idea(
             text=prompt,
@@ -77,10 +70,10 @@ class Imagine(commands.Cog):
             seed=seed,
             steps=steps,
             guidance=guidance,
-            init_image=init_image,
             strength=strength,
         )
-        await self.bot.runner.start_imagine(interaction, idea)
+        # The runner downloads the image only after acknowledging: Discord's 3 s are not spent on the CDN.
+        await self.bot.runner.start_imagine(interaction, idea, image=image)
 
     @app_commands.command(name="queue", description="Your pictures in progress, with their place in the queue")
     async def queue(self, interaction: discord.Interaction) -> None:
@@ -142,10 +135,10 @@ def _image_problem(image: discord.Attachment) -> str | None:
     content_type = (image.content_type or "").split(";")[0].strip().lower()
     if content_type not in IMAGE_TYPES:
         return "The attachment must be a PNG, JPEG or WebP image."
-    if image.size > limits.MAX_IMAGE_BYTES:
-        return (
-            f"The image is {image.size / 1e6:.1f} MB; please attach one under {limits.MAX_IMAGE_BYTES // 1_000_000} MB."
-        )
+    try:
+        check_image_bytes(image.size)
+    except BadRequest as exc:
+        return exc.user_message
     return None
 
 

@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 async def _run(args: argparse.Namespace) -> int:
     from .errors import ModelUnavailable, VoxCanvasError
     from .executor import GPUExecutor
+    from .images import read_init_image_file
     from .settings import get_settings
     from .studio import Idea, Studio
 
@@ -99,9 +100,12 @@ async def _run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     try:
         audio = args.audio.read_bytes() if args.audio is not None else None
-        init_image = args.image.read_bytes() if args.image is not None else None
+        init_image = read_init_image_file(args.image) if args.image is not None else None
     except OSError as exc:
         print(f"error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except VoxCanvasError as exc:  # an init image that is too large or not PNG/JPEG/WebP
+        print(f"error: {args.image}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     idea = Idea(
         text=args.text,

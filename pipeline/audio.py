@@ -1,15 +1,22 @@
 """Voice note bytes → mono float32 samples at 16 kHz, or a refusal the user can act on.
 
+The header comes first: what no voice note is (a sample rate outside 8-48 kHz, more than two
+channels, a declared length over the limit, more bytes than ``MAX_AUDIO_BYTES``) is refused before a
+single sample is decoded. A 0.7 MB FLAC of silence at 655,350 Hz x 8 channels would otherwise be
+2.5 GB of floats.
+
 Decoding order:
 
 1. **soundfile / libsndfile** (in process, no subprocess): WAV, FLAC, OGG/Vorbis, OGG/Opus (Discord
-   voice messages: ``audio/ogg`` Opus, 48 kHz mono) and MP3 (libsndfile ≥ 1.1).
+   voice messages: ``audio/ogg`` Opus, 48 kHz mono) and MP3 (libsndfile ≥ 1.1). Decoded
+   :data:`~pipeline.limits.AUDIO_DECODE_BLOCK_FRAMES` frames at a time into one reused buffer, each
+   block mixed down to mono and fed to soxr's streaming resampler, and never more than one second
+   past the limit, whatever the header says: memory is bounded by the 16 kHz mono *output*.
 2. **ffmpeg** (only when libsndfile can't read the bytes and ``ffmpeg`` is on ``PATH``): M4A/AAC,
-   WebM and anything else ffmpeg knows. The bytes go in on stdin and come back as ``f32le`` 16 kHz
-   mono on stdout. MP4-family containers (M4A) usually keep their index (``moov``) after the audio,
-   which a pipe can't seek back to, so those are handed to ffmpeg as a temporary file instead.
-   The subprocess is bounded in time (:data:`FFMPEG_TIMEOUT_S`) and in output (it is told to stop
-   one second past the length limit).
+   WebM and anything else ffmpeg knows. The bytes go to a private temporary file (MP4-family
+   containers usually keep their index after the audio, which a pipe can't seek back to);
+   ``ffprobe`` reads the header, then ffmpeg mixes down, resamples and stops at the limit itself
+   (``-ac 1 -ar 16000 -t … -fs …``), bounded in time by :data:`FFMPEG_TIMEOUT_S`.
 
 Resampling uses soxr (librosa's own resampler, without librosa's import and JIT start-up cost).
 Nothing here imports torch.
@@ -17,6 +24,8 @@ Nothing here imports torch.
 Refusals (all :class:`~pipeline.errors.BadAudio`, messages fit to show a user):
 
 * :class:`EmptyAudio` — no bytes, or a valid container holding no samples;
+* :class:`AudioTooLarge` — more bytes than ``max_bytes``;
+* :class:`UnsupportedAudio` — a header no voice note has (see :func:`check_header`);
 * :class:`UndecodableAudio` — not audio, or no decoder could read it;
 * :class:`AudioTooLong` — longer than ``max_seconds`` (checked from the header before decoding
   where the header says, and again on the decoded samples);
@@ -30,6 +39,7 @@ Refusals (all :class:`~pipeline.errors.BadAudio`, messages fit to show a user):
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import os
@@ -37,11 +47,14 @@ import re
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
+import soxr
 
-from .errors import AudioTooLong, EmptyAudio, SilentAudio, UndecodableAudio
+from . import limits
+from .errors import AudioTooLarge, AudioTooLong, EmptyAudio, SilentAudio, UndecodableAudio, UnsupportedAudio
 
 log = logging.getLogger(__name__)
 
@@ -119,112 +132,230 @@ def audio_duration(data: bytes) -> float | None:
     try:
         info = sf.info(io.BytesIO(data))
         if info.samplerate > 0 and info.frames > 0:
-            return info.frames / info.samplerate
+            return float(info.frames / info.samplerate)
     except Exception:
         pass
-    return _ffprobe_duration(data)
+    header = _ffprobe(data=data)
+    return header.duration_s if header is not None else None
 
 
-def decode_audio(data: bytes, *, max_seconds: float, filename: str | None = None) -> np.ndarray:
+@dataclass(frozen=True)
+class AudioHeader:
+    """What a container says about its audio, read without decoding any of it (0: unknown)."""
+
+    sample_rate: int
+    channels: int
+    duration_s: float | None = None
+
+
+def check_header(header: AudioHeader, *, max_seconds: float, name: str = "<audio>") -> None:
+    """Refuse what no voice note is, from the header alone: :class:`UnsupportedAudio` for a sample
+    rate outside 8-48 kHz or more than two channels, :class:`AudioTooLong` for a declared length over
+    the limit. Unknown values (0 / ``None``) pass; the bounded decode stops those."""
+    rate, channels = header.sample_rate, header.channels
+    if rate and not limits.MIN_AUDIO_SAMPLE_RATE <= rate <= limits.MAX_AUDIO_SAMPLE_RATE:
+        log.info("%s: refused, sample rate %d Hz", name, rate)
+        raise UnsupportedAudio(
+            f"That recording's sample rate ({rate:,} Hz) is not a voice note's; I take "
+            f"{limits.MIN_AUDIO_SAMPLE_RATE // 1000}-{limits.MAX_AUDIO_SAMPLE_RATE // 1000} kHz."
+        )
+    if channels > limits.MAX_AUDIO_CHANNELS:
+        log.info("%s: refused, %d channels", name, channels)
+        raise UnsupportedAudio(f"That recording has {channels} channels; I take mono or stereo voice notes.")
+    if header.duration_s is not None and is_too_long(header.duration_s, max_seconds):
+        raise audio_too_long(header.duration_s, max_seconds)
+
+
+def decode_audio(
+    data: bytes,
+    *,
+    max_seconds: float,
+    filename: str | None = None,
+    max_bytes: int = limits.MAX_AUDIO_BYTES,
+) -> np.ndarray:
     """Decode any supported recording to mono float32 at :data:`SAMPLE_RATE`.
 
-    ``filename`` is only used in log lines. Raises :class:`EmptyAudio`, :class:`UndecodableAudio`,
-    :class:`AudioTooLong` or :class:`SilentAudio` (see module docs).
+    The header is checked first (:func:`check_header`); then the audio is decoded
+    :data:`~pipeline.limits.AUDIO_DECODE_BLOCK_FRAMES` at a time, each block mixed down to mono and
+    resampled as a stream, so memory is bounded by the *output* (16 kHz mono, at most
+    ``max_seconds``), never by what the header claims. ``filename`` is only used in log lines.
+    Raises :class:`AudioTooLarge`, :class:`EmptyAudio`, :class:`UnsupportedAudio`,
+    :class:`UndecodableAudio`, :class:`AudioTooLong` or :class:`SilentAudio` (see module docs).
     """
     name = filename or "<audio>"
     if not data:
         raise EmptyAudio()
+    if len(data) > max_bytes:
+        raise AudioTooLarge(
+            f"That file is {len(data) / 1e6:.1f} MB; I can take up to {max_bytes / 1e6:.0f} MB of audio."
+        )
 
-    decoded = _decode_soundfile(data, max_seconds=max_seconds, name=name)
-    if decoded is None:
-        decoded = _decode_ffmpeg(data, max_seconds=max_seconds, name=name)
-    samples, sample_rate = decoded
+    samples = _decode_soundfile(data, max_seconds=max_seconds, name=name)
+    if samples is None:
+        samples = _decode_ffmpeg(data, max_seconds=max_seconds, name=name)
 
     if samples.size == 0:
         raise EmptyAudio("That recording has no sound in it — please record the voice note again.")
-    duration = samples.size / sample_rate
-    if is_too_long(duration, max_seconds):
-        raise audio_too_long(duration, max_seconds)
-
-    samples = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
-    if sample_rate != SAMPLE_RATE:
-        samples = _resample(samples, sample_rate, SAMPLE_RATE)
-    samples = np.ascontiguousarray(samples, dtype=np.float32)
-
     level = loudest_dbfs(samples)
     if level < SILENCE_DBFS:
         log.info("%s: silent (loudest %.1f dBFS < %.1f dBFS)", name, level, SILENCE_DBFS)
         raise SilentAudio()
-    log.debug("%s: %.2f s at %d Hz, loudest %.1f dBFS", name, duration, sample_rate, level)
+    log.debug("%s: %.2f s, loudest %.1f dBFS", name, samples.size / SAMPLE_RATE, level)
     return samples
 
 
 # --- decoders --------------------------------------------------------------------------------------
 
 
-def _to_mono(samples: np.ndarray) -> np.ndarray:
-    if samples.ndim == 2:
-        samples = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
-    return np.asarray(samples, dtype=np.float32)
+def _read_limit_s(max_seconds: float) -> float:
+    """Decode one second past the limit (plus tolerance): enough to know a recording is too long."""
+    return max_seconds + DURATION_TOLERANCE_S + 1.0
 
 
-def _decode_soundfile(data: bytes, *, max_seconds: float, name: str) -> tuple[np.ndarray, int] | None:
-    """libsndfile; ``None`` when it doesn't recognise or can't decode the bytes."""
+class _MonoResampler:
+    """Blocks of ``(frames, channels)`` float32 at ``sample_rate`` → one mono float32 array at
+    :data:`SAMPLE_RATE`, mixed down and resampled block by block (soxr's streaming resampler)."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self._stream = (
+            soxr.ResampleStream(sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+            if sample_rate != SAMPLE_RATE
+            else None
+        )
+        self._parts: list[np.ndarray] = []
+
+    def _mono(self, block: np.ndarray) -> np.ndarray:
+        mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+        return np.nan_to_num(mono, nan=0.0, posinf=1.0, neginf=-1.0).astype(np.float32, copy=False)
+
+    def add(self, block: np.ndarray) -> None:
+        mono = self._mono(block)
+        if self._stream is not None:
+            mono = self._stream.resample_chunk(mono, last=False)
+        if mono.size:
+            self._parts.append(np.array(mono, dtype=np.float32))  # a copy: ``block`` is a reused buffer
+
+    def finish(self) -> np.ndarray:
+        if self._stream is not None:
+            tail = self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+            if tail.size:
+                self._parts.append(np.asarray(tail, dtype=np.float32))
+        if not self._parts:
+            return np.zeros(0, dtype=np.float32)
+        return np.ascontiguousarray(np.concatenate(self._parts), dtype=np.float32)
+
+
+_UNKNOWN_FRAMES = 2**62
+"""libsndfile reports a stream of unknown length (a FLAC whose header says 0 samples) as
+``SF_COUNT_MAX`` frames."""
+
+
+def _decode_soundfile(data: bytes, *, max_seconds: float, name: str) -> np.ndarray | None:
+    """libsndfile, block by block; ``None`` when it doesn't recognise or can't decode the bytes."""
     try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            sample_rate = f.samplerate
-            header_s = f.frames / sample_rate if f.frames > 0 and sample_rate > 0 else None
-            if header_s is not None and is_too_long(header_s, max_seconds):
-                raise audio_too_long(header_s, max_seconds)  # refused before decoding anything
-            # Never read more than the limit allows (a lying header can't make us decode hours).
-            limit = int((max_seconds + DURATION_TOLERANCE_S + 1.0) * sample_rate)
-            samples = f.read(frames=limit, dtype="float32", always_2d=True)
-            if len(samples) >= limit:
-                duration = f.frames / sample_rate if f.frames > limit else None
-                raise audio_too_long(duration, max_seconds)
-    except AudioTooLong:
-        raise
+        sound = sf.SoundFile(io.BytesIO(data))
     except Exception as exc:
         log.debug("%s: soundfile can't read it (%s)", name, exc)
         return None
-    return _to_mono(samples), sample_rate
+    with sound:
+        sample_rate, channels = sound.samplerate, sound.channels
+        known = 0 < sound.frames < _UNKNOWN_FRAMES and sample_rate > 0
+        declared_s = sound.frames / sample_rate if known else None
+        check_header(AudioHeader(sample_rate, channels, declared_s), max_seconds=max_seconds, name=name)
+        if sample_rate <= 0 or channels <= 0:
+            return None
+        # Never read more than the limit allows (a lying header can't make us decode hours).
+        limit = int(_read_limit_s(max_seconds) * sample_rate)
+        block = np.empty((limits.AUDIO_DECODE_BLOCK_FRAMES, channels), dtype=np.float32)
+        mono = _MonoResampler(sample_rate)
+        frames_read = 0
+        try:
+            while frames_read < limit:
+                want = min(len(block), limit - frames_read)
+                got = sound.read(frames=want, dtype="float32", always_2d=True, out=block[:want])
+                if len(got) == 0:
+                    break
+                frames_read += len(got)
+                mono.add(got)
+        except Exception as exc:
+            log.debug("%s: soundfile failed while decoding (%s)", name, exc)
+            return None
+    if frames_read >= limit:
+        raise audio_too_long(
+            declared_s if declared_s is not None and declared_s * sample_rate > limit else None, max_seconds
+        )
+    duration = frames_read / sample_rate
+    if is_too_long(duration, max_seconds):
+        raise audio_too_long(duration, max_seconds)
+    return mono.finish()
 
 
-def _is_mp4_family(data: bytes) -> bool:
-    """ISO base media (M4A, MP4, 3GP, MOV): an ``ftyp`` box at offset 4."""
-    return len(data) >= 12 and data[4:8] == b"ftyp"
+def _ffprobe(*, path: str | None = None, data: bytes | None = None) -> AudioHeader | None:
+    """The first audio stream's rate, channels and duration from ``ffprobe`` (a file, or bytes on
+    stdin); ``None`` when ffprobe is missing, fails, or finds no audio stream."""
+    ffprobe = shutil.which("ffprobe")
+    if ffprobe is None:
+        return None
+    cmd = [ffprobe, "-v", "error", "-select_streams", "a:0", "-of", "json"]
+    cmd += ["-show_entries", "stream=sample_rate,channels,duration:format=duration", "-i", path or "pipe:0"]
+    try:
+        proc = subprocess.run(
+            cmd,
+            input=data if path is None else None,
+            stdin=subprocess.DEVNULL if path is not None else None,
+            capture_output=True,
+            timeout=FFPROBE_TIMEOUT_S,
+            check=False,
+        )
+        found = json.loads(proc.stdout or b"{}")
+    except (subprocess.TimeoutExpired, OSError, ValueError):
+        return None
+    streams = found.get("streams") or []
+    if proc.returncode != 0 or not streams:
+        return None
+    stream = streams[0]
+
+    def number(value: object) -> float:
+        try:
+            result = float(str(value))
+        except ValueError:
+            return 0.0
+        return result if math.isfinite(result) and result > 0 else 0.0
+
+    duration = number(stream.get("duration")) or number((found.get("format") or {}).get("duration"))
+    return AudioHeader(int(number(stream.get("sample_rate"))), int(number(stream.get("channels"))), duration or None)
 
 
 _DURATION_RE = re.compile(r"Duration:\s*(\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
 
 
-def _decode_ffmpeg(data: bytes, *, max_seconds: float, name: str) -> tuple[np.ndarray, int]:
+def _decode_ffmpeg(data: bytes, *, max_seconds: float, name: str) -> np.ndarray:
+    """ffmpeg does the mixdown and resampling (``-ac 1 -ar 16000``) and stops at the limit
+    (``-t``, ``-fs``): its output is bounded whatever the input claims. The bytes go through a
+    private temporary file, so ffprobe can read the header first and MP4-family containers whose
+    index (``moov``) follows the audio can be read at all."""
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         log.info("%s: not readable by libsndfile and ffmpeg is not installed", name)
         raise UndecodableAudio()
-    # Stop one second past the limit: enough to know it is too long, never hours of output.
-    stop_after = f"{max_seconds + DURATION_TOLERANCE_S + 1.0:.3f}"
-    out_args = ["-vn", "-sn", "-dn", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "pipe:1"]
-    tmp_path: str | None = None
+    stop_after = _read_limit_s(max_seconds)
+    max_output = int(math.ceil(stop_after * SAMPLE_RATE)) * 4 + 4096
+    fd, tmp_path = tempfile.mkstemp(suffix=".audio", prefix="voxcanvas-")  # created 0600
     try:
-        if _is_mp4_family(data):  # the index may follow the audio: give ffmpeg a seekable file
-            fd, tmp_path = tempfile.mkstemp(suffix=".m4a", prefix="voxcanvas-")
-            with os.fdopen(fd, "wb") as tmp:
-                tmp.write(data)
-            cmd = [ffmpeg, "-nostdin", "-hide_banner", "-i", tmp_path, "-t", stop_after, *out_args]
-            stdin_data: bytes | None = None
-        else:
-            cmd = [ffmpeg, "-hide_banner", "-i", "pipe:0", "-t", stop_after, *out_args]
-            stdin_data = data
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
+        if shutil.which("ffprobe") is not None:
+            header = _ffprobe(path=tmp_path)
+            if header is None:
+                log.info("%s: ffprobe finds no audio stream in it", name)
+                raise UndecodableAudio()
+            check_header(header, max_seconds=max_seconds, name=name)
+        cmd = [ffmpeg, "-nostdin", "-hide_banner", "-i", tmp_path, "-t", f"{stop_after:.3f}"]
+        cmd += ["-vn", "-sn", "-dn", "-ac", "1", "-ar", str(SAMPLE_RATE), "-fs", str(max_output)]
+        cmd += ["-f", "f32le", "pipe:1"]
         try:
             proc = subprocess.run(
-                cmd,
-                input=stdin_data,
-                stdin=subprocess.DEVNULL if stdin_data is None else None,
-                capture_output=True,
-                timeout=FFMPEG_TIMEOUT_S,
-                check=False,
+                cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=FFMPEG_TIMEOUT_S, check=False
             )
         except subprocess.TimeoutExpired:
             log.warning("%s: ffmpeg took longer than %.0f s; killed", name, FFMPEG_TIMEOUT_S)
@@ -233,15 +364,15 @@ def _decode_ffmpeg(data: bytes, *, max_seconds: float, name: str) -> tuple[np.nd
             log.warning("%s: could not run ffmpeg: %s", name, exc)
             raise UndecodableAudio() from None
     finally:
-        if tmp_path is not None:
-            try:
-                os.unlink(tmp_path)
-            except OSError:
-                pass
+        try:
+            os.unlink(tmp_path)
+        except OSError:
+            pass
 
     stderr = proc.stderr.decode("utf-8", "replace")
-    usable = len(proc.stdout) - len(proc.stdout) % 4
-    samples = np.frombuffer(proc.stdout[:usable], dtype="<f4").astype(np.float32)
+    output = proc.stdout[:max_output]
+    usable = len(output) - len(output) % 4
+    samples = np.frombuffer(output[:usable], dtype="<f4")
     if proc.returncode != 0 or samples.size == 0:
         log.info(
             "%s: ffmpeg could not decode it (exit %s): %s",
@@ -258,37 +389,8 @@ def _decode_ffmpeg(data: bytes, *, max_seconds: float, name: str) -> tuple[np.nd
         if match:
             hours, minutes, seconds = match.groups()
             duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-        elif samples.size >= float(stop_after) * SAMPLE_RATE - 1:
+        elif samples.size >= stop_after * SAMPLE_RATE - 1:
             # we stopped reading at the limit; the real length is unknown
             raise audio_too_long(None, max_seconds)
         raise audio_too_long(duration, max_seconds)
-    return samples, SAMPLE_RATE
-
-
-def _ffprobe_duration(data: bytes) -> float | None:
-    ffprobe = shutil.which("ffprobe")
-    if ffprobe is None:
-        return None
-    cmd = [ffprobe, "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0"]
-    cmd += ["-i", "pipe:0"]
-    try:
-        proc = subprocess.run(cmd, input=data, capture_output=True, timeout=FFPROBE_TIMEOUT_S, check=False)
-    except (subprocess.TimeoutExpired, OSError):
-        return None
-    try:
-        value = float(proc.stdout.decode().strip().splitlines()[0])
-    except (ValueError, IndexError):
-        return None
-    return value if math.isfinite(value) and value > 0 else None
-
-
-def _resample(samples: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    try:
-        import soxr  # librosa's resampling backend (a dependency of librosa >= 0.10)
-
-        resampled = soxr.resample(samples, orig_sr, target_sr, quality="HQ")
-        return resampled.astype(np.float32, copy=False)
-    except ImportError:  # pragma: no cover - librosa without soxr
-        import librosa
-
-        return librosa.resample(samples, orig_sr=orig_sr, target_sr=target_sr).astype(np.float32)
+    return np.ascontiguousarray(np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0), dtype=np.float32)

@@ -26,33 +26,49 @@ from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from .errors import ProviderError
 from .gemini import GeminiProvider, delimit
+from .limits import MAX_CRITIC_NOTES_CHARS, MAX_ELEMENT_CHARS, MAX_ELEMENTS, MAX_PROMPT_CHARS
 from .models import ProcessorAndModel, TransformersModel, pretrained_model
 from .prompts import TokenCounter, fit_prompt, tidy_prompt
-from .scene import Scene, dedupe
+from .scene import Scene, dedupe, one_line, shorten
 
 log = logging.getLogger(__name__)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def _missing_element(value: str) -> str:
+    return shorten(one_line(value), MAX_ELEMENT_CHARS, ellipsis=False)
+
+
+def _correction_prompt(value: str) -> str:
+    return shorten(one_line(value), MAX_PROMPT_CHARS, ellipsis=False)
+
+
+def _notes(value: str) -> str:
+    return shorten(one_line(value), MAX_CRITIC_NOTES_CHARS)
+
+
 class QAReport(BaseModel):
-    """How well a picture matches its scene, and how to fix it."""
+    """How well a picture matches its scene, and how to fix it. Every text is bounded
+    (:mod:`pipeline.limits`): over-long ones are cut at a word, so validating twice changes nothing."""
 
     alignment_score: int = Field(
         ge=0,
         le=100,
         description="0-100: how well the picture shows the scene and its elements (100 = exactly).",
     )
-    missing_elements: list[Annotated[str, AfterValidator(lambda v: " ".join(v.split()))]] = Field(
+    missing_elements: list[Annotated[str, AfterValidator(_missing_element)]] = Field(
         default_factory=list,
-        max_length=8,
+        max_length=MAX_ELEMENTS,
         description="The scene's elements that are absent or unrecognisable, spelled as in the scene's element list.",
     )
-    correction_prompt: str = Field(
+    correction_prompt: Annotated[str, AfterValidator(_correction_prompt)] = Field(
         description="A revised Stable Diffusion prompt (English, at most 60 words, no weights or "
         "brackets) that puts the missing or wrong elements first, described prominently.",
     )
-    notes: str = Field(default="", description="One short sentence explaining the score.")
+    notes: Annotated[str, AfterValidator(_notes)] = Field(
+        default="", description="One short sentence explaining the score."
+    )
 
     @field_validator("alignment_score", mode="before")
     @classmethod
@@ -61,15 +77,17 @@ class QAReport(BaseModel):
             return int(round(value))
         return value
 
+    @field_validator("missing_elements", mode="before")
+    @classmethod
+    def _unique_before_counting(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+            return dedupe(item for item in map(_missing_element, value) if item)
+        return value
+
     @field_validator("missing_elements", mode="after")
     @classmethod
     def _drop_empty(cls, value: list[str]) -> list[str]:
         return dedupe(item for item in value if item)
-
-    @field_validator("correction_prompt", "notes", mode="after")
-    @classmethod
-    def _one_line(cls, value: str) -> str:
-        return " ".join(value.split())
 
 
 # ================================================================================================

@@ -42,6 +42,18 @@ class AudioTooLong(BadAudio):
     default_message = "That recording is too long."
 
 
+class AudioTooLarge(BadAudio):
+    default_message = "That file is too large for a voice note."
+
+
+class UnsupportedAudio(BadAudio):
+    """Audio whose header says it is no voice note (ultrasonic sample rates, surround channels)."""
+
+    default_message = (
+        "That doesn't look like a voice note. Send a Discord voice message, or a mono or stereo recording."
+    )
+
+
 class SilentAudio(BadAudio):
     default_message = "That recording is silent — I couldn't hear anything. Try again closer to the mic?"
 

@@ -35,6 +35,37 @@ MAX_IMAGE_PIXELS: Final = 4096 * 4096  # "16 megapixels"
 
 # --- audio -------------------------------------------------------------------------------------
 MAX_AUDIO_BYTES: Final = 25 * 1024 * 1024  # default of the MAX_AUDIO_BYTES setting
+# What a voice note can be, read from the header before anything is decoded. Discord's voice messages
+# are 48 kHz mono Opus; phones record 8-48 kHz, mono or stereo. Anything else is refused, so decoding
+# never holds more than rate x channels of one block (a FLAC of silence at 655,350 Hz x 8 channels is
+# 0.7 MB on the wire and 2.5 GB as floats).
+MIN_AUDIO_SAMPLE_RATE: Final = 8_000
+MAX_AUDIO_SAMPLE_RATE: Final = 48_000
+MAX_AUDIO_CHANNELS: Final = 2
+AUDIO_DECODE_BLOCK_FRAMES: Final = 32_768  # frames decoded (then mixed down and resampled) at a time
+MAX_CONCURRENT_DECODES: Final = 2  # decodes in flight per process; the rest wait their turn
 
 # --- Discord -----------------------------------------------------------------------------------
 INTERACTION_TOKEN_LIFETIME_S: Final = 15 * 60  # an interaction token may be used for 15 minutes
+DISCORD_CONNECT_FIRST_RETRY_S: Final = 1.0  # start-up: Discord unreachable → retry after 1, 2, 4 … s
+DISCORD_CONNECT_MAX_RETRY_S: Final = 15.0  # … at most this far apart
+DISCORD_CONNECT_ATTEMPT_S: Final = 10.0  # one reachability try
+
+# --- what a language model writes (a director's Scene, a critic's QAReport) --------------------
+# Text longer than these is cut at a word boundary; lists longer than these are refused by the
+# Scene and cut by a director's repair (pipeline.scene.SceneDraft).
+MAX_TITLE_CHARS: Final = 80
+MAX_SCENE_DESCRIPTION_CHARS: Final = 1000  # "two or three sentences"
+MAX_ELEMENT_CHARS: Final = 80  # one noun phrase: a scene element, or a critic's missing element
+MIN_ELEMENTS: Final = 1
+MAX_ELEMENTS: Final = 8
+MAX_TAG_CHARS: Final = 32
+MIN_TAGS: Final = 5
+MAX_TAGS: Final = 10
+MIN_PALETTE_COLOURS: Final = 3
+MAX_PALETTE_COLOURS: Final = 6
+MAX_CRITIC_NOTES_CHARS: Final = 1000  # "one short sentence" (the CLIP critic lists every element)
+
+# --- delivery ----------------------------------------------------------------------------------
+RESULT_SAVE_ATTEMPTS: Final = 2  # saving a finished picture is tried twice; then it is delivered from memory
+RESULT_SAVE_RETRY_DELAY_S: Final = 0.5  # pause between the two tries (a full disk may get room)

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     DISCORD_GUILD_IDS: Annotated[list[int], NoDecode] = Field(default_factory=list)
     DISCORD_API_BASE: str = "https://discord.com/api/v10"
     DISCORD_GATEWAY_URL: str = "wss://gateway.discord.gg/"
+    # At start: how long to keep trying to reach Discord (back-off between tries) before giving up.
+    DISCORD_CONNECT_TIMEOUT_S: float = Field(60.0, gt=0, le=3600)
 
     # --- Gemini (empty key: local director + CLIP critic, no cloud at all) ---
     GEMINI_API_KEY: SecretStr | None = None
@@ -59,8 +61,13 @@ class Settings(BaseSettings):
     # --- storage ---
     DATA_DIR: Path = Path("./data")
     RETENTION_DAYS: int = Field(30, ge=0)
+    # How often the running bot applies RETENTION_DAYS (it also does at start-up).
+    PURGE_INTERVAL_HOURS: float = Field(6.0, gt=0, le=24 * 365)
 
     LOG_LEVEL: str = "INFO"
+    # Loggers that carry credentials (pipeline.logs.SECRET_BEARING_LOGGERS: discord.webhook,
+    # discord.http, discord.gateway, aiosqlite) stay at WARNING unless named here (comma-separated).
+    LOG_DEBUG_LOGGERS: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     @field_validator("DISCORD_GUILD_IDS", mode="before")
     @classmethod
@@ -69,6 +76,13 @@ class Settings(BaseSettings):
             return [int(part) for part in value.replace(";", ",").split(",") if part.strip()]
         if isinstance(value, int):
             return [value]
+        return value
+
+    @field_validator("LOG_DEBUG_LOGGERS", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     # A rendering default the renderer would refuse fails at start, naming the setting, instead

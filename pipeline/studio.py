@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
@@ -25,7 +26,7 @@ from . import limits
 from .audio import SAMPLE_RATE, decode_audio
 from .critic import GeminiCritic, QAReport
 from .directors import GeminiDirector, LocalDirector
-from .errors import BadRequest, ProviderError
+from .errors import BadAudio, BadRequest, ProviderError
 from .executor import Executor, Job, ProgressEvent, Stage
 from .gemini import make_client
 from .palette import extract_palette, swatch_png
@@ -50,6 +51,9 @@ class Idea:
     text: str | None = None
     audio: bytes | None = field(default=None, repr=False)
     audio_filename: str | None = None
+    # A voice note kept on disk instead (the bot's queued jobs): read only when the job runs, so a
+    # queue of voice notes does not hold up to MAX_AUDIO_BYTES each in memory.
+    audio_path: Path | None = None
     style: str | None = None
     negative_prompt: str | None = None
     seed: int | None = None
@@ -63,7 +67,19 @@ class Idea:
 
     @property
     def kind(self) -> str:
-        return "voice" if self.audio is not None else "text"
+        return "voice" if self.audio is not None or self.audio_path is not None else "text"
+
+    async def read_audio(self) -> bytes:
+        """The voice note's bytes: :attr:`audio`, or :attr:`audio_path` read now (off the event loop)."""
+        if self.audio is not None:
+            return self.audio
+        if self.audio_path is None:
+            raise BadRequest("There's no voice note in this request.")
+        try:
+            return await asyncio.to_thread(self.audio_path.read_bytes)
+        except OSError as exc:
+            log.error("can't read the voice note %s: %s", self.audio_path, exc)
+            raise BadAudio("I couldn't read your voice note back from my disk — please send it again.") from exc
 
 
 class Round(BaseModel):
@@ -168,6 +184,7 @@ class Studio:
         self.settings = settings
         self.executor = executor
         self.local_director = LocalDirector()
+        self._decode_slots = asyncio.Semaphore(limits.MAX_CONCURRENT_DECODES)
         self.gemini_director: GeminiDirector | None = None
         self.gemini_critic: GeminiCritic | None = None
         self._own_client = False
@@ -196,12 +213,17 @@ class Studio:
         transcript = language = None
         translated = False
         audio_seconds = None
-        if idea.audio is not None:
+        if idea.kind == "voice":
             self._stage(job, "decode")
             t0 = time.perf_counter()
-            audio = await asyncio.to_thread(
-                decode_audio, idea.audio, max_seconds=self.settings.MAX_AUDIO_SECONDS, filename=idea.audio_filename
-            )
+            async with self._decode_slots:  # decoding is CPU and memory: a few at a time, never a burst
+                audio = await asyncio.to_thread(
+                    decode_audio,
+                    await idea.read_audio(),
+                    max_seconds=self.settings.MAX_AUDIO_SECONDS,
+                    max_bytes=self.settings.MAX_AUDIO_BYTES,
+                    filename=idea.audio_filename,
+                )
             timings["decode"] = time.perf_counter() - t0
             audio_seconds = len(audio) / SAMPLE_RATE
             t0 = time.perf_counter()

@@ -8,7 +8,8 @@ batch gives the same images as rendering the requests one by one with the same s
 Prompts longer than the CLIP text encoder's 77-token window are never silently cut: they are
 encoded whole, in 75-token chunks whose embeddings are concatenated along the sequence axis
 (the UNet's cross-attention takes any sequence length). The number of tokens and chunks is
-recorded with every image.
+recorded with every image. Each prompt is tokenised once per request (:meth:`Synthesizer.token_ids`
+caches the ids on the request): the batch key, the encoding and the recorded token count share them.
 
 All methods here run torch and must be called from the GPU executor thread only.
 """
@@ -29,6 +30,7 @@ from PIL import Image
 
 from . import limits
 from .errors import BadRequest
+from .images import decode_init_image
 from .models import LazyModel
 
 log = logging.getLogger(__name__)
@@ -52,8 +54,11 @@ class RenderRequest:
     guidance: float = 7.5
     width: int = 512
     height: int = 512
-    init_image: bytes | None = field(default=None, repr=False)  # PNG/JPEG bytes: image-to-image
+    init_image: bytes | None = field(default=None, repr=False)  # PNG/JPEG/WebP bytes: image-to-image
     strength: float = limits.DEFAULT_STRENGTH
+    token_cache: dict[tuple[str, str], list[int]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """(tokenizer, text) → token ids, filled by :meth:`Synthesizer.token_ids`; not part of the
+    request's identity (``replace`` starts a fresh one)."""
 
     @property
     def mode(self) -> Literal["text2img", "img2img"]:
@@ -94,7 +99,7 @@ class RenderRequest:
                 )
             if int(self.steps * self.strength) < 1:
                 raise BadRequest("With that strength and step count no denoising step would run; raise either.")
-            decode_init_image(self.init_image)  # raises BadRequest when it isn't an image
+            decode_init_image(self.init_image)  # BadRequest: not PNG/JPEG/WebP, too large, corrupt
         seed = random_seed() if self.seed is None else int(self.seed)
         return replace(self, prompt=prompt, negative_prompt=(self.negative_prompt or "").strip(), seed=seed)
 
@@ -135,20 +140,6 @@ def image_to_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def decode_init_image(data: bytes) -> Image.Image:
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            probe.verify()
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except Exception as exc:  # PIL raises many types for junk
-        raise BadRequest("The attached file isn't an image I can read (PNG, JPEG or WebP).") from exc
-    if image.width * image.height > limits.MAX_IMAGE_PIXELS:
-        megapixels = limits.MAX_IMAGE_PIXELS // 1_000_000
-        raise BadRequest(f"The attached image is too large; please send one under {megapixels} megapixels.")
-    return image.convert("RGB")
 
 
 class RenderInterrupted(Exception):
@@ -211,32 +202,43 @@ class Synthesizer(LazyModel[DiffusionPipelines]):
         return self._text2img.tokenizer
 
     # -- prompts -----------------------------------------------------------------------------
+    def _tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
+
     def count_tokens(self, text: str) -> int:
         """CLIP tokens in ``text`` without the start/end tokens (the window holds 75)."""
-        return len(self.tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
+        return len(self._tokenize(text))
+
+    def token_ids(self, request: RenderRequest, text: str) -> list[int]:
+        """Token ids of ``text`` (``request``'s prompt or negative prompt) without the start/end
+        tokens, tokenised on the first call and cached on the request after that."""
+        key = (str(getattr(self.tokenizer, "name_or_path", "")), text)
+        ids = request.token_cache.get(key)
+        if ids is None:
+            ids = request.token_cache[key] = self._tokenize(text)
+        return ids
 
     def _window(self) -> int:
         return int(self.tokenizer.model_max_length)  # 77 for SD 1.x
 
-    def chunks_for(self, text: str) -> int:
-        return max(1, math.ceil(self.count_tokens(text) / (self._window() - 2)))
+    def _chunks(self, tokens: int) -> int:
+        return max(1, math.ceil(tokens / (self._window() - 2)))
 
     def batch_key(self, request: RenderRequest) -> tuple[Any, ...]:
         """:meth:`RenderRequest.batch_key` plus the prompt's chunk count: requests batch together
         only when batching changes nothing about any of their images."""
-        chunks = max(self.chunks_for(request.prompt), self.chunks_for(request.negative_prompt))
-        return (*request.batch_key(), chunks)
+        prompt, negative = self.token_ids(request, request.prompt), self.token_ids(request, request.negative_prompt)
+        return (*request.batch_key(), self._chunks(max(len(prompt), len(negative))))
 
-    def _encode(self, texts: list[str], chunks: int) -> torch.Tensor:
-        """Encode each text as ``chunks`` 77-token windows, concatenated: [B, chunks*77, D]."""
+    def _encode(self, token_ids: list[list[int]], chunks: int) -> torch.Tensor:
+        """Encode each text (its token ids) as ``chunks`` 77-token windows, concatenated: [B, chunks*77, D]."""
         tok = self.tokenizer
         window = self._window()
         body = window - 2
         bos, eos = tok.bos_token_id, tok.eos_token_id
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos
         rows: list[list[int]] = []
-        for text in texts:
-            ids = tok(text, add_special_tokens=False, truncation=False).input_ids
+        for ids in token_ids:
             for c in range(chunks):
                 part = ids[c * body : (c + 1) * body]
                 row = [bos, *part, eos]
@@ -245,7 +247,7 @@ class Synthesizer(LazyModel[DiffusionPipelines]):
         input_ids = torch.tensor(rows, device=self.device)
         with torch.inference_mode():
             hidden = pipe.text_encoder(input_ids)[0]
-        return hidden.reshape(len(texts), chunks * window, hidden.shape[-1]).to(self.dtype)
+        return hidden.reshape(len(token_ids), chunks * window, hidden.shape[-1]).to(self.dtype)
 
     # -- rendering ---------------------------------------------------------------------------
     def render(
@@ -270,8 +272,8 @@ class Synthesizer(LazyModel[DiffusionPipelines]):
             raise ValueError("render() needs validated requests that share one batch key")
         first = requests[0]
         chunks = keys.pop()[-1]
-        prompt_embeds = self._encode([r.prompt for r in requests], chunks)
-        negative_embeds = self._encode([r.negative_prompt for r in requests], chunks)
+        prompt_embeds = self._encode([self.token_ids(r, r.prompt) for r in requests], chunks)
+        negative_embeds = self._encode([self.token_ids(r, r.negative_prompt) for r in requests], chunks)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
         def on_step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -316,7 +318,7 @@ class Synthesizer(LazyModel[DiffusionPipelines]):
                     width=request.width,
                     height=request.height,
                     mode=request.mode,
-                    prompt_tokens=self.count_tokens(request.prompt),
+                    prompt_tokens=len(self.token_ids(request, request.prompt)),
                     prompt_chunks=chunks,
                     nsfw=bool(nsfw),
                     batch_size=len(requests),

@@ -14,10 +14,14 @@
 (c) **Event-loop lag** on the bot's loop while 50 users send ``/imagine`` at once: a heartbeat
     task sleeps 10 ms and records how late it wakes up.
 
+(d) **Whisper encodes once**, (e) **time to first sign of life** and (f) **start-up** (issue #19):
+    see ``speed``.
+
 Everything is warmed up first (model loading and first calls are not timed); medians of repeats.
 
 Modules: ``harness`` (plan, settings, the fake Discord and the bot), ``bot_overhead`` (a),
-``batching`` (b), ``event_loop_lag`` (c), ``loop_work`` (end-of-job image work at 512²) and
+``batching`` (b), ``event_loop_lag`` (c), ``speed`` (d, e, f), ``loop_work`` (end-of-job image work
+at 512²) and
 ``summary`` (metrics, tables, notes).
 """
 
@@ -36,7 +40,8 @@ from .bot_overhead import measure_overhead
 from .event_loop_lag import measure_lag
 from .harness import FULL, QUICK, bot_session, settings_factory
 from .loop_work import measure_loop_work
-from .summary import summarise
+from .speed import heavy_imports_of_bot, measure_first_progress, measure_startup, measure_whisper_encode_once
+from .summary import summarise, summarise_speed
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +51,7 @@ async def run(args, results: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory(prefix="voxcanvas-bench-") as tmp:
         root = Path(tmp)
         started = time.perf_counter()
-        models = ensure_tiny_models(root / "models", names=("sd15", "clip-vit-large-patch14"))  # text ideas only
+        models = ensure_tiny_models(root / "models")  # Whisper too: `python -m bot` warms it up
         log.info("tiny models built in %.1f s", time.perf_counter() - started)
         make_settings = settings_factory(models, plan, root)
         probe = make_settings()
@@ -62,9 +67,17 @@ async def run(args, results: dict[str, Any]) -> None:
             "batch_window_ms": probe.BATCH_WINDOW_MS,
             "qa_max_rounds": 0,
         }
-        async with bot_session(plan, make_settings) as session:  # (a) and (c) on one bot
+        async with bot_session(plan, make_settings) as session:  # (a), (c) and (e) on one bot
             overhead = await measure_overhead(session, plan)
             lag = await measure_lag(session, plan)
+            first_progress = await measure_first_progress(session, plan.first_progress_repeats)
         batching = await measure_batching(plan, make_settings)
         loop_work = measure_loop_work()
+        speed = {
+            "whisper": measure_whisper_encode_once(root / "models", plan.whisper_repeats),
+            "first_progress": first_progress,
+            "startup": await measure_startup(models, root / "startup-data"),
+            "bot_imports": heavy_imports_of_bot(),
+        }
     summarise(results, plan, probe, overhead, lag, batching, loop_work)
+    summarise_speed(results, speed)

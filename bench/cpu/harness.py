@@ -30,10 +30,12 @@ class CpuPlan:
     lag_jobs: int = 50
     lag_period_s: float = 0.010
     idle_s: float = 1.0
+    whisper_repeats: int = 2  # (d) timed pairs old/new path after a warm-up pair (20 s note, beam 5)
+    first_progress_repeats: int = 3  # (e) per first-progress delay
 
 
 FULL = CpuPlan()
-QUICK = CpuPlan(overhead_pairs=4, burst_reps=1, idle_s=0.5)  # same work per job as FULL, fewer repeats
+QUICK = CpuPlan(overhead_pairs=4, burst_reps=1, idle_s=0.5, whisper_repeats=1, first_progress_repeats=2)
 
 
 def settings_factory(models: dict[str, Path], plan: CpuPlan, data_root: Path) -> Callable[..., Any]:

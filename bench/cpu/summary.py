@@ -178,3 +178,85 @@ def summarise(
         "(`asyncio.to_thread`), so it no longer blocks the event loop.",
         "The machine may be shared: its load average at start and end is recorded with the machine.",
     ]
+
+
+def summarise_speed(results: dict[str, Any], speed: dict[str, Any]) -> None:
+    """Issue #19's CPU measurements: (d) Whisper, (e) first sign of life, (f) start-up."""
+    w, fp, st, imports = speed["whisper"], speed["first_progress"], speed["startup"], speed["bot_imports"]
+    results["details"]["issue19"] = speed
+    results["metrics"].update(
+        {
+            "whisper_encode_once_speedup": metric(
+                f"Whisper tiny.en (real weights), {w['audio_s']:.0f} s voice note, beam {w['num_beams']}: "
+                f"transcription time with the encoder run {w['encoder_runs_before']}× ÷ run once",
+                w["speedup"],
+                "×",
+                target=(">=", 1.3),
+                fmt="{:.2f}",
+            ),
+            "whisper_20s_s": metric(
+                f"Whisper tiny.en, {w['audio_s']:.0f} s note: seconds per transcription (encoder once)",
+                w["after_median_s"],
+                "s",
+                fmt="{:.2f}",
+            ),
+            "first_progress_s": metric(
+                "/imagine → first progress edit, empty queue (fake Discord's clock, median)",
+                fp["after"]["first_progress_median_s"],
+                "s",
+                target=("<=", 1.0),
+                fmt="{:.2f}",
+            ),
+            "startup_ready_s": metric("`python -m bot` → gateway READY (connected)", st["ready_s"], "s", fmt="{:.1f}"),
+            "startup_models_warm_s": metric(
+                '`python -m bot` → "models warm" (tiny models)', st["models_warm_s"], "s", fmt="{:.1f}"
+            ),
+        }
+    )
+    results["tables"].append(
+        {
+            "title": "(d–f) Issue #19: Whisper encoder once, first sign of life, start-up",
+            "columns": ["measurement", "before", "after", "note"],
+            "rows": [
+                [
+                    f"Whisper tiny.en, {w['audio_s']:.1f} s espeak note, beam {w['num_beams']} (median s)",
+                    f"{w['before_median_s']:.2f} s ({w['encoder_runs_before']} encoder runs)",
+                    f"{w['after_median_s']:.2f} s ({w['encoder_runs_after']} encoder run)",
+                    f"{w['speedup']:.2f}×; transcript identical: {w['transcript_identical']}; one encoder pass "
+                    f"{w['encoder_pass_s']:.2f} s, the rest is beam-{w['num_beams']} decoding",
+                ],
+                [
+                    "/imagine → acknowledgement (median s)",
+                    f"{fp['before']['ack_median_s']:.3f} s",
+                    f"{fp['after']['ack_median_s']:.3f} s",
+                    "the defer, unchanged",
+                ],
+                [
+                    "/imagine → first progress edit (median s)",
+                    f"{fp['before']['first_progress_median_s']:.3f} s",
+                    f"{fp['after']['first_progress_median_s']:.3f} s",
+                    f"first-progress delay {fp['first_delay_s']['before']:g} s → {fp['first_delay_s']['after']:g} s; "
+                    f"first edit a progress line in {fp['after']['first_edit_was_progress']} runs",
+                ],
+                ["`python -m bot` → READY", "", f"{st['ready_s']:.2f} s", "subprocess, fake Discord"],
+                [
+                    "`python -m bot` → models warm",
+                    "",
+                    f"{st['models_warm_s']:.2f} s",
+                    f"READY first: {st['ready_before_warm']} (warm-up runs after connecting starts)",
+                ],
+                [
+                    "`import bot.__main__`",
+                    "",
+                    f"{imports['import_s']:.2f} s",
+                    "heavy modules imported: " + (", ".join(imports["heavy_modules"]) or "none"),
+                ],
+            ],
+        }
+    )
+    results["notes"].append(
+        "Issue #19: the Whisper timing alternates the old path (`Transcriber.reuse_encoder = False`) and the "
+        "new one on the same model and audio; the rest of a transcription is beam-5 decoding, which the "
+        "encoder change does not touch. First progress is timed by the fake Discord from the "
+        "INTERACTION_CREATE dispatch to the first PATCH of the original response."
+    )

@@ -13,6 +13,11 @@ holds the plan, the timing helpers and :class:`~bench.gpu.harness.GpuBench` they
 measurement is a ``section_<name>(bench)`` function in its module, registered in ``SECTIONS`` below
 and named in ``bench.__main__.GPU_SECTIONS``.
 
+``--budget SECONDS`` (what ``bench/gpu_session.sh`` passes on a lent GPU) runs the sections in
+:data:`IMPORTANCE` order, ``compile`` included, and skips — recording why — a section whose
+estimate in :data:`ESTIMATE_S` no longer fits in what is left, so a short device lease still leaves
+the most important numbers; results are saved after every section.
+
 ``--smoke`` runs the same code on the CPU with the real-size architectures at 64² px and 2 steps
 (batch sizes 1 and 2, one repeat, bursts of 4) to prove it runs; ``--models tiny`` runs it on the
 test suite's tiny models (seconds; development).
@@ -53,6 +58,38 @@ SECTIONS: dict[str, Callable[[GpuBench], Awaitable[None]]] = {
     "whisper-compile": section_whisper_compile,
 }
 
+# ``--budget``: most important first (issue #19), and the seconds each is expected to take on an
+# H100-class GPU at the full plan (the compile warm-ups dominate theirs).
+IMPORTANCE = ("sd", "options", "compile", "burst", "whisper", "clip", "loop", "whisper-compile")
+ESTIMATE_S = {
+    "sd": 45,
+    "options": 60,
+    "compile": 150,
+    "burst": 60,
+    "whisper": 30,
+    "clip": 10,
+    "loop": 30,
+    "whisper-compile": 90,
+}
+
+
+def plan_sections(args) -> list[str]:
+    """The sections a run measures, in order."""
+    if args.only:
+        return list(args.only)
+    if args.budget is not None:
+        return list(IMPORTANCE)
+    return [s for s in SECTIONS if "compile" not in s or args.compile]
+
+
+def fits_budget(name: str, elapsed_s: float, args) -> bool:
+    """Whether section ``name`` is expected to finish within ``--budget`` (always, without one;
+    smoke runs are scaled down 10×)."""
+    if args.budget is None:
+        return True
+    estimate = ESTIMATE_S.get(name, 60) / (10 if args.smoke or args.models == "tiny" else 1)
+    return elapsed_s + estimate <= args.budget
+
 
 async def run(args, results: dict, *, path: Path, save: Callable[[], None]) -> None:
     import torch
@@ -65,7 +102,7 @@ async def run(args, results: dict, *, path: Path, save: Callable[[], None]) -> N
     if args.smoke and torch.cuda.is_available():
         log.warning("--smoke on a machine with a GPU: the models run on the GPU at the smoke size")
     plan = SMOKE if args.smoke else FULL
-    sections = list(args.only or [s for s in SECTIONS if "compile" not in s or args.compile])
+    sections = plan_sections(args)
     if args.only and path.exists():  # merge into the same day's results
         prior = report._load(path)
         if prior:
@@ -83,6 +120,7 @@ async def run(args, results: dict, *, path: Path, save: Callable[[], None]) -> N
     results["settings"] = {
         "plan": asdict(plan),
         "sections": sections,
+        "budget_s": args.budget,
         "repeats": args.repeats or plan.repeats,
         "models": args.models,
         "cache": str(args.cache),
@@ -100,6 +138,14 @@ async def run(args, results: dict, *, path: Path, save: Callable[[], None]) -> N
         save()
         try:
             for name in sections:
+                if not fits_budget(name, time.perf_counter() - started, args):
+                    log.warning("section %s skipped: it would not fit in the %.0f s budget", name, args.budget)
+                    results["details"].setdefault("skipped", {})[name] = (
+                        f"budget: {time.perf_counter() - started:.0f} s used of {args.budget:.0f} s, "
+                        f"~{ESTIMATE_S.get(name, 60)} s needed"
+                    )
+                    save()
+                    continue
                 log.info("section %s", name)
                 section_started = time.perf_counter()
                 try:

@@ -86,7 +86,9 @@ def _components(bench: GpuBench) -> dict[str, Any]:
     with torch.inference_mode():
         out["text_encode_s"] = median(
             time_calls(
-                lambda: (synth._encode([IDEAS[0]], 1), synth._encode([""], 1)), bench.repeats * 2, bench.plan.warmup
+                lambda: (synth._encode([synth._tokenize(IDEAS[0])], 1), synth._encode([synth._tokenize("")], 1)),
+                bench.repeats * 2,
+                bench.plan.warmup,
             )
         )
         side = plan.size // 8

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import StoreError, open_error
-from .files import temp_name
+from .files import FILE_MODE, temp_name
 from .schema import BUSY_TIMEOUT_MS
 
 
@@ -37,6 +37,8 @@ def backup_database(source: Path, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(dest)
     try:
+        # The copy holds every job (who, where, prompts): readable by its owner only, like DATA_DIR.
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
         with contextlib.closing(_connect_read_only(source)) as src, contextlib.closing(sqlite3.connect(tmp)) as dst:
             src.backup(dst)
             check = [row[0] for row in dst.execute("PRAGMA quick_check")]

@@ -1,5 +1,10 @@
 """The store's files under ``DATA_DIR``: atomic fsynced writes, reads, removal and the process lock.
 
+Everything under ``DATA_DIR`` is private to the VoxCanvas user: the database holds interaction
+tokens (15-minute credentials) and the job directories hold people's voice notes. Files are created
+:data:`FILE_MODE` (0600) and directories :data:`DIR_MODE` (0700), whatever the umask; opening the
+store tightens what an older version left readable.
+
 The functions block; :class:`JobFiles` runs them in a thread for the event loop.
 """
 
@@ -12,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,6 +42,10 @@ INIT_IMAGE_FILE: Final = "init.png"
 RESULT_MARKER: Final = "result.json"  # written last by complete(): the picture files are whole
 RESULT_FILES: Final = (IMAGE_FILE, PALETTE_FILE, RESULT_MARKER)
 _AUDIO_EXT = re.compile(r"[a-z0-9]{1,8}")
+FILE_MODE: Final = 0o600
+DIR_MODE: Final = 0o700
+#: The database and SQLite's companions (which SQLite creates with the database file's mode).
+DB_FILES: Final = (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", f"{DB_NAME}-journal")
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,7 @@ def atomic_write(path: Path, data: bytes, *, durable: bool) -> None:
     """``path`` holds either its old content or all of ``data``, never a part."""
     tmp = temp_name(path)
     try:
-        with open(tmp, "wb") as fh:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb") as fh:
             fh.write(data)
             if durable:
                 fh.flush()
@@ -96,7 +106,7 @@ def atomic_write(path: Path, data: bytes, *, durable: bool) -> None:
 def write_files(directory: Path, files: Iterable[tuple[str, bytes]], *, durable: bool, new_dir: bool = False) -> None:
     """Write ``files`` atomically into ``directory`` (created; must not exist if ``new_dir``)."""
     created = not directory.exists()
-    directory.mkdir(parents=True, exist_ok=not new_dir)
+    directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=not new_dir)
     for name, data in files:
         atomic_write(directory / name, data, durable=durable)
     if durable:
@@ -164,8 +174,9 @@ def prepare_data_dir(data_dir: Path) -> int | None:
     :func:`release_lock`.
     """
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        (data_dir / JOBS_DIR).mkdir(exist_ok=True)
+        data_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        (data_dir / JOBS_DIR).mkdir(mode=DIR_MODE, exist_ok=True)
+        make_private(data_dir)
         probe = data_dir / f".write-probe-{secrets.token_hex(4)}"
         probe.write_bytes(b"")
         probe.unlink()
@@ -177,7 +188,7 @@ def prepare_data_dir(data_dir: Path) -> int | None:
     if sys.platform == "win32":  # pragma: no cover
         return None
     lock_path = data_dir / LOCK_NAME
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -189,6 +200,32 @@ def prepare_data_dir(data_dir: Path) -> int | None:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def make_private(data_dir: Path) -> None:
+    """``DATA_DIR`` and its ``jobs/`` at most 0700, the database and its companions at most 0600.
+
+    The database is created empty (SQLite opens an empty file as a new database) so that it never
+    exists with looser permissions, even for a moment; what an older version left readable is
+    tightened. A directory we don't own keeps its mode (logged)."""
+    with contextlib.suppress(FileExistsError):  # whatever is there is the database's open to judge
+        os.close(os.open(data_dir / DB_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    for directory in (data_dir, data_dir / JOBS_DIR):
+        try:
+            _restrict(directory, DIR_MODE)
+        except PermissionError:
+            log.warning("DATA_DIR: can't make %s private (not its owner); it keeps its permissions", directory)
+    for name in DB_FILES:
+        if (data_dir / name).is_file():
+            _restrict(data_dir / name, FILE_MODE)
+
+
+def _restrict(path: Path, allowed: int) -> None:
+    """Take away every permission bit of ``path`` outside ``allowed`` (never add one: a
+    read-only DATA_DIR stays read-only)."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & ~allowed:
+        os.chmod(path, mode & allowed)
 
 
 def release_lock(fd: int | None) -> None:

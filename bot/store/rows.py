@@ -90,13 +90,17 @@ async def set_progress_message(conn: aiosqlite.Connection, job_id: str, message_
 
 
 async def mark_delivered(
-    conn: aiosqlite.Connection, job_id: str, *, message_id: int, channel_id: int, now: float
+    conn: aiosqlite.Connection, job_id: str, *, message_id: int, channel_id: int, now: float, note: str | None = None
 ) -> bool:
-    """Note where a finished job's result was posted and forget its token; ``False`` if noted before."""
+    """Note where a finished job's result was posted and forget its token; ``False`` if noted before.
+
+    ``note`` (when given) replaces ``error``: what went wrong on the way (e.g. Discord refused the
+    full result and a reduced one was shown)."""
     cursor = await conn.execute(
-        "UPDATE jobs SET delivered_message_id = ?, delivered_channel_id = ?, interaction_token = NULL, updated_at = ? "
+        "UPDATE jobs SET delivered_message_id = ?, delivered_channel_id = ?, interaction_token = NULL, "
+        "error = COALESCE(?, error), updated_at = ? "
         f"WHERE id = ? AND delivered_message_id IS NULL AND state IN {FINISHED_SQL}",
-        (message_id, channel_id, now, job_id),
+        (message_id, channel_id, note, now, job_id),
     )
     if cursor.rowcount:
         return True

@@ -359,15 +359,17 @@ class JobStore:
         """
         return await self._update(job_id, "delivery_started_at = ?", (self._now(),), states=FINISHED_STATES)
 
-    async def record_delivery(self, job_id: str, *, message_id: int, channel_id: int) -> bool:
-        """The result was posted: remember where, and forget the interaction token.
+    async def record_delivery(self, job_id: str, *, message_id: int, channel_id: int, note: str | None = None) -> bool:
+        """The result was posted (Discord accepted it): remember where, and forget the interaction token.
 
-        Returns ``True`` the first time, ``False`` if the job had already been delivered (the
-        first delivery is kept). Raises :class:`JobStateError` for a job not finished yet.
+        ``note`` is kept in ``error`` when the message shown is not the full result (what was
+        refused, what was shown instead). Returns ``True`` the first time, ``False`` if the job
+        had already been delivered (the first delivery is kept). Raises :class:`JobStateError`
+        for a job not finished yet.
         """
         first = await self._write(
             lambda conn: rows.mark_delivered(
-                conn, job_id, message_id=message_id, channel_id=channel_id, now=self._now()
+                conn, job_id, message_id=message_id, channel_id=channel_id, now=self._now(), note=note
             )
         )
         if not first:

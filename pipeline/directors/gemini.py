@@ -1,16 +1,19 @@
 """The Gemini director: Gemini writes the :class:`~pipeline.scene.Scene` as structured JSON (see
-:mod:`pipeline.gemini` for retries, time-outs and answer checks). Any failure is a
-:class:`~pipeline.errors.ProviderError` with a reason; the studio falls back to the local director
-and records the reason."""
+:mod:`pipeline.gemini` for retries, time-outs and answer checks). The answer is read as a
+:class:`~pipeline.scene.SceneDraft`, so what can be repaired (repeated tags, too few tags, lists
+too long) is repaired; any failure is a :class:`~pipeline.errors.ProviderError` with a reason, and
+the studio falls back to the local director and records the reason."""
 
 from __future__ import annotations
 
 import logging
 
+from pydantic import ValidationError
+
 from ..errors import ProviderError
-from ..gemini import GeminiProvider, delimit
+from ..gemini import GeminiProvider, delimit, validation_summary
 from ..prompts import PROMPT_TOKEN_LIMIT, PROMPT_WORD_LIMIT, fit_prompt, tidy_prompt
-from ..scene import Scene
+from ..scene import Scene, SceneDraft
 from ..styles import STYLES, check_style
 
 log = logging.getLogger(__name__)
@@ -75,12 +78,14 @@ class GeminiDirector(GeminiProvider):
         if not idea:
             raise ProviderError("The idea is empty.")
         style = check_style(style)
-        scene = await self.generate(self.request_text(idea, style=style, language=language), Scene)
+        scene = await self.generate(self.request_text(idea, style=style, language=language), SceneDraft)
         return self.finish(scene, style=style)
 
     def finish(self, scene: Scene, *, style: str | None) -> Scene:
         """Enforce what the schema can't: prompts fit the CLIP window (trimmed from the end,
-        with a log line), no weighting syntax, the requested style wins."""
+        with a log line), no weighting syntax, the requested style wins. The result is checked
+        as a plain :class:`Scene`; should that fail, it is a :class:`ProviderError`, never a
+        crash."""
         prompt = tidy_prompt(scene.diffusion_prompt)
         fitted = fit_prompt(prompt, count_tokens=self.count_tokens)
         if fitted != prompt:
@@ -97,4 +102,7 @@ class GeminiDirector(GeminiProvider):
         data.update(diffusion_prompt=fitted, negative_prompt=negative)
         if style:
             data["style"] = style
-        return Scene.model_validate(data)
+        try:
+            return Scene.model_validate(data)
+        except ValidationError as exc:
+            raise ProviderError(f"{self.label}'s scene is unusable: {validation_summary(exc)}") from exc

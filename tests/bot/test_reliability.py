@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -165,6 +167,64 @@ async def test_sigkill_then_restart_delivers_every_job_exactly_once(bot_env, fak
     await fake.wait_for_response(details)
     assert details.ephemeral and "Round 1" in details.response_body["data"]["content"]
     assert custom_ids(old_message)[0] == f"voxcanvas:regen:{old_job}"
+
+
+def stored_job(bot_env, job_id: str) -> dict | None:
+    """The job's row as the bot left it (read beside the running bot, as an operator would)."""
+    with contextlib.closing(sqlite3.connect(Path(bot_env["DATA_DIR"]) / "voxcanvas.db")) as db:
+        db.row_factory = sqlite3.Row
+        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return dict(row) if row is not None else None
+
+
+async def test_sigkill_right_after_posting_then_a_busy_channel_is_not_posted_twice(
+    bot_env, fake_discord, tmp_path, processes
+):
+    """Issue #11 item 9. The bot posts a result to the channel (its interaction token ran out) and
+    is SIGKILLed before it hears Discord's answer, so the post is never recorded; then more than
+    the 50 messages a history search covers arrive. The restarted bot's repeated send carries the
+    job's delivery nonce, so Discord answers with the first post: one post, recorded.
+
+    A footer scan of the last 50 messages (the check before the nonce) misses the post here and
+    posts it again; and a restarted bot holding a still-fresh stored token does not even scan."""
+    fake = fake_discord
+    first = await start_process(bot_env, fake, tmp_path, processes, "first")
+    # Progress lines can't be posted to the channel (only the result, with its files, gets through),
+    # so the result is a new channel message rather than an edit of a progress message.
+    missing_access = {"message": "Missing Permissions", "code": 50013}
+    fake.fail_next(
+        "POST", "/channels/*/messages", status=403, times=100, body=missing_access, when=lambda c: not c.files
+    )
+    # The result is created, but the answer is held: the bot dies without learning the message id.
+    fake.stall_next("POST", "/channels/*/messages", seconds=10, when=lambda c: bool(c.files))
+    interaction = await fake.slash_command("imagine", {"prompt": "a lighthouse in a storm", "seed": 3})
+    await fake.wait_for_response(interaction)
+    fake.expire_token(interaction)  # as if the job outlived the 15 minutes
+
+    posted = await fake.wait_until(lambda: next(iter(results_by_job(fake).values()), None), 90, "the post", poll=0.05)
+    first_post = posted[0]
+    job_id = footer_job(first_post)
+    assert first_post["nonce"] and int(first_post["id"]) != interaction.original_message_id
+    for i in range(60):  # a busy channel: the post is now beyond a 50-message history search
+        await fake.send_message(fake.channel.id, fake.other_user, f"chatter {i}")
+    first.proc.send_signal(signal.SIGKILL)
+    assert await first.wait() == -signal.SIGKILL
+    row = stored_job(bot_env, job_id)
+    assert row["state"] == "done" and row["delivery_started_at"] is not None and row["delivered_message_id"] is None
+
+    await start_process(bot_env, fake, tmp_path, processes, "second")
+    await fake.wait_until(
+        lambda: (stored_job(bot_env, job_id) or {}).get("delivered_message_id"), 60, "the delivery recorded", poll=0.1
+    )
+    await asyncio.sleep(1.0)  # a second post would arrive now
+    assert [m["id"] for m in results_by_job(fake)[job_id]] == [first_post["id"]]
+    assert stored_job(bot_env, job_id)["delivered_message_id"] == int(first_post["id"])
+    resent = [  # every upload carrying the job's nonce, answered or (the killed one's) not
+        c
+        for c in fake.calls
+        if c.route == "POST /channels/{channel_id}/messages" and c.files and c.json["nonce"] == first_post["nonce"]
+    ]
+    assert len(resent) == 2 and resent[1].json["enforce_nonce"] is True  # sent again, answered with the first
 
 
 async def test_sigterm_drains_the_running_job_and_exits_cleanly(bot_env, fake_discord, tmp_path, processes):

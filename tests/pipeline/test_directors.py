@@ -20,6 +20,7 @@ from pipeline.prompts import PROMPT_TOKEN_LIMIT, estimate_clip_tokens
 from pipeline.scene import Scene
 from pipeline.styles import DEFAULT_STYLE, STYLES
 from tests.pipeline.scenes import scene_data
+from tests.pipeline.test_studio import gemini, make_studio, run  # noqa: F401 (make_studio is a fixture)
 
 
 @pytest.fixture
@@ -353,3 +354,59 @@ async def test_gemini_director_unreachable_server_is_a_provider_error(gemini_set
             await director.direct("a red apple")
     finally:
         await director.aclose()
+
+
+# ------------------------------------------------------------------------------------------------
+# Answers that validate once and fail twice (issue #11, item 5)
+# ------------------------------------------------------------------------------------------------
+FIVE_IDENTICAL_TAGS = scene_data(tags=["apple"] * 5)
+UNUSABLE_TAGS = scene_data(title="Ox", elements=["ox"], tags=["ox"] * 5, style=None, scene_description="An ox.")
+
+
+async def test_gemini_director_repairs_repeated_tags(fake_gemini, make_director):
+    fake_gemini.script("director", FIVE_IDENTICAL_TAGS)
+    scene = await make_director().direct("a red apple")
+    assert type(scene) is Scene and Scene.model_validate(scene.model_dump()) == scene
+    assert scene.tags[0] == "apple" and len(scene.tags) >= 5 and len(set(scene.tags)) == len(scene.tags)
+    assert scene.elements == ["red apple", "wooden table"] and scene.title == "A red apple"
+
+
+async def test_gemini_director_repairs_over_long_lists_and_title(fake_gemini, make_director):
+    fake_gemini.script(
+        "director",
+        scene_data(
+            title="An apple " * 30,
+            elements=[f"apple number {i}" for i in range(20)],
+            tags=[f"tag {i}" for i in range(30)],
+        ),
+    )
+    scene = await make_director().direct("a red apple")
+    assert len(scene.title) <= 80 and len(scene.elements) == 8 and len(scene.tags) == 10
+
+
+async def test_gemini_director_unrepairable_scene_is_a_provider_error(fake_gemini, make_director):
+    fake_gemini.script("director", UNUSABLE_TAGS)
+    with pytest.raises(ProviderError, match="tags"):
+        await make_director().direct("an ox")
+
+
+async def test_repeated_tags_through_the_studio_stay_with_gemini(
+    make_studio,  # noqa: F811 (the fixture imported from test_studio)
+    gemini_settings,
+    tiny_sd_dir,
+    tiny_clip_dir,
+    fake_gemini,
+    caplog,
+):
+    fake_gemini.script("director", FIVE_IDENTICAL_TAGS, UNUSABLE_TAGS)
+    studio = await make_studio(gemini(gemini_settings, tiny_sd_dir, tiny_clip_dir, QA_MAX_ROUNDS=0))
+
+    repaired = (await run(studio, "a red apple")).result
+    assert repaired.director == "gemini" and repaired.director_fallback is None
+    assert repaired.scene.tags[0] == "apple" and len(repaired.scene.tags) >= 5
+
+    unusable = (await run(studio, "an ox")).result
+    assert unusable.director == "local"
+    assert unusable.director_fallback and unusable.director_fallback.startswith("Gemini (director)")
+    assert "tags" in unusable.director_fallback
+    assert not [r for r in caplog.records if "crashed" in r.getMessage() or r.exc_info]

@@ -171,3 +171,30 @@ def test_unloadable_model_names_the_setting(tmp_path):
     with pytest.raises(ModelUnavailable) as typo:
         Synthesizer("not-a-user/not-a-model-xyz", "cpu").load()  # HF_HUB_OFFLINE in tests
     assert "DIFFUSION_MODEL" in str(typo.value) and "\n" not in str(typo.value)
+
+
+def test_each_prompt_is_tokenised_once_per_render(synth, monkeypatch):
+    """Issue #19: the batch key, the encoding and the recorded token count share one tokenisation
+    of each request's prompt and negative prompt (counted on the real tokenizer's ``__call__``)."""
+    tokenizer_type = type(synth.tokenizer)
+    real_call = tokenizer_type.__call__
+    texts: list[str] = []
+
+    def counting_call(self, text, *args, **kwargs):
+        texts.append(text)
+        return real_call(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(tokenizer_type, "__call__", counting_call)
+    long_prompt = ", ".join(["a red apple on a wooden table"] * 20)  # several 75-token chunks
+    requests = [req(long_prompt, seed=1, negative_prompt="blurry"), req(long_prompt + ", pears", seed=2)]
+    keys = {synth.batch_key(r) for r in requests}  # what the executor does before rendering
+    images = synth.render(requests)
+    monkeypatch.undo()
+
+    assert len(keys) == 1 and keys.pop()[-1] > 1
+    assert sorted(texts) == sorted([long_prompt, "blurry", long_prompt + ", pears", ""]), texts
+    assert [image.prompt_tokens for image in images] == [synth.count_tokens(r.prompt) for r in requests]
+    assert all(image.prompt_chunks > 1 for image in images)
+    # The cache is not part of a request's identity: equal requests stay equal and hash alike.
+    fresh = req(long_prompt, seed=1, negative_prompt="blurry")
+    assert fresh == requests[0] and hash(fresh) == hash(requests[0]) and not fresh.token_cache

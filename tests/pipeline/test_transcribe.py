@@ -247,3 +247,59 @@ def test_compression_ratio_flags_loops():
     assert compression_ratio("Please draw a red apple on a wooden table.") < 2.4
     assert compression_ratio("beep " * 30) > 2.4
     assert compression_ratio("") == 0.0
+
+
+# --- each window is encoded once (issue #19) ---------------------------------------------------------
+
+
+class EncoderComputations:
+    """How many times the encoder really computed (a forward hook on its first convolution: a
+    window handed back by :class:`~pipeline.transcribe.EncoderReuse` never reaches it)."""
+
+    def __init__(self, model) -> None:
+        self.count = 0
+        self._handle = model.model.encoder.conv1.register_forward_hook(self._record)
+
+    def _record(self, module, args, output) -> None:
+        self.count += 1
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def transcribe_counting(transcriber: Transcriber, audio: np.ndarray, *, reuse: bool, **kw) -> tuple[Transcript, int]:
+    computations = EncoderComputations(transcriber.model)
+    transcriber.reuse_encoder = reuse
+    try:
+        return transcriber.transcribe(audio, **kw), computations.count
+    finally:
+        transcriber.reuse_encoder = True
+        computations.close()
+
+
+def test_real_voice_note_is_encoded_once_with_the_same_transcript(trained: Transcriber, apple_audio: np.ndarray):
+    """The probe, generate() and transformers' no-speech detector each used to encode the window."""
+    before, encoded_before = transcribe_counting(trained, apple_audio, reuse=False)
+    after, encoded_after = transcribe_counting(trained, apple_audio, reuse=True)
+    assert encoded_before == 3  # the old path, kept switchable for the benchmark
+    assert encoded_after == 1
+    assert after == before  # text, language, no-speech probability: all identical
+    assert "apple" in after.text.lower()
+
+
+def test_long_form_encodes_each_window_once_with_the_same_transcript(tiny: Transcriber, apple_audio: np.ndarray):
+    audio = np.concatenate([apple_audio] * 16)  # 47 s: two 30 s windows and more
+    windows = EncoderInputs(tiny.model)
+    try:
+        after, encoded_after = transcribe_counting(tiny, audio, reuse=True, task="transcribe")
+    finally:
+        windows.close()
+    distinct: list[torch.Tensor] = []
+    for window in windows.windows:
+        if not any(w.shape == window.shape and torch.equal(w, window) for w in distinct):
+            distinct.append(window)
+    assert len(distinct) >= 2  # long-form walked through more than one window
+    assert encoded_after == len(distinct) < len(windows.windows)
+    before, encoded_before = transcribe_counting(tiny, audio, reuse=False, task="transcribe")
+    assert encoded_before > encoded_after
+    assert after == before

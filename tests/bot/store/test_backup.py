@@ -21,6 +21,7 @@ async def test_backup_opens_with_the_store(store: JobStore, tmp_path: Path) -> N
     queued = await new_job(store, user_id=4)
     dest = tmp_path / "backups" / DB_NAME
     assert await store.backup(dest) == dest
+    assert dest.stat().st_mode & 0o077 == 0  # the copy holds every job: owner-only, like DATA_DIR
     await new_job(store, user_id=5)  # after the snapshot: not in it
     copy = await JobStore.open(dest.parent)
     try:

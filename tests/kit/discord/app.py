@@ -416,16 +416,41 @@ class FakeDiscord:
         retry_after: float = 0.05,
         body: Mapping[str, Any] | None = None,
         is_global: bool = False,
+        when: Callable[[RecordedCall], bool] | None = None,
     ) -> None:
         """Answer the next ``times`` matching API requests with ``status`` instead of handling them.
 
         ``path`` is relative to the API base, a glob (``"/channels/*/messages"``) or a compiled
-        regex. A 429 carries ``retry_after`` and the ``Via`` header discord.py needs to treat it as
-        Discord's (without ``Via`` it assumes a Cloudflare ban and raises at once). Note that
-        discord.py sleeps 1 s, 3 s, ... before retrying a 500/502/504.
+        regex; ``when`` narrows it to the calls it accepts (e.g. ``lambda call: bool(call.files)``:
+        only uploads). A 429 carries ``retry_after`` and the ``Via`` header discord.py needs to
+        treat it as Discord's (without ``Via`` it assumes a Cloudflare ban and raises at once).
+        Note that discord.py sleeps 1 s, 3 s, ... before retrying a 500/502/504.
         """
         self.router.fail_next(
-            method, path, status=status, times=times, retry_after=retry_after, body=body, is_global=is_global
+            method,
+            path,
+            status=status,
+            times=times,
+            retry_after=retry_after,
+            body=body,
+            is_global=is_global,
+            when=when,
+        )
+
+    def stall_next(
+        self,
+        method: str,
+        path: str | re.Pattern[str],
+        *,
+        seconds: float,
+        times: int = 1,
+        when: Callable[[RecordedCall], bool] | None = None,
+    ) -> None:
+        """Handle the next ``times`` matching API requests (the message is created, the edit made)
+        but hold the answer ``seconds``: the window in which a client that crashes has changed
+        Discord without knowing it (kill the bot then)."""
+        self.router.fail_next(
+            method, path, status=0, times=times, retry_after=0, body=None, is_global=False, when=when, stall=seconds
         )
 
     def expire_token(self, interaction: FakeInteraction) -> None:

@@ -7,6 +7,7 @@ straight-line.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import json
 import logging
@@ -166,6 +167,10 @@ Handler = Callable[[ApiRequest], Awaitable[web.Response]]
 
 @dataclass
 class _InjectedFailure:
+    """An answer the router gives instead of the handler's. ``status`` 0: the handler runs (the
+    change is made) and its answer is held ``stall`` seconds — a crash of the client between
+    Discord's write and hearing of it."""
+
     method: str
     path: str | re.Pattern[str]
     status: int
@@ -173,6 +178,16 @@ class _InjectedFailure:
     retry_after: float
     body: Mapping[str, Any] | None
     is_global: bool
+    when: Callable[[RecordedCall], bool] | None = None
+    stall: float = 0.0
+
+    def matches(self, method: str, call: RecordedCall) -> bool:
+        return (
+            self.remaining > 0
+            and self.method == method
+            and match_path(self.path, call.path)
+            and (self.when is None or self.when(call))
+        )
 
     def response(self) -> web.Response:
         if self.status != 429:
@@ -218,8 +233,12 @@ class ApiRouter:
         retry_after: float,
         body: Mapping[str, Any] | None,
         is_global: bool,
+        when: Callable[[RecordedCall], bool] | None = None,
+        stall: float = 0.0,
     ) -> None:
-        self._failures.append(_InjectedFailure(method.upper(), path, status, times, retry_after, body, is_global))
+        self._failures.append(
+            _InjectedFailure(method.upper(), path, status, times, retry_after, body, is_global, when, stall)
+        )
 
     async def record(self, request: web.Request, kind: str, path: str) -> RecordedCall:
         """Record a request (body and multipart files parsed) before it is answered."""
@@ -293,8 +312,8 @@ class ApiRouter:
             call = await self.record(request, kind, path)
             call.route = f"{method} {template}"
             call.params = {k: unquote(v) for k, v in match.groupdict().items()}
-            failure = self._take_failure(request.method, path)
-            if failure is not None:
+            failure = self._take_failure(request.method, call)
+            if failure is not None and failure.status:
                 return self.finish(call, failure.response())
             if kind == "rest" and request.headers.get("Authorization") != f"Bot {self._token()}":
                 return self.finish(call, ApiError(401, "401: Unauthorized", 0).response())
@@ -306,12 +325,15 @@ class ApiRouter:
             except Exception:  # a bug in the fake must be visible, not a hang in the bot
                 log.exception("fake Discord: handler for %s %s crashed", method, template)
                 response = ApiError(500, "fake Discord crashed (see log)", 0).response()
+            if failure is not None and failure.stall:
+                self._on_change()  # the change is visible to the test while the answer is held
+                await asyncio.sleep(failure.stall)
             return self.finish(call, response)
         return await self.handle_unknown(request, path)
 
-    def _take_failure(self, method: str, path: str) -> _InjectedFailure | None:
+    def _take_failure(self, method: str, call: RecordedCall) -> _InjectedFailure | None:
         for failure in self._failures:
-            if failure.remaining > 0 and failure.method == method and match_path(failure.path, path):
+            if failure.matches(method, call):
                 failure.remaining -= 1
                 if failure.remaining == 0:
                     self._failures.remove(failure)

