@@ -1,8 +1,10 @@
-"""``python -m bot`` (``make run``): start VoxCanvas.
+"""``python -m bot`` (``make run``): start VoxCanvas — the Discord bot when DISCORD_TOKEN is set,
+the web playground and API when API_PORT is set (the default), both in one process sharing one
+queue and store. With nothing configured, the web playground runs alone.
 
-Exit codes: 0 clean shutdown, 2 configuration problem (missing token, bad settings, unusable
-data directory), 3 Discord rejected the token, 4 Discord could not be reached (after retrying for
-DISCORD_CONNECT_TIMEOUT_S).
+Exit codes: 0 clean shutdown, 2 configuration problem (neither Discord nor the web server, bad
+settings, unusable data directory, the web port taken), 3 Discord rejected the token, 4 Discord
+could not be reached (after retrying for DISCORD_CONNECT_TIMEOUT_S).
 """
 
 from __future__ import annotations
@@ -11,10 +13,19 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
+
+HOW_TO_ADD_DISCORD = (
+    "  To add the Discord bot (same queue, same pictures):\n"
+    "    1. Create an application and a bot at https://discord.com/developers/applications\n"
+    "    2. Copy .env.example to .env and put the bot token in DISCORD_TOKEN=\n"
+    "    3. Run `make run` again.\n"
+    "  README.md ('Set up your Discord bot') walks through it, intents and invite link included."
+)
 
 EXIT_CONFIG, EXIT_TOKEN, EXIT_UNREACHABLE = 2, 3, 4
 
@@ -40,27 +51,73 @@ def main() -> int:
     except Exception as exc:
         print(f"VoxCanvas: invalid settings:\n{exc}\nSee .env.example for every setting.", file=sys.stderr)
         return EXIT_CONFIG
-    if settings.DISCORD_TOKEN is None:
+    if settings.DISCORD_TOKEN is None and not settings.api_enabled:
         print(
-            "VoxCanvas: DISCORD_TOKEN is not set.\n"
-            "  1. Create an application and a bot at https://discord.com/developers/applications\n"
-            "  2. Copy .env.example to .env and put the bot token in DISCORD_TOKEN=\n"
-            "  3. Run `make run` again.\n"
-            "README.md ('Set up your Discord bot') walks through it, intents and invite link included.",
+            "VoxCanvas: nothing to serve — DISCORD_TOKEN is not set and API_PORT is empty.\n"
+            "  Set API_PORT (e.g. 8080) for the web playground, or:\n" + HOW_TO_ADD_DISCORD,
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    token = settings.DISCORD_TOKEN.get_secret_value()
-    secrets = [token]
+    secrets = [key.get_secret_value() for key in settings.API_KEYS]
     if settings.GEMINI_API_KEY is not None:
         secrets.append(settings.GEMINI_API_KEY.get_secret_value())
-    setup_logging(settings.LOG_LEVEL, secrets, settings.LOG_DEBUG_LOGGERS)
+    if settings.DISCORD_TOKEN is None:
+        setup_logging(settings.LOG_LEVEL, secrets, settings.LOG_DEBUG_LOGGERS)
+        return asyncio.run(run_web(settings))
+    token = settings.DISCORD_TOKEN.get_secret_value()
+    setup_logging(settings.LOG_LEVEL, [token, *secrets], settings.LOG_DEBUG_LOGGERS)
     return asyncio.run(run(settings, token))
+
+
+def _on_signals(loop: asyncio.AbstractEventLoop, stop: Callable[[str], None]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop, sig.name)
+        except NotImplementedError:  # pragma: no cover - Windows
+            pass
+
+
+async def run_web(settings: Settings) -> int:
+    """The web playground and API alone (no DISCORD_TOKEN): until SIGINT / SIGTERM."""
+    from web.server import WebServer, WebServerError
+
+    from .headless import Headless
+    from .store import StoreError
+
+    log = logging.getLogger("bot")
+    runtime = Headless(settings)
+    server = WebServer(settings)
+    stopping = asyncio.Event()
+
+    def request_stop(signame: str) -> None:
+        log.info("%s received: shutting down gracefully", signame)
+        stopping.set()
+
+    _on_signals(asyncio.get_running_loop(), request_stop)
+    try:
+        try:
+            runner = await runtime.start()
+            url = await server.start(runner)
+        except (StoreError, WebServerError) as exc:
+            print(f"VoxCanvas: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        print(
+            f"VoxCanvas: the web playground is at {url}  (API docs: {url}docs)\n"
+            "  Discord is off: DISCORD_TOKEN is not set.\n" + HOW_TO_ADD_DISCORD,
+            flush=True,
+        )
+        await stopping.wait()
+    finally:
+        await server.stop()
+        await runtime.close()
+    return 0
 
 
 async def run(settings: Settings, token: str) -> int:
     import aiohttp
     import discord
+
+    from web.server import WebServerError
 
     from .client import VoxCanvasBot, configure_endpoints
     from .connectivity import DiscordUnreachable, host_of, reason_of, wait_for_discord
@@ -80,7 +137,12 @@ async def run(settings: Settings, token: str) -> int:
     except StoreError as exc:
         print(f"VoxCanvas: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    bot = VoxCanvasBot(settings, store=store)
+    services = []
+    if settings.api_enabled:
+        from web.server import WebServer
+
+        services.append(WebServer(settings))
+    bot = VoxCanvasBot(settings, store=store, services=services)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
 
@@ -90,11 +152,7 @@ async def run(settings: Settings, token: str) -> int:
             stopping.set()
             loop.create_task(bot.close())
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, request_stop, sig.name)
-        except NotImplementedError:  # pragma: no cover - Windows
-            pass
+    _on_signals(loop, request_stop)
     try:
         async with bot:
             await bot.start(token)
@@ -112,6 +170,9 @@ async def run(settings: Settings, token: str) -> int:
             file=sys.stderr,
         )
         return EXIT_UNREACHABLE
+    except WebServerError as exc:
+        print(f"VoxCanvas: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except discord.PrivilegedIntentsRequired:
         print(
             "VoxCanvas: the MESSAGE CONTENT intent is not enabled for this bot. Enable it in the "

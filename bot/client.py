@@ -15,8 +15,9 @@ import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import discord
 import yarl
@@ -28,6 +29,7 @@ from pipeline.executor import GPUExecutor
 from pipeline.settings import Settings
 from pipeline.studio import Studio
 
+from .api_jobs import ApiJobs
 from .recovery import Recovery
 from .runner import JobRunner
 from .store import JobStore
@@ -63,6 +65,15 @@ def bot_intents() -> discord.Intents:
     return intents
 
 
+class Service(Protocol):
+    """Something else the process serves from the bot's runtime (the web API): started once the
+    runner exists and unfinished jobs are resumed, stopped first on close."""
+
+    async def start(self, runner: JobRunner) -> str: ...
+
+    async def stop(self) -> None: ...
+
+
 class NotStarted(RuntimeError):
     """The store, studio and runner exist once ``setup_hook`` has run."""
 
@@ -76,6 +87,7 @@ class VoxCanvasBot(commands.Bot):
         store: JobStore | None = None,
         gemini_client: Any = None,
         warm_up: bool = True,
+        services: Sequence[Service] = (),
         **client_options: Any,
     ) -> None:
         super().__init__(
@@ -91,6 +103,7 @@ class VoxCanvasBot(commands.Bot):
         self._store = store
         self._gemini_client = gemini_client
         self._warm_up = warm_up
+        self.services = tuple(services)
         self._studio: Studio | None = None
         self._runner: JobRunner | None = None
         self.warm_up_task: asyncio.Task[None] | None = None
@@ -123,6 +136,7 @@ class VoxCanvasBot(commands.Bot):
         await self.executor.start()
         studio = self._studio = Studio(self.settings, self.executor, gemini_client=self._gemini_client)
         self._runner = JobRunner(self, store=store, executor=self.executor, studio=studio)
+        ApiJobs(self._runner)  # jobs from the HTTP API (resumed here too; served by the web service)
         if self._warm_up:
             self.warm_up_task = asyncio.create_task(self._warm(), name="warm-up")
         for extension in EXTENSIONS:
@@ -139,6 +153,8 @@ class VoxCanvasBot(commands.Bot):
         # Logged in (REST works), gateway not yet connected: no new job can have arrived, so
         # everything unfinished in the store belongs to a previous process.
         await Recovery(self._runner).resume()
+        for service in self.services:  # after the resume: every unfinished job is an old one
+            await service.start(self._runner)
 
     async def _warm(self) -> None:
         started = asyncio.get_running_loop().time()
@@ -235,6 +251,11 @@ class VoxCanvasBot(commands.Bot):
         self._closing = True
         log.info("shutting down: draining running jobs (up to %.0fs)", SHUTDOWN_GRACE_S)
         self.executor.stop_admitting()
+        for service in self.services:
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("stopping %s failed", type(service).__name__)
         try:
             if self._runner is not None:
                 await self._runner.drain(SHUTDOWN_GRACE_S)

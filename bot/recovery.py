@@ -26,6 +26,7 @@ from pipeline.errors import VoxCanvasError
 from pipeline.studio import Result
 
 from . import render
+from .api_jobs import NO_SURFACE, is_api_user
 from .runner import AdmittedJob, JobRequest, JobRunner, idea_from_record
 from .store import JobRecord
 from .surfaces import InteractionSurface, Surface
@@ -46,7 +47,6 @@ class Recovery:
     def __init__(self, runner: JobRunner) -> None:
         self.runner = runner
         self.store = runner.store
-        self.client = runner.client
 
     async def resume(self) -> int:
         """Re-queue jobs that were queued or running when the process died, and deliver finished
@@ -56,6 +56,8 @@ class Recovery:
             picked += 1
             self._redeliver_in_background(record)
         for record in await self.store.unfinished():
+            if is_api_user(record.user_id) and self.runner.api is None:
+                continue  # an HTTP API job: resumed by a process that serves the API
             if record.attempts >= MAX_ATTEMPTS:
                 # It was started this often and the process died each time: don't crash-loop.
                 log.error("job %s died with the process %d times; giving up", record.id, record.attempts)
@@ -95,7 +97,10 @@ class Recovery:
 
     def surface_for(self, record: JobRecord) -> Surface:
         """Where a job from a previous process shows up: its interaction's original response while
-        the token lives, else its recorded progress message, else a new channel message."""
+        the token lives, else its recorded progress message, else a new channel message (an API
+        job: its event log, through the runner's API side)."""
+        if is_api_user(record.user_id):
+            return NO_SURFACE
         channel = self.runner.channel_surface(
             record.id,
             record.channel_id,
@@ -103,10 +108,11 @@ class Recovery:
             reply_to=record.source_message_id,
             message_id=record.progress_message_id,
         )
-        application_id = self.client.application_id
+        client = self.runner.client
+        application_id = client.application_id
         if record.interaction_token and record.interaction_created_at and application_id is not None:
             return InteractionSurface.stored(
-                self.client, application_id, record.interaction_token, record.interaction_created_at, channel
+                client, application_id, record.interaction_token, record.interaction_created_at, channel
             )
         return channel
 
@@ -115,7 +121,12 @@ class Recovery:
 
     async def _redeliver(self, record: JobRecord) -> None:
         """Deliver a finished job's result (or its failure) that was never delivered. The runner's
-        delivery never raises for Discord or the store; a result whose files are gone is told as such."""
+        delivery never raises for Discord or the store; a result whose files are gone is told as such.
+        An API job's ending is in its record already: it is only marked delivered."""
+        if is_api_user(record.user_id):
+            if self.runner.api is not None:
+                await self.runner.api._mark_delivered(record.id)
+            return
         surface = self.surface_for(record)
         nonce = record.delivery_nonce
         try:
@@ -142,10 +153,10 @@ class Recovery:
     async def _find_delivered(self, record: JobRecord) -> discord.Message | None:
         """The job's final message among the channel's recent messages (its embed footer, or for a
         text reply its content, carries the job id), if the bot posted it."""
-        me = self.client.user
+        me = self.runner.client.user
         if me is None:
             return None
-        channel = self.client.get_partial_messageable(record.channel_id)
+        channel = self.runner.client.get_partial_messageable(record.channel_id)
         marker = f"job {record.id}"
         try:
             async for message in channel.history(limit=HISTORY_SEARCH_LIMIT):

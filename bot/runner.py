@@ -22,7 +22,7 @@ import io
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import discord
 from PIL import Image
@@ -39,6 +39,9 @@ from .store import JobKind, JobNotFound, JobRecord, JobStateError, JobStore, Sto
 from .store.records import EndState
 from .surfaces import ChannelSurface, InteractionSurface, MessageParts, RecordingSurface, Surface
 from .views import result_view
+
+if TYPE_CHECKING:
+    from .api_jobs import ApiJobs
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ MODEL_UNAVAILABLE = (
 )
 
 Work = Callable[[Job], Awaitable[Output]]
-Refuse = Callable[[str], Awaitable[object]]
+Refuse = Callable[[VoxCanvasError], Awaitable[object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,14 +126,23 @@ class AdmittedJob:
 
 
 class JobRunner:
-    """Admits, runs and delivers jobs. One per bot, built once its store, executor and studio exist."""
+    """Admits, runs and delivers jobs. One per process, built once its store, executor and studio
+    exist. ``client`` is ``None`` when no Discord bot runs (the web API alone); :attr:`api` runs
+    the jobs that came from the HTTP API (:class:`~.api_jobs.ApiJobs` attaches itself)."""
 
-    def __init__(self, client: discord.Client, *, store: JobStore, executor: Executor, studio: Studio) -> None:
-        self.client = client
+    def __init__(self, client: discord.Client | None, *, store: JobStore, executor: Executor, studio: Studio) -> None:
+        self._client = client
         self.store = store
         self.executor = executor
         self.studio = studio
         self.tasks: set[asyncio.Task[None]] = set()
+        self.api: ApiJobs | None = None
+
+    @property
+    def client(self) -> discord.Client:
+        if self._client is None:
+            raise RuntimeError("no Discord client in this process (web API only)")
+        return self._client
 
     # --- entry points ------------------------------------------------------------------------
     async def start_imagine(
@@ -170,8 +182,8 @@ class JobRunner:
         becomes the result — download it, then run in the background."""
         origin = JobOrigin.of_message(message)
 
-        async def refuse(text: str) -> None:
-            await message.reply(text, mention_author=False)
+        async def refuse(exc: VoxCanvasError) -> None:
+            await message.reply(f"🚫 {exc}", mention_author=False)
 
         async def acknowledge(job: Job) -> Acknowledged | None:
             with contextlib.suppress(discord.HTTPException):
@@ -207,8 +219,8 @@ class JobRunner:
         result goes into the interaction's response, or to the channel once its token runs out."""
         origin = JobOrigin.of_interaction(interaction)
 
-        async def refuse(text: str) -> None:
-            await interaction.response.send_message(text, ephemeral=True)
+        async def refuse(exc: VoxCanvasError) -> None:
+            await interaction.response.send_message(f"🚫 {exc}", ephemeral=True)
 
         async def acknowledge(job: Job) -> Acknowledged | None:
             await interaction.response.defer(thinking=True)
@@ -228,11 +240,11 @@ class JobRunner:
         self, origin: JobOrigin, refuse: Refuse, acknowledge: Callable[[Job], Awaitable[Acknowledged | None]]
     ) -> AdmittedJob | None:
         """Admit → acknowledge → store. ``None`` when the user was refused (caps, queue full,
-        shutting down: ``refuse`` tells them why) or ``acknowledge`` already answered them."""
+        shutting down: ``refuse`` is given the reason) or ``acknowledge`` already answered them."""
         try:
             job = self.executor.admit(origin.user_id, new_job_id())
         except VoxCanvasError as exc:
-            await refuse(f"🚫 {exc}")
+            await refuse(exc)
             return None
         try:
             acknowledged = await acknowledge(job)
@@ -292,7 +304,8 @@ class JobRunner:
     # --- running -----------------------------------------------------------------------------
     def spawn(self, admitted: AdmittedJob) -> None:
         """Run the job in the background (tracked, so shutdown can drain it)."""
-        self.track(asyncio.create_task(self._run(admitted), name=f"job-{admitted.job.id}"))
+        run = self.api.run(admitted) if self.api is not None and self.api.owns(admitted) else self._run(admitted)
+        self.track(asyncio.create_task(run, name=f"job-{admitted.job.id}"))
 
     def track(self, task: asyncio.Task[None]) -> None:
         """Keep ``task`` (named after its job) until it ends; its exception, if any, is retrieved

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from . import limits
@@ -64,6 +65,14 @@ class Settings(BaseSettings):
     # How often the running bot applies RETENTION_DAYS (it also does at start-up).
     PURGE_INTERVAL_HOURS: float = Field(6.0, gt=0, le=24 * 365)
 
+    # --- web API and playground (same process, queue and store as the bot) ---
+    API_HOST: str = "127.0.0.1"
+    API_PORT: int | None = Field(8080, ge=0, le=65535)  # empty: no web server (0: any free port)
+    # Clients send `Authorization: Bearer <key>`; with no keys the API binds to loopback only.
+    API_KEYS: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    PUBLIC_URL: str | None = None  # absolute URLs in responses; default http://API_HOST:API_PORT
+    API_WAIT_S: float = Field(600.0, gt=0, le=3600)  # how long POST /api/generate waits for its job
+
     LOG_LEVEL: str = "INFO"
     # Loggers that carry credentials (pipeline.logs.SECRET_BEARING_LOGGERS: discord.webhook,
     # discord.http, discord.gateway, aiosqlite) stay at WARNING unless named here (comma-separated).
@@ -77,6 +86,30 @@ class Settings(BaseSettings):
         if isinstance(value, int):
             return [value]
         return value
+
+    @field_validator("API_KEYS", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("API_PORT", "PUBLIC_URL", mode="before")
+    @classmethod
+    def _empty_disables(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _open_api_on_loopback_only(self) -> Settings:
+        if self.API_PORT is not None and not self.API_KEYS and not is_loopback(self.API_HOST):
+            raise ValueError(
+                f"API_HOST={self.API_HOST} would open the web API to the network without a key. "
+                "Set API_KEYS (comma-separated; clients send 'Authorization: Bearer <key>'), "
+                "or keep API_HOST=127.0.0.1."
+            )
+        return self
 
     @field_validator("LOG_DEBUG_LOGGERS", mode="before")
     @classmethod
@@ -123,6 +156,28 @@ class Settings(BaseSettings):
     @property
     def gemini_enabled(self) -> bool:
         return self.GEMINI_API_KEY is not None
+
+    @property
+    def api_enabled(self) -> bool:
+        return self.API_PORT is not None
+
+    def public_url(self, port: int | None = None) -> str:
+        """The base of absolute URLs the API hands out (``port``: the one actually bound)."""
+        if self.PUBLIC_URL:
+            return self.PUBLIC_URL.rstrip("/")
+        host = self.API_HOST if ":" not in self.API_HOST else f"[{self.API_HOST}]"
+        if host in ("0.0.0.0", "[::]"):
+            host = "127.0.0.1"
+        return f"http://{host}:{port if port is not None else self.API_PORT}"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,0 +1,641 @@
+"""The HTTP API and the playground: thin — parse, validate, authenticate, stream.
+
+Every job goes through the bot runtime's API side (:class:`bot.api_jobs.ApiJobs`): the same
+admission (caps, queue, store), executor queue, studio and fairness as Discord's jobs; an API key
+is a user. Why FastAPI rather than the aiohttp already in the process: the OpenAPI schema and
+``/docs`` come from the route signatures, request bodies are validated by pydantic models (the
+engine's own bounds from :mod:`pipeline.limits`), per-route body-size caps and Server-Sent Events
+are built in, and it runs on uvicorn inside the bot's event loop (:mod:`web.server`).
+
+Request bodies are capped before they are read whole (FastAPI's ``max_body_size``: the
+``Content-Length`` is checked first, a chunked body is counted as it arrives); each file is then
+checked against its own bound, and audio and images from their headers, before a job is admitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
+from typing import Annotated, Any, Final, Literal
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bot.api_jobs import ApiJobs, api_user_id
+from bot.runner import JobRequest
+from bot.store import JobRecord, StoreError
+from pipeline import limits
+from pipeline.audio import audio_duration, audio_too_long, is_too_long
+from pipeline.errors import AudioTooLarge, BadRequest, EmptyAudio, VoxCanvasError
+from pipeline.images import check_image_bytes, inspect_init_image
+from pipeline.settings import Settings
+from pipeline.studio import Idea, Result
+from pipeline.styles import STYLES, check_style
+from pipeline.tags import tags_for
+
+from .errors import ERROR_RESPONSES, ApiError, ErrorBody, api_error
+
+log = logging.getLogger(__name__)
+
+JSON_BODY_BYTES: Final = 64 * 1024
+MULTIPART_OVERHEAD_BYTES: Final = 64 * 1024
+DEFAULT_IMAGE_PROMPT: Final = "this picture, reimagined"
+STATIC = resources.files("web") / "static"
+
+
+# --- request and response models -----------------------------------------------------------------
+class JobOptions(BaseModel):
+    """What a job makes. ``text`` (an idea) or an audio upload is needed; bounds are the engine's."""
+
+    text: str | None = Field(None, max_length=limits.MAX_IDEA_CHARS, description="The idea, in words")
+    style: str | None = Field(None, max_length=40, description=f"One of: {', '.join(STYLES)}")
+    negative_prompt: str | None = Field(None, max_length=limits.MAX_NEGATIVE_PROMPT_CHARS)
+    seed: int | None = Field(None, ge=0, le=limits.MAX_SEED)
+    steps: int | None = Field(None, ge=limits.MIN_STEPS, le=limits.MAX_STEPS)
+    guidance: float | None = Field(None, ge=limits.MIN_GUIDANCE, le=limits.MAX_GUIDANCE)
+    width: int | None = Field(None, ge=limits.MIN_SIDE, le=limits.MAX_SIDE, multiple_of=limits.SIDE_MULTIPLE)
+    height: int | None = Field(None, ge=limits.MIN_SIDE, le=limits.MAX_SIDE, multiple_of=limits.SIDE_MULTIPLE)
+    strength: float = Field(limits.DEFAULT_STRENGTH, ge=limits.MIN_STRENGTH, le=limits.MAX_STRENGTH)
+
+    model_config = {"extra": "forbid"}
+
+    @field_validator("style")
+    @classmethod
+    def _known_style(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            return check_style(value)
+        except BadRequest as exc:
+            raise ValueError(str(exc)) from exc
+
+    @field_validator("text", "negative_prompt")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value if value is None or value.strip() else None
+
+    def idea(self, **extra: Any) -> Idea:
+        return Idea(
+            text=self.text,
+            style=self.style,
+            negative_prompt=self.negative_prompt,
+            seed=self.seed,
+            steps=self.steps,
+            guidance=self.guidance,
+            width=self.width,
+            height=self.height,
+            strength=self.strength,
+            **extra,
+        )
+
+
+class PromptRequest(BaseModel):
+    prompt: str = Field(min_length=1, max_length=limits.MAX_IDEA_CHARS)
+    style: str | None = Field(None, max_length=40)
+    negative_prompt: str | None = Field(None, max_length=limits.MAX_NEGATIVE_PROMPT_CHARS)
+    seed: int | None = Field(None, ge=0, le=limits.MAX_SEED)
+    steps: int | None = Field(None, ge=limits.MIN_STEPS, le=limits.MAX_STEPS)
+    guidance: float | None = Field(None, ge=limits.MIN_GUIDANCE, le=limits.MAX_GUIDANCE)
+
+
+class TagsRequest(BaseModel):
+    image_prompt: str = Field("", max_length=limits.MAX_IDEA_CHARS)
+    sound_description: str = Field("", max_length=limits.MAX_IDEA_CHARS)
+
+
+class TagsResponse(BaseModel):
+    tags: list[str]
+
+
+class Generation(BaseModel):
+    """The AI generator API's answer: an id and the absolute URL of the PNG."""
+
+    generation_id: str
+    file_path: str
+
+
+class GenerateResponse(BaseModel):
+    """``POST /api/generate``: the pipeline orchestrator's answer."""
+
+    status: Literal["success"] = "success"
+    transcription: str | None
+    expanded_scene: str
+    final_prompt: str
+    color_palette: list[str]
+    qa_score: int | None
+    qa_feedback: str
+    job_id: str
+    image_url: str
+    palette_url: str
+
+
+class JobCreated(BaseModel):
+    job_id: str
+    status_url: str
+    events_url: str
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    state: Literal["queued", "running", "done", "failed", "cancelled"]
+    kind: str
+    parent_job_id: str | None = None
+    position: int | None = None
+    eta_s: float | None = None
+    stage: dict[str, Any] | None = None
+    error: str | None = None
+    created_at: float
+    finished_at: float | None = None
+    result: dict[str, Any] | None = None
+    status_url: str
+    events_url: str
+    image_url: str | None = None
+    palette_url: str | None = None
+
+
+class Deleted(BaseModel):
+    job_id: str
+    state: str
+    deleted: bool
+
+
+# --- auth: a key is a user (module level: FastAPI resolves these annotations here) ------------------
+async def caller(request: Request) -> int:
+    """The user id of the request's API key (401 without one, 403 for an unknown one); with no
+    keys configured (loopback only), every client is the one anonymous user."""
+    keys: list[bytes] = request.app.state.keys
+    if not keys:
+        return api_user_id(None)
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(
+            401, "Send your API key as 'Authorization: Bearer <key>'.", headers={"WWW-Authenticate": "Bearer"}
+        )
+    given = token.strip().encode()
+    if not any(hmac.compare_digest(given, key) for key in keys):
+        raise ApiError(403, "That API key is not valid here.")
+    return api_user_id(given.decode())
+
+
+User = Annotated[int, Depends(caller)]
+
+
+async def own_job(job_id: str, user: User, request: Request) -> JobRecord:
+    """The job ``job_id`` if it is the caller's; 404 for anyone else's (no hint that it exists)."""
+    api: ApiJobs = request.app.state.api
+    try:
+        record = await api.store.get(job_id)
+    except StoreError as exc:
+        raise api_error(exc) from exc
+    if record is None or record.user_id != user:
+        raise ApiError(404, "There's no such job (it may have been deleted or expired).", job_id=job_id)
+    return record
+
+
+OwnJob = Annotated[JobRecord, Depends(own_job)]
+
+
+# --- the app ------------------------------------------------------------------------------------
+def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] | None = None) -> FastAPI:
+    """The FastAPI app serving ``api``. ``base_url`` gives the absolute URL prefix (PUBLIC_URL, or
+    the address actually bound)."""
+    app = FastAPI(
+        title="VoxCanvas API",
+        version="1.0",
+        description="A spoken idea → a checked picture. The same engine, queue and store as the Discord bot.",
+        max_body_size=JSON_BODY_BYTES,
+        responses=ERROR_RESPONSES,
+    )
+    keys = [key.get_secret_value().encode() for key in settings.API_KEYS]
+    app.state.keys = keys
+    app.state.api = api
+    upload_cap = settings.MAX_AUDIO_BYTES + limits.MAX_IMAGE_BYTES + MULTIPART_OVERHEAD_BYTES
+    base = base_url or settings.public_url
+    store = api.store
+
+    def url(path: str) -> str:
+        return f"{base()}{path}"
+
+    # --- errors: one place --------------------------------------------------------------------
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        body = ErrorBody(message=exc.message, job_id=exc.job_id, detail=exc.problems)
+        return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = {413: "The request body is too large."}.get(exc.status_code, str(exc.detail))
+        return JSONResponse(
+            ErrorBody(message=message).model_dump(), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in exc.errors() if isinstance(e, dict)
+        ]
+        first = problems[0] if problems else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(part) for part in first["loc"] if part != "body")
+        message = f"{where}: {first['msg']}" if where else str(first["msg"])
+        return JSONResponse(ErrorBody(message=message, detail=problems).model_dump(), status_code=422)
+
+    # --- helpers ------------------------------------------------------------------------------
+    async def submit(user: int, request: JobRequest) -> JobRecord:
+        try:
+            return await api.submit(user, request)
+        except (VoxCanvasError, StoreError) as exc:
+            raise api_error(exc) from exc
+
+    async def finished(record: JobRecord) -> tuple[JobRecord, Result]:
+        """Wait (bounded) for the job; its final record and result, or its error as an answer."""
+        events = api.events_of(record)
+        try:
+            await asyncio.wait_for(events.wait_finished(), settings.API_WAIT_S)
+        except TimeoutError as exc:
+            raise ApiError(
+                503,
+                "The picture is taking longer than this request may wait; follow the job instead.",
+                job_id=record.id,
+                headers={"Retry-After": "10", "Location": url(f"/api/jobs/{record.id}")},
+            ) from exc
+        final = events.events[-1]
+        if final.name != "done":
+            if events.error is not None:
+                raise api_error(events.error, job_id=record.id)
+            status = 409 if final.data.get("state") == "cancelled" else 503
+            raise ApiError(status, str(final.data.get("message", "The job failed.")), job_id=record.id)
+        return record, Result.model_validate(final.data["result"])
+
+    def status_of(record: JobRecord) -> JobStatus:
+        events = api.events_of(record)
+        position, eta = api.position(record.id)
+        result = None
+        if record.state == "done" and record.result_json:
+            result = Result.model_validate_json(record.result_json).model_dump(mode="json")
+        done = record.state == "done"
+        return JobStatus(
+            job_id=record.id,
+            state=record.state,
+            kind=record.kind,
+            parent_job_id=record.parent_job_id,
+            position=position,
+            eta_s=round(eta, 1) if eta is not None else None,
+            stage=events.latest_stage if record.active else None,
+            error=record.error if record.state in ("failed", "cancelled") else None,
+            created_at=record.created_at,
+            finished_at=record.finished_at,
+            result=result,
+            status_url=url(f"/api/jobs/{record.id}"),
+            events_url=url(f"/api/jobs/{record.id}/events"),
+            image_url=url(f"/api/jobs/{record.id}/image.png") if done else None,
+            palette_url=url(f"/api/jobs/{record.id}/palette.png") if done else None,
+        )
+
+    def created(record: JobRecord) -> JSONResponse:
+        body = JobCreated(
+            job_id=record.id,
+            status_url=url(f"/api/jobs/{record.id}"),
+            events_url=url(f"/api/jobs/{record.id}/events"),
+        )
+        return JSONResponse(body.model_dump(), status_code=202, headers={"Location": body.status_url})
+
+    # --- the playground -----------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    async def playground() -> FileResponse:
+        return FileResponse(str(STATIC / "index.html"), media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+
+    @app.get("/api/config", tags=["playground"])
+    async def config() -> dict[str, Any]:
+        """What the playground needs to know: styles, whether keys are required, the bounds."""
+        return {
+            "styles": list(STYLES),
+            "auth": bool(keys),
+            "max_audio_bytes": settings.MAX_AUDIO_BYTES,
+            "max_audio_seconds": settings.MAX_AUDIO_SECONDS,
+            "max_idea_chars": limits.MAX_IDEA_CHARS,
+        }
+
+    # --- the pipeline orchestrator's endpoint --------------------------------------------------
+    @app.post(
+        "/api/generate",
+        response_model=GenerateResponse,
+        tags=["source designs"],
+        max_body_size=upload_cap,
+        openapi_extra=multipart_schema({"audio_file": "binary"}, required=["audio_file"]),
+    )
+    async def generate(request: Request, user: User) -> GenerateResponse:
+        """A voice note → transcription, expanded scene, final prompt, palette, QA score and feedback.
+        Waits for the job (at most API_WAIT_S)."""
+        form = await read_form(request)
+        audio = await audio_field(form, "audio_file", settings, required=True)
+        assert audio is not None
+        record = await submit(user, JobRequest("voice", Idea(audio=audio[0], audio_filename=audio[1])))
+        record, result = await finished(record)
+        best = result.best
+        feedback = best.critic_notes or ""
+        if best.missing_elements:
+            feedback = f"{feedback} Missing: {', '.join(best.missing_elements)}.".strip()
+        return GenerateResponse(
+            transcription=result.transcript,
+            expanded_scene=result.scene.scene_description,
+            final_prompt=best.prompt,
+            color_palette=result.palette,
+            qa_score=result.score,
+            qa_feedback=feedback,
+            job_id=record.id,
+            image_url=url(f"/api/jobs/{record.id}/image.png"),
+            palette_url=url(f"/api/jobs/{record.id}/palette.png"),
+        )
+
+    # --- the AI generator API's endpoints ------------------------------------------------------
+    @app.post("/generate/image/prompt", response_model=Generation, tags=["source designs"])
+    async def image_from_prompt(body: PromptRequest, user: User) -> Generation:
+        """A text prompt → a picture (through the director, renderer and critic). Waits for it."""
+        options = JobOptions(
+            text=body.prompt,
+            style=body.style,
+            negative_prompt=body.negative_prompt,
+            seed=body.seed,
+            steps=body.steps,
+            guidance=body.guidance,
+        )
+        record, _ = await finished(await submit(user, JobRequest("text", options.idea())))
+        return Generation(generation_id=record.id, file_path=url(f"/api/jobs/{record.id}/image.png"))
+
+    @app.post(
+        "/generate/image/image",
+        response_model=Generation,
+        tags=["source designs"],
+        max_body_size=upload_cap,
+        openapi_extra=multipart_schema(
+            {"image": "binary", "prompt": "string", "strength": "number"}, required=["image"]
+        ),
+    )
+    async def image_from_image(request: Request, user: User) -> Generation:
+        """A start image (PNG, JPEG or WebP) and an optional prompt → a reworked picture."""
+        form = await read_form(request)
+        image = await image_field(form, "image", required=True)
+        fields = text_fields(form, ("prompt", "strength"))
+        options = validated(
+            JobOptions, {"text": fields.get("prompt") or DEFAULT_IMAGE_PROMPT, **pick(fields, "strength")}
+        )
+        record, _ = await finished(await submit(user, JobRequest("text", options.idea(init_image=image))))
+        return Generation(generation_id=record.id, file_path=url(f"/api/jobs/{record.id}/image.png"))
+
+    @app.post("/generate/tags", response_model=TagsResponse, tags=["source designs"])
+    async def tags(body: TagsRequest, user: User) -> TagsResponse:
+        """The director's tags for an image prompt and a sound description (lowercase, de-duplicated)."""
+        try:
+            return TagsResponse(tags=tags_for(body.image_prompt, body.sound_description))
+        except VoxCanvasError as exc:
+            raise api_error(exc) from exc
+
+    # --- jobs ---------------------------------------------------------------------------------
+    @app.post(
+        "/api/jobs",
+        status_code=202,
+        response_model=JobCreated,
+        tags=["jobs"],
+        max_body_size=upload_cap,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": JobOptions.model_json_schema(ref_template="#/components/schemas/{model}")
+                    },
+                    **multipart_schema(
+                        {"audio": "binary", "image": "binary", **dict.fromkeys(JobOptions.model_fields, "string")},
+                        required=[],
+                    )["requestBody"]["content"],
+                },
+            }
+        },
+    )
+    async def create_job(request: Request, user: User) -> JSONResponse:
+        """Start a job and return at once: JSON options, or a multipart form with an ``audio`` voice
+        note and/or a start ``image`` and the same options as fields. Follow it at ``events_url``."""
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        audio = image = None
+        if content_type == "multipart/form-data":
+            form = await read_form(request)
+            audio = await audio_field(form, "audio", settings)
+            image = await image_field(form, "image")
+            fields = text_fields(form, tuple(JobOptions.model_fields))
+            options = validated(JobOptions, {k: v for k, v in fields.items() if v != ""})
+        elif content_type == "application/json":
+            try:
+                raw = await request.json()
+            except ValueError as exc:
+                raise ApiError(400, "The body is not valid JSON.") from exc
+            if not isinstance(raw, dict):
+                raise ApiError(422, "The body must be a JSON object of job options.")
+            options = validated(JobOptions, raw)
+        else:
+            raise ApiError(415, "Send the options as application/json, or as multipart/form-data with files.")
+        if audio is None and options.text is None:
+            raise ApiError(422, "There's nothing to draw yet — send an idea as 'text', or a voice note as 'audio'.")
+        if audio is not None:
+            idea = options.idea(audio=audio[0], audio_filename=audio[1], init_image=image)
+            job_request = JobRequest("voice", idea)
+        else:
+            job_request = JobRequest("text", options.idea(init_image=image))
+        return created(await submit(user, job_request))
+
+    @app.get("/api/jobs/{job_id}", response_model=JobStatus, tags=["jobs"])
+    async def get_job(record: OwnJob) -> JobStatus:
+        """The job's state, queue position and ETA, current stage, and once done the full result
+        (as the CLI's result.json) with the picture's and palette's URLs."""
+        return status_of(record)
+
+    @app.get(
+        "/api/jobs/{job_id}/events",
+        response_class=EventSourceResponse,
+        tags=["jobs"],
+        responses={200: {"content": {"text/event-stream": {}}, "description": "queued / stage / done / failed"}},
+    )
+    async def job_events(record: OwnJob, request: Request) -> AsyncIterator[ServerSentEvent]:
+        """Server-Sent Events: ``queued`` (position, ETA), ``stage`` (decode, transcribe, direct,
+        render n/N, review, correct; ``t`` seconds since the job started), then ``done`` (the
+        result and its URLs) or ``failed`` (the message). ``Last-Event-ID`` resumes."""
+        events = api.events_of(record)
+        last = request.headers.get("last-event-id", "")
+        after = int(last) if last.isdigit() else -1
+        async for event in events.follow(after):
+            data = {**event.data, "t": event.t}
+            if event.name == "done":
+                data.update(
+                    image_url=url(f"/api/jobs/{record.id}/image.png"),
+                    palette_url=url(f"/api/jobs/{record.id}/palette.png"),
+                )
+            yield ServerSentEvent(event=event.name, id=str(event.seq), data=data)
+
+    async def result_file(record: JobRecord, read: Callable[[str], Awaitable[bytes]]) -> Response:
+        if record.state != "done":
+            raise ApiError(409, "That picture isn't ready yet.", job_id=record.id)
+        try:
+            data = await read(record.id)
+        except (VoxCanvasError, StoreError) as exc:
+            raise api_error(exc, job_id=record.id) from exc
+        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+
+    png: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "PNG"}}
+
+    @app.get("/api/jobs/{job_id}/image.png", response_class=Response, responses=png, tags=["jobs"])
+    async def job_image(record: OwnJob) -> Response:
+        return await result_file(record, store.read_image)
+
+    @app.get("/api/jobs/{job_id}/palette.png", response_class=Response, responses=png, tags=["jobs"])
+    async def job_palette(record: OwnJob) -> Response:
+        return await result_file(record, store.read_palette)
+
+    async def follow_up(record: JobRecord, user: int, kind: Literal["regenerate", "vary"]) -> JSONResponse:
+        if record.state != "done":
+            raise ApiError(409, "Only a finished picture can be reworked.", job_id=record.id)
+        try:
+            return created(await api.follow_up(user, record, kind))
+        except (VoxCanvasError, StoreError) as exc:
+            raise api_error(exc, job_id=record.id) from exc
+
+    @app.post("/api/jobs/{job_id}/regenerate", status_code=202, response_model=JobCreated, tags=["jobs"])
+    async def regenerate(record: OwnJob, user: User) -> JSONResponse:
+        """A new picture from the same scene with a new seed."""
+        return await follow_up(record, user, "regenerate")
+
+    @app.post("/api/jobs/{job_id}/vary", status_code=202, response_model=JobCreated, tags=["jobs"])
+    async def vary(record: OwnJob, user: User) -> JSONResponse:
+        """A variation of the picture (image-to-image from it)."""
+        return await follow_up(record, user, "vary")
+
+    @app.delete("/api/jobs/{job_id}", response_model=Deleted, tags=["jobs"])
+    async def delete_job(record: OwnJob, user: User) -> Deleted:
+        """Cancel a queued or running job; delete a finished one (its record and files)."""
+        try:
+            if record.active:
+                cancelled = await api.cancel(record)
+                return Deleted(job_id=record.id, state=cancelled.state, deleted=False)
+            deleted = await store.delete(record.id, user_id=user)
+        except (VoxCanvasError, StoreError) as exc:
+            raise api_error(exc, job_id=record.id) from exc
+        return Deleted(job_id=record.id, state=record.state, deleted=deleted)
+
+    return app
+
+
+# --- request parsing ----------------------------------------------------------------------------
+Form = Any  # starlette's FormData
+
+
+def multipart_schema(fields: dict[str, str], *, required: list[str]) -> dict[str, Any]:
+    """An OpenAPI ``requestBody`` for a multipart form (the route parses it itself, bounded)."""
+    properties = {
+        name: {"type": "string", "format": "binary"} if kind == "binary" else {"type": kind}
+        for name, kind in fields.items()
+    }
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+async def read_form(request: Request) -> Form:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "multipart/form-data":
+        raise ApiError(415, "Send this as multipart/form-data (e.g. curl -F field=@file).")
+    try:
+        return await request.form(max_files=4, max_fields=32, max_part_size=64 * 1024)
+    except StarletteHTTPException:
+        raise
+    except Exception as exc:  # a malformed multipart body: python-multipart raises several types
+        if isinstance(exc, ApiError):
+            raise
+        raise ApiError(400, "The multipart form could not be read.") from exc
+
+
+def text_fields(form: Form, names: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name in names:
+        value = form.get(name)
+        if isinstance(value, str):
+            out[name] = value
+        elif value is not None:
+            raise ApiError(422, f"'{name}' must be a text field, not a file.")
+    return out
+
+
+def pick(fields: dict[str, str], *names: str) -> dict[str, str]:
+    return {name: fields[name] for name in names if fields.get(name, "") != ""}
+
+
+def validated(model: type[JobOptions], data: dict[str, Any]) -> JobOptions:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        message = f"{where}: {first['msg']}" if where else first["msg"]
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        raise ApiError(422, message, problems=detail) from exc
+
+
+async def upload_bytes(value: UploadFile, limit: int) -> bytes:
+    """An uploaded file's bytes, reading at most ``limit`` + 1 of them."""
+    return await value.read(limit + 1)
+
+
+async def audio_field(
+    form: Form, name: str, settings: Settings, *, required: bool = False
+) -> tuple[bytes, str | None] | None:
+    """A voice-note upload, bounded and checked from its header (size, length) before a job exists."""
+    value = form.get(name)
+    if value is None or (isinstance(value, str) and not value):
+        if required:
+            raise ApiError(422, f"Attach a voice note as the '{name}' field.")
+        return None
+    if not isinstance(value, UploadFile):
+        raise ApiError(422, f"'{name}' must be a file upload.")
+    data = await upload_bytes(value, settings.MAX_AUDIO_BYTES)
+    try:
+        if not data:
+            raise EmptyAudio()
+        if len(data) > settings.MAX_AUDIO_BYTES:
+            raise AudioTooLarge(
+                f"That file is larger than {settings.MAX_AUDIO_BYTES // 1_000_000} MB; "
+                "please send a shorter voice note."
+            )
+        duration = await asyncio.to_thread(audio_duration, data)
+        if duration is not None and is_too_long(duration, settings.MAX_AUDIO_SECONDS):
+            raise audio_too_long(duration, settings.MAX_AUDIO_SECONDS)
+    except VoxCanvasError as exc:
+        raise api_error(exc) from exc
+    return data, value.filename or None
+
+
+async def image_field(form: Form, name: str, *, required: bool = False) -> bytes | None:
+    """A start-image upload: at most MAX_IMAGE_BYTES read, format and size checked from its header."""
+    value = form.get(name)
+    if value is None or (isinstance(value, str) and not value):
+        if required:
+            raise ApiError(422, f"Attach an image (PNG, JPEG or WebP) as the '{name}' field.")
+        return None
+    if not isinstance(value, UploadFile):
+        raise ApiError(422, f"'{name}' must be a file upload.")
+    data = await upload_bytes(value, limits.MAX_IMAGE_BYTES)
+    try:
+        check_image_bytes(len(data))
+        await asyncio.to_thread(inspect_init_image, data)
+    except VoxCanvasError as exc:
+        raise api_error(exc) from exc
+    return data
