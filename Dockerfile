@@ -27,11 +27,15 @@ COPY --chown=voxcanvas:voxcanvas pyproject.toml README.md ./
 COPY --chown=voxcanvas:voxcanvas pipeline ./pipeline
 COPY --chown=voxcanvas:voxcanvas bot ./bot
 COPY --chown=voxcanvas:voxcanvas cogs ./cogs
+COPY --chown=voxcanvas:voxcanvas web ./web
 # The development kit (package `devkit`, tests/kit) is part of the distribution; small, never imported at run time.
 COPY --chown=voxcanvas:voxcanvas tests/kit ./tests/kit
 RUN pip install .
 
 VOLUME ["/data", "/cache/huggingface"]
+# The web playground and API (API_PORT). Reachable from outside the container only with
+# API_HOST=0.0.0.0, which needs API_KEYS (an open API is served on loopback only).
+EXPOSE 8080
 
 # Healthy while the process runs and its job store answers.
 HEALTHCHECK --interval=60s --timeout=10s --start-period=300s --retries=3 \

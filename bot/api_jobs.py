@@ -202,10 +202,11 @@ class ApiJobs:
     # --- cancelling ----------------------------------------------------------------------------
     async def cancel(self, record: JobRecord) -> JobRecord:
         """Cancel a queued or running job: its queued work is dropped, a running render stops at
-        its next step, and the record says ``cancelled``."""
+        its next step, its slot is given back, and the record says ``cancelled``."""
         job = self.executor.get_job(record.id)
         if job is not None:
             job.cancel()
+            job.finish("cancelled")  # the user's slot is free now; a running render stops at its next step
         try:
             return await self.store.fail(record.id, JobCancelled.default_message, state="cancelled")
         except JobStateError:
@@ -281,7 +282,9 @@ class ApiJobs:
         state: EndState = "failed",
         error: VoxCanvasError | None = None,
     ) -> None:
-        await self.runner._record_failure(job_id, text, state=state)
+        current = await self.store.get(job_id) if state == "cancelled" else None
+        if current is None or current.active:  # a cancel through the API has recorded it already
+            await self.runner._record_failure(job_id, text, state=state)
         await self._mark_delivered(job_id)
         events.error = error
         events.publish("failed", {"message": text, "state": state})

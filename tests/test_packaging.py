@@ -15,6 +15,7 @@ def _packages_on_disk() -> set[str]:
         "pipeline": ROOT / "pipeline",
         "bot": ROOT / "bot",
         "cogs": ROOT / "cogs",
+        "web": ROOT / "web",
         "devkit": ROOT / "tests" / "kit",
     }
     for name, directory in roots.items():
@@ -32,5 +33,5 @@ def test_every_package_directory_is_in_the_distribution() -> None:
 
 def test_docker_image_copies_every_package_root() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for source in ("pipeline", "bot", "cogs", "tests/kit"):
+    for source in ("pipeline", "bot", "cogs", "web", "tests/kit"):
         assert f" {source} ./{source}\n" in dockerfile, source

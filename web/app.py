@@ -612,7 +612,7 @@ async def audio_field(
             raise EmptyAudio()
         if len(data) > settings.MAX_AUDIO_BYTES:
             raise AudioTooLarge(
-                f"That file is larger than {settings.MAX_AUDIO_BYTES // 1_000_000} MB; "
+                f"That file is larger than {settings.MAX_AUDIO_BYTES / 1_000_000:g} MB; "
                 "please send a shorter voice note."
             )
         duration = await asyncio.to_thread(audio_duration, data)
@@ -639,3 +639,45 @@ async def image_field(form: Form, name: str, *, required: bool = False) -> bytes
     except VoxCanvasError as exc:
         raise api_error(exc) from exc
     return data
+
+
+class JsonTooLarge:
+    """ASGI wrapper around the whole app: the body-size cap's own 413 answer (plain text, sent by
+    Starlette's limiter outside the app's exception handlers) becomes the API's JSON error body."""
+
+    BODY: Final = ErrorBody(message="The request body is too large.").model_dump_json().encode()
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rewriting = False
+
+        async def send_json(message: Any) -> None:
+            nonlocal rewriting
+            if message["type"] == "http.response.start" and message["status"] == 413:
+                headers = dict(message.get("headers") or [])
+                if headers.get(b"content-type", b"").startswith(b"text/plain"):
+                    rewriting = True
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 413,
+                            "headers": [
+                                (b"content-type", b"application/json"),
+                                (b"content-length", str(len(self.BODY)).encode()),
+                                (b"connection", b"close"),
+                            ],
+                        }
+                    )
+                    return
+            if rewriting:
+                if message["type"] == "http.response.body" and not message.get("more_body", False):
+                    await send({"type": "http.response.body", "body": self.BODY, "more_body": False})
+                return
+            await send(message)
+
+        await self.app(scope, receive, send_json)

@@ -14,7 +14,7 @@ import uvicorn
 from bot.runner import JobRunner
 from pipeline.settings import Settings
 
-from .app import create_app
+from .app import JsonTooLarge, create_app
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class WebServer:
         if runner.api is None:
             raise WebServerError("the job runner has no API side")
         config = uvicorn.Config(
-            create_app(self.settings, runner.api, base_url=self.base_url),
+            JsonTooLarge(create_app(self.settings, runner.api, base_url=self.base_url)),
             host=self.settings.API_HOST,
             port=self.settings.API_PORT or 0,
             log_level="warning",

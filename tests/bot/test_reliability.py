@@ -78,6 +78,7 @@ def bot_env(fake_discord, tiny_sd_dir, tiny_clip_dir, trained_whisper_dir, tmp_p
         "RETENTION_DAYS": "0",
         "DATA_DIR": str(tmp_path / "data"),
         "LOG_LEVEL": "INFO",
+        "API_PORT": "",  # the Discord bot alone (the web API is tested in tests/web)
     }
 
 

@@ -32,7 +32,7 @@ def closed_port() -> int:
 
 def run_bot(tmp_path: Path, **env_overrides: str) -> tuple[subprocess.CompletedProcess[str], float]:
     env = {name: value for name, value in os.environ.items() if not name.startswith(("DISCORD_", "GEMINI_"))}
-    env.update(PYTHONPATH=str(ROOT), DATA_DIR=str(tmp_path / "data"), **env_overrides)
+    env.update(PYTHONPATH=str(ROOT), DATA_DIR=str(tmp_path / "data"), API_PORT="", **env_overrides)
     started = time.monotonic()
     done = subprocess.run(  # cwd: a directory without a .env of its own
         [sys.executable, "-m", "bot"],
