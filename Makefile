@@ -7,7 +7,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_PIP_ARGS ?= torch==2.13.0
-APT_PACKAGES ?= espeak-ng ffmpeg
+APT_PACKAGES ?= espeak-ng ffmpeg chromium
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.voxcanvas-installed
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
@@ -16,7 +16,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 .PHONY: run test lint bench install system-deps clean help
 
 help:
-	@echo "make run    start the Discord bot (needs DISCORD_TOKEN in .env — see .env.example)"
+	@echo "make run    start VoxCanvas: the web playground (http://127.0.0.1:8080/), and the Discord bot when DISCORD_TOKEN is set in .env"
 	@echo "make test   install everything into $(VENV) and run the test suite"
 	@echo "make lint   ruff format check, ruff lint, mypy (part of make test)"
 	@echo "make bench  run the benchmarks (CPU mode; BENCH_MODE=gpu on a GPU machine)"
@@ -31,9 +31,10 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 # Debian packages the tests need: espeak-ng speaks test voice notes, ffmpeg encodes them as
-# OGG/Opus like Discord does (and decodes M4A for users).
+# OGG/Opus like Discord does (and decodes M4A for users), chromium (headless, driven by
+# Playwright) tests the web playground.
 system-deps:
-	@missing=""; for tool in espeak-ng ffmpeg; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	@missing=""; for tool in espeak-ng ffmpeg chromium; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "Installing Debian packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

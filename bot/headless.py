@@ -63,11 +63,13 @@ class Headless:
         except VoxCanvasError as exc:
             log.error("model warm-up failed: %s", exc)
 
-    async def close(self) -> None:
+    async def close(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        """Stop admitting, give running jobs ``grace_s`` to finish (the rest stay queued in the
+        store for the next start), stop the executor, close the studio and the store."""
         self.executor.stop_admitting()
         try:
             if self.runner is not None:
-                await self.runner.drain(SHUTDOWN_GRACE_S)
+                await self.runner.drain(grace_s)
             await self.executor.shutdown(timeout_s=10)
         finally:
             if self.warm_up_task is not None:

@@ -53,6 +53,16 @@ STATIC = resources.files("web") / "static"
 
 
 # --- request and response models -----------------------------------------------------------------
+def known_style(value: str | None) -> str | None:
+    """A style name as the engine knows it (``None`` for none); unknown ones fail validation (422)."""
+    if value is None or not value.strip():
+        return None
+    try:
+        return check_style(value)
+    except BadRequest as exc:
+        raise ValueError(str(exc)) from exc
+
+
 class JobOptions(BaseModel):
     """What a job makes. ``text`` (an idea) or an audio upload is needed; bounds are the engine's."""
 
@@ -71,12 +81,7 @@ class JobOptions(BaseModel):
     @field_validator("style")
     @classmethod
     def _known_style(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        try:
-            return check_style(value)
-        except BadRequest as exc:
-            raise ValueError(str(exc)) from exc
+        return known_style(value)
 
     @field_validator("text", "negative_prompt")
     @classmethod
@@ -105,6 +110,11 @@ class PromptRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=limits.MAX_SEED)
     steps: int | None = Field(None, ge=limits.MIN_STEPS, le=limits.MAX_STEPS)
     guidance: float | None = Field(None, ge=limits.MIN_GUIDANCE, le=limits.MAX_GUIDANCE)
+
+    @field_validator("style")
+    @classmethod
+    def _known_style(cls, value: str | None) -> str | None:
+        return known_style(value)
 
 
 class TagsRequest(BaseModel):
@@ -363,14 +373,7 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
     @app.post("/generate/image/prompt", response_model=Generation, tags=["source designs"])
     async def image_from_prompt(body: PromptRequest, user: User) -> Generation:
         """A text prompt → a picture (through the director, renderer and critic). Waits for it."""
-        options = JobOptions(
-            text=body.prompt,
-            style=body.style,
-            negative_prompt=body.negative_prompt,
-            seed=body.seed,
-            steps=body.steps,
-            guidance=body.guidance,
-        )
+        options = validated(JobOptions, {"text": body.prompt, **body.model_dump(exclude={"prompt"})})
         record, _ = await finished(await submit(user, JobRequest("text", options.idea())))
         return Generation(generation_id=record.id, file_path=url(f"/api/jobs/{record.id}/image.png"))
 
@@ -531,7 +534,26 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
             raise api_error(exc, job_id=record.id) from exc
         return Deleted(job_id=record.id, state=record.state, deleted=deleted)
 
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """The schema, with every error answer as what it is: JSON :class:`ErrorBody` (FastAPI
+        would document it in the route's own media type, e.g. text/event-stream or image/png)."""
+        if app.openapi_schema is None:
+            schema = default_openapi()
+            for path in schema["paths"].values():
+                for operation in path.values():
+                    for code, answer in operation.get("responses", {}).items():
+                        if code.isdigit() and int(code) >= 400:
+                            answer["content"] = {"application/json": {"schema": {"$ref": ERROR_SCHEMA_REF}}}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+ERROR_SCHEMA_REF: Final = "#/components/schemas/ErrorBody"
 
 
 # --- request parsing ----------------------------------------------------------------------------
