@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
@@ -291,7 +292,7 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
         position, eta = api.position(record.id)
         result = None
         if record.state == "done" and record.result_json:
-            result = Result.model_validate_json(record.result_json).model_dump(mode="json")
+            result = json.loads(record.result_json)  # stored as the Result's own JSON dump
         done = record.state == "done"
         return JobStatus(
             job_id=record.id,
