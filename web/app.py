@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -220,7 +221,9 @@ OwnJob = Annotated[JobRecord, Depends(own_job)]
 def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] | None = None) -> FastAPI:
     """The FastAPI app serving ``api``. ``base_url`` gives the absolute URL prefix (PUBLIC_URL, or
     the address actually bound)."""
-    app = FastAPI(
+    # FastAPIOffline: FastAPI whose /docs and /redoc serve Swagger UI / ReDoc from the package,
+    # not from a CDN (the machine may be offline).
+    app = FastAPIOffline(
         title="VoxCanvas API",
         version="1.0",
         description="A spoken idea → a checked picture. The same engine, queue and store as the Discord bot.",
@@ -515,12 +518,13 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
 
     @app.post("/api/jobs/{job_id}/regenerate", status_code=202, response_model=JobCreated, tags=["jobs"])
     async def regenerate(record: OwnJob, user: User) -> JSONResponse:
-        """A new picture from the same scene with a new seed."""
+        """Again, better: the last correction prompt (or the prompt), a new seed, guidance +1.5,
+        reviewed (and corrected) again."""
         return await follow_up(record, user, "regenerate")
 
     @app.post("/api/jobs/{job_id}/vary", status_code=202, response_model=JobCreated, tags=["jobs"])
     async def vary(record: OwnJob, user: User) -> JSONResponse:
-        """A variation of the picture (image-to-image from it)."""
+        """A variation: the shown picture's prompt and settings with a new seed."""
         return await follow_up(record, user, "vary")
 
     @app.delete("/api/jobs/{job_id}", response_model=Deleted, tags=["jobs"])

@@ -81,6 +81,13 @@ async def test_job_lifecycle_events_result_files_regenerate_delete(serve):
         final = await wait_state(client, regen_id, ("done", "failed"))
         assert final["state"] == "done" and final["kind"] == "regenerate" and final["parent_job_id"] == job_id
 
+        varied = await client.post(f"/api/jobs/{job_id}/vary")
+        assert varied.status_code == 202, varied.text
+        final = await wait_state(client, varied.json()["job_id"], ("done", "failed"))
+        assert final["state"] == "done" and final["kind"] == "vary" and final["parent_job_id"] == job_id
+        assert final["result"]["rounds"][0]["prompt"] == result.best.prompt  # same prompt and settings …
+        assert final["result"]["rounds"][0]["seed"] != result.best.seed  # … a new seed
+
         deleted = await client.delete(f"/api/jobs/{job_id}")
         assert deleted.status_code == 200 and deleted.json() == {"job_id": job_id, "state": "done", "deleted": True}
         gone = await client.get(f"/api/jobs/{job_id}")
@@ -292,3 +299,22 @@ async def test_bad_requests_get_the_right_4xx(serve):
         bad_field = await client.post("/api/jobs", data={"text": "a cat", "steps": "many"}, files={"x": ("a", b"")})
         assert bad_field.status_code == 422 and bad_field.json()["message"].startswith("steps")
         await wait_state(client, multipart.json()["job_id"], ("done", "failed"))
+
+
+async def test_an_api_job_left_by_a_previous_process_is_resumed(serve, web_settings):
+    from bot.api_jobs import api_user_id
+    from bot.store import JobStore
+
+    data_dir = web_settings().DATA_DIR
+    async with await JobStore.open(data_dir) as store:  # a process died with this job queued
+        record = await store.create_job(
+            user_id=api_user_id(None), channel_id=0, kind="text", idea={"text": "a red apple", "steps": 1}
+        )
+    served = await serve()
+    async with served.client() as client:
+        events = await read_events(client, f"/api/jobs/{record.id}/events")
+        assert events[-1][0] == "done"
+        status = await wait_state(client, record.id, ("done",))
+        assert status["result"]["idea"] == "a red apple"
+    resumed = await served.runtime.store.get(record.id)
+    assert resumed.attempts == 1 and resumed.delivered_message_id == 0

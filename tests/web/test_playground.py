@@ -73,5 +73,22 @@ async def test_voice_note_to_checked_picture_in_the_browser(serve, make_voice_no
             shot = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "playground.png")
             await page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
+
+            # Regenerate: a new job from this one, followed live the same way.
+            first_job = await page.text_content("#job-id")
+            await page.click("#regenerate")
+            await page.wait_for_function(
+                f"document.getElementById('job-id').textContent !== {first_job!r}"
+                " && [...document.querySelectorAll('#trace li')].some(li => li.textContent.startsWith('Done in'))",
+                timeout=120_000,
+            )
+            assert (await page.text_content("#score")).endswith("/100")
+
+            # The interactive API docs work offline too.
+            await page.goto(served.url + "/docs")
+            await page.wait_for_selector(".swagger-ui .opblock", timeout=30_000)
+            assert "/api/generate" in await page.content()
+            outside = [u for u in requested if not u.startswith((served.url, "blob:", "data:"))]
+            assert outside == []
         finally:
             await browser.close()
