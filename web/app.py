@@ -29,6 +29,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field, ValidationError, field_validator
+from starlette.datastructures import FormData as Form
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -562,9 +563,6 @@ ERROR_SCHEMA_REF: Final = "#/components/schemas/ErrorBody"
 
 
 # --- request parsing ----------------------------------------------------------------------------
-Form = Any  # starlette's FormData
-
-
 def multipart_schema(fields: dict[str, str], *, required: list[str]) -> dict[str, Any]:
     """An OpenAPI ``requestBody`` for a multipart form (the route parses it itself, bounded)."""
     properties = {
@@ -583,11 +581,9 @@ async def read_form(request: Request) -> Form:
         raise ApiError(415, "Send this as multipart/form-data (e.g. curl -F field=@file).")
     try:
         return await request.form(max_files=4, max_fields=32, max_part_size=64 * 1024)
-    except StarletteHTTPException:
+    except StarletteHTTPException:  # the body-size cap (413)
         raise
     except Exception as exc:  # a malformed multipart body: python-multipart raises several types
-        if isinstance(exc, ApiError):
-            raise
         raise ApiError(400, "The multipart form could not be read.") from exc
 
 
