@@ -71,8 +71,8 @@ async def test_voice_note_to_checked_picture_in_the_browser(serve, make_voice_no
             assert console_errors == []
             await page.set_viewport_size({"width": 900, "height": 1000})
             shot = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "playground.png")
-            await page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
+            await page.screenshot(path=str(shot), full_page=True, scale="css")
+            assert shot.stat().st_size > 5_000
 
             # Regenerate: a new job from this one, followed live the same way.
             first_job = await page.text_content("#job-id")
