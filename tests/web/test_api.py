@@ -318,3 +318,20 @@ async def test_an_api_job_left_by_a_previous_process_is_resumed(serve, web_setti
         assert status["result"]["idea"] == "a red apple"
     resumed = await served.runtime.store.get(record.id)
     assert resumed.attempts == 1 and resumed.delivered_message_id == 0
+
+
+async def test_a_taken_port_is_a_clear_start_up_error(serve):
+    import socket
+
+    from web.server import WebServer, WebServerError
+
+    served = await serve()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        second = WebServer(served.settings.model_copy(update={"API_PORT": port}))
+        with pytest.raises(WebServerError, match=f"127.0.0.1:{port}.*API_PORT"):
+            await second.start(served.runtime.runner)
+    async with served.client() as client:  # the first server is unaffected
+        assert (await client.get("/api/config")).status_code == 200
