@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from ..critic import QAReport
+    from ..music import Music, MusicRequest
     from ..scene import Scene
     from ..settings import Settings
     from ..transcribe import Task, Transcript
@@ -221,6 +222,27 @@ class GPUExecutor:
             job, "review", functools.partial(self.engine.clip_critic.review, image, scene, prompt)
         )
         return report
+
+    async def compose(self, job: Job, request: MusicRequest) -> Music:
+        """Compose on the GPU thread as one work item of kind "music". It is scheduled like any
+        other item (started-first, per-user round robin; caps apply at admission) and never
+        batched; progress is reported per decoder step, and cancelling stops it at the next step."""
+        request = request.validated()
+        music: Music = await self._submit(job, "music", functools.partial(self._compose, job, request))
+        return music
+
+    def _compose(self, job: Job, request: MusicRequest) -> Music:
+        """Runs on the GPU thread."""
+        from ..music import MusicInterrupted
+
+        def progress(step: int, total: int) -> None:
+            if not job.cancelled:
+                self._emit(job, ProgressEvent(job.id, "music", step, total))
+
+        try:
+            return self.engine.composer.compose(request, progress=progress, should_stop=lambda: job.cancelled)
+        except MusicInterrupted:
+            raise JobCancelled() from None
 
     async def call(self, job: Job | None, kind: WorkKind, fn: Callable[..., Any], *args: Any) -> Any:
         """Run any callable on the GPU thread as a work item of ``job`` (tools, tests, CLI)."""
