@@ -174,7 +174,7 @@ class Composer(TransformersModel):
     def _load(self, device: torch.device, dtype: torch.dtype) -> ProcessorAndModel:
         from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
-        processor = AutoProcessor.from_pretrained(self.model_id)
+        processor = AutoProcessor.from_pretrained(self.model_id)  # type: ignore[no-untyped-call]
         model = pretrained_model(MusicgenForConditionalGeneration, self.model_id, device, dtype)
         return ProcessorAndModel(processor=processor, model=model)
 
