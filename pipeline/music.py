@@ -304,3 +304,11 @@ def encode_ogg_opus(
         log.warning("ffmpeg could not encode music (exit %s): %s", done.returncode, done.stderr[-500:])
         raise EncodingFailed()
     return done.stdout
+
+
+def wav_to_ogg_opus(wav: bytes) -> bytes:
+    """A WAV made by :func:`encode_wav` as OGG/Opus."""
+    import soundfile as sf
+
+    samples, rate = sf.read(io.BytesIO(wav), dtype="float32", always_2d=False)
+    return encode_ogg_opus(samples, int(rate))

@@ -65,6 +65,7 @@ class Idea:
     init_image: bytes | None = field(default=None, repr=False)
     strength: float = limits.DEFAULT_STRENGTH
     task: Literal["auto", "transcribe", "translate"] = "auto"
+    seconds: float | None = None  # music length (compose / soundtrack jobs); None: MUSIC_SECONDS
 
     @property
     def kind(self) -> str:
