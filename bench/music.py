@@ -17,9 +17,9 @@ picture queue.
     ``"extrapolated": true`` and why.
 (b) **The picture queue while music runs**: the tiny Stable Diffusion of the test suite on the same
     executor; one user's picture alone (baseline), then the same picture submitted by another user
-    right after a piece started composing. A piece is one work item: the picture waits for it to
-    finish (cancelling the piece frees the thread at the next step), so the picture's latency grows
-    by about the piece's remaining compute time; the JSON records both latencies.
+    right after a piece started composing. The executor runs waiting pictures between two decoder
+    steps of the piece, so the picture's latency grows by about one decoder step, not by the
+    piece's remaining time; the JSON records both latencies.
 
 Results: ``bench/results/music-<device>-<date>.json``.
 """
@@ -59,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench-models")
     p.add_argument("--no-queue", action="store_true", help="skip (b), the picture-queue measurement")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
+    p.add_argument("--tag", default="", help="added to the results file name")
     return p.parse_args(argv)
 
 
@@ -203,7 +204,7 @@ async def measure_queue(executor: Any, seconds: float) -> dict[str, Any]:
         "picture_behind_music_s": round(behind_music, 3),
         "music_seconds": seconds,
         "music_compute_s": round(music.elapsed_s, 3),
-        "note": "a piece is one work item: a picture submitted while it composes waits for it to finish",
+        "note": "pictures run between two decoder steps of the piece",
     }
 
 
@@ -215,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     result = asyncio.run(measure(args))
     args.out.mkdir(parents=True, exist_ok=True)
     tag = "gpu" if "cpu" not in result["device"] else "cpu"
-    path = args.out / f"music-{tag}-{args.size}-{dt.date.today().isoformat()}.json"
+    suffix = f"-{args.tag}" if args.tag else ""
+    path = args.out / f"music-{tag}-{args.size}-{dt.date.today().isoformat()}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(result, indent=2))
     print(f"wrote {path}")

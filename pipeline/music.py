@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]  # (decoder steps done, total steps) -> None
 StopFn = Callable[[], bool]  # True -> stop at the next step
+BetweenFn = Callable[[], float]  # run other work between two steps; returns the seconds it took
 
 MUSIC_SAMPLE_RATE = 32_000
 """MusicGen's EnCodec sample rate (the loaded model's own ``sampling_rate`` is what is used)."""
@@ -148,12 +149,21 @@ class _StepWatch:
     """A transformers ``StoppingCriteria``: reports progress after every decoder step and raises
     :class:`MusicInterrupted` when the job no longer wants the piece."""
 
-    def __init__(self, start_len: int, total: int, progress: ProgressFn | None, should_stop: StopFn | None) -> None:
+    def __init__(
+        self,
+        start_len: int,
+        total: int,
+        progress: ProgressFn | None,
+        should_stop: StopFn | None,
+        between_steps: BetweenFn | None = None,
+    ) -> None:
         self.start_len = start_len
         self.total = total
         self.progress = progress
         self.should_stop = should_stop
+        self.between_steps = between_steps
         self.steps = 0
+        self.paused_s = 0.0  # time spent in between_steps (other work), not composing
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         import torch
@@ -163,6 +173,8 @@ class _StepWatch:
             self.progress(min(self.steps, self.total), self.total)
         if self.should_stop is not None and self.should_stop():
             raise MusicInterrupted()
+        if self.between_steps is not None and self.steps < self.total:
+            self.paused_s += self.between_steps()
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
@@ -201,8 +213,11 @@ class Composer(TransformersModel):
         *,
         progress: ProgressFn | None = None,
         should_stop: StopFn | None = None,
+        between_steps: BetweenFn | None = None,
     ) -> Music:
-        """Compose one piece. Raises :class:`MusicInterrupted` when ``should_stop()`` turns true."""
+        """Compose one piece. Raises :class:`MusicInterrupted` when ``should_stop()`` turns true.
+        ``between_steps()`` runs after every decoder step (the executor runs other jobs' waiting
+        work there); the time it takes is not counted as the piece's compute time."""
         import torch
         from transformers import StoppingCriteriaList
 
@@ -215,7 +230,7 @@ class Composer(TransformersModel):
         inputs = processor(text=[request.prompt], padding=True, truncation=True, return_tensors="pt")
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         # The decoder's first input is its start token, one position per codebook.
-        watch = _StepWatch(start_len=1, total=total, progress=progress, should_stop=should_stop)
+        watch = _StepWatch(1, total, progress, should_stop, between_steps)
         torch.manual_seed(request.seed)
         with torch.inference_mode():
             audio = model.generate(
@@ -228,7 +243,7 @@ class Composer(TransformersModel):
         samples = audio[0, 0].float().cpu().numpy().astype(np.float32, copy=False)
         wanted = round(request.seconds * self.sample_rate)
         samples = np.clip(samples[:wanted], -1.0, 1.0)
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - started - watch.paused_s
         music = Music(
             samples=samples,
             sample_rate=self.sample_rate,

@@ -188,3 +188,44 @@ async def test_music_and_image_jobs_share_the_queue_fairly(music_executor):
     assert results[0].duration_s == pytest.approx(1.0)
     assert results[1].image.size == (64, 64)
     assert ex.metrics().running_jobs == 0
+
+
+async def test_pictures_run_between_the_steps_of_a_long_piece(music_executor):
+    """A 30 s piece does not hold a picture back: the picture, submitted while the piece composes,
+    runs between two decoder steps and is done long before the piece; the piece is the same as one
+    composed alone (renders draw from their own generators, never MusicGen's)."""
+    ex = await music_executor(DYNAMIC_BATCHING=False)
+    alone_job = ex.admit("carol")
+    alone = await ex.compose(alone_job, MusicRequest("slow strings", seconds=limits.MAX_MUSIC_SECONDS, seed=11))
+    alone_job.finish()
+    warm = ex.admit("bob")
+    render = RenderRequest(prompt="a red apple", steps=2, width=64, height=64, seed=1)
+    await ex.render(warm, render)  # the diffusion model is loaded
+    warm.finish()
+
+    composer, painter = ex.admit("alice"), ex.admit("bob")
+    steps: list[int] = []
+    started = asyncio.Event()
+
+    def listener(event: ProgressEvent) -> None:
+        if event.stage == "music" and event.total:
+            steps.append(event.step)
+            if event.step >= 20:
+                started.set()
+
+    composer.listener = listener
+    piece = asyncio.create_task(
+        ex.compose(composer, MusicRequest("slow strings", seconds=limits.MAX_MUSIC_SECONDS, seed=11))
+    )
+    await asyncio.wait_for(started.wait(), 60)
+    image = await ex.render(painter, render)
+    step_when_done = steps[-1]
+    painter.finish()
+    music = await piece
+    composer.finish()
+
+    total = ex.engine.composer.steps_for(limits.MAX_MUSIC_SECONDS)
+    assert image.image.size == (64, 64)
+    assert step_when_done < total - 100, "the picture finished while the piece was still composing"
+    assert np.array_equal(music.samples, alone.samples)
+    assert music.tokens == total
