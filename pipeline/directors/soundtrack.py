@@ -136,7 +136,8 @@ def music_idea(idea: str) -> str | None:
     """The music description when ``idea`` asks for music ("compose a calm seaside ambience" →
     "a calm seaside ambience"; "play some lofi beats for studying" → "lofi beats for studying"),
     else None (the idea is a picture)."""
-    text = " ".join(str(idea).split()).strip(" .!?")
+    # Speech recognition punctuates freely ("Please, compose a ..."): commas are no words.
+    text = " ".join(str(idea).replace(",", " ").split()).strip(" .!?")
     match = _ASK_MUSIC.match(text)
     if match is None:
         return None

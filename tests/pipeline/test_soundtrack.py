@@ -133,3 +133,25 @@ async def test_cli_voice_note_with_soundtrack(cli_env, tiny_musicgen_dir, tmp_pa
     assert result["soundtrack"]["parent_job_id"] == result["job_id"]
     info = sf.info(out_dir / "music.wav")
     assert info.samplerate == MUSIC_SAMPLE_RATE and info.frames == 2 * MUSIC_SAMPLE_RATE
+
+
+async def test_a_spoken_music_idea_is_composed_not_drawn(
+    make_settings, tiny_musicgen_dir, trained_whisper_dir, make_voice_note
+):
+    settings = make_settings(
+        MUSIC_MODEL=str(tiny_musicgen_dir), WHISPER_MODEL=str(trained_whisper_dir), MUSIC_SECONDS=2
+    )
+    executor = GPUExecutor(settings, stage_timeout_s=120)
+    await executor.start()
+    studio = Studio(settings, executor)
+    try:
+        job = executor.admit("u")
+        note = make_voice_note("Compose some calm piano music.")
+        output = await studio.listen(job, Idea(audio=note, audio_filename="note.ogg", seed=3))
+        job.finish()
+    finally:
+        await studio.aclose()
+        await executor.shutdown(timeout_s=10)
+    assert isinstance(output, MusicOutput), output.result.transcript
+    assert output.result.kind == "voice" and "compose" in (output.result.transcript or "").lower()
+    assert "piano" in output.result.music_prompt and output.result.duration_s == 2.0
