@@ -23,7 +23,7 @@ import logging
 import discord
 
 from pipeline.errors import VoxCanvasError
-from pipeline.studio import Result
+from pipeline.studio import MusicResult, Result
 
 from . import render
 from .api_jobs import NO_SURFACE, is_api_user
@@ -135,7 +135,15 @@ class Recovery:
                 if found is not None:
                     await self.store.record_delivery(record.id, message_id=found.id, channel_id=found.channel.id)
                     return
-            if record.state == "done" and record.result_json:
+            if record.state == "done" and record.result_json and record.is_music:
+                music = MusicResult.model_validate_json(record.result_json)
+                try:
+                    ogg = await self.store.read_music(record.id)
+                except VoxCanvasError as exc:
+                    await self.runner.deliver_text(record.id, surface, f"⚠️ {exc}", nonce=nonce)
+                    return
+                await self.runner.deliver_music(record.id, surface, music, ogg, nonce=nonce)
+            elif record.state == "done" and record.result_json:
                 result = Result.model_validate_json(record.result_json)
                 try:
                     image_png = await self.store.read_image(record.id)

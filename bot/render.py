@@ -21,7 +21,7 @@ from PIL import Image
 
 from pipeline.errors import VoxCanvasError
 from pipeline.executor import ProgressEvent
-from pipeline.studio import Result
+from pipeline.studio import MusicResult, Result
 
 from .limits import (
     BOOSTED_PREMIUM_TIER,
@@ -44,6 +44,8 @@ EMBED_COLOUR_LOW = 0xF1C40F
 FIELD_LIMIT = EMBED_FIELD_VALUE_CHARS
 IMAGE_NAME = "image.png"
 PALETTE_NAME = "palette.png"
+MUSIC_NAME = "soundtrack.ogg"  # OGG/Opus: Discord shows an inline player for it
+EMBED_COLOUR_MUSIC = 0x9B59B6
 
 # The result embed's fields that may grow with what a model or a user wrote.
 HEARD_FIELD = "🎙️ Heard"
@@ -147,6 +149,33 @@ def result_embed(result: Result) -> discord.Embed:
     embed.set_image(url=f"attachment://{IMAGE_NAME}")
     embed.set_footer(text=f"job {result.job_id}")
     return fit_embed(embed, RESULT_SHRINK_ORDER)
+
+
+def music_embed(result: MusicResult) -> discord.Embed:
+    """A composed piece's embed (the audio itself is the attachment, played inline by Discord)."""
+    title = f"🎵 {result.idea}" if result.kind == "soundtrack" else "🎵 " + result.music_prompt
+    embed = discord.Embed(title=_clip(title, EMBED_TITLE_CHARS), colour=EMBED_COLOUR_MUSIC)
+    if result.transcript is not None:
+        embed.add_field(name=HEARD_FIELD, value=f"“{_clip(result.transcript, 900)}”", inline=False)
+    embed.add_field(name="Music prompt", value=_clip(result.music_prompt), inline=False)
+    composer = {"user": "your description", "gemini": "Gemini (director)", "local": "local director"}
+    embed.add_field(name="Written by", value=composer.get(result.director, result.director), inline=True)
+    embed.add_field(
+        name="Audio", value=f"{result.duration_s:g} s · {result.sample_rate // 1000} kHz · seed `{result.seed}`"
+    )
+    embed.add_field(name="Time", value=f"{result.total_s:.1f} s", inline=True)
+    embed.set_footer(text=f"job {result.job_id}")
+    return fit_embed(embed)
+
+
+def music_content(result: MusicResult) -> str:
+    if result.kind == "soundtrack":
+        return "A soundtrack for the picture:"
+    return "Your music:"
+
+
+def music_files(music_ogg: bytes) -> list[Upload]:
+    return [Upload(MUSIC_NAME, music_ogg)]
 
 
 def fit_embed(embed: discord.Embed, shrink_first: Sequence[str] = ()) -> discord.Embed:
@@ -389,6 +418,11 @@ def progress_line(event: ProgressEvent, *, corrections: int = 0) -> str:
             verb = "Correcting" if corrections else "Rendering"
             return f"🎨 {verb} {bar} {event.step}/{event.total}"
         return "🎨 Rendering…"
+    if event.stage == "music":
+        if event.total:
+            filled = round(10 * event.step / event.total)
+            return f"🎵 Composing {'█' * filled}{'░' * (10 - filled)} {event.step}/{event.total}"
+        return "🎵 Composing…"
     if event.stage == "correct":
         return "🛠️ Score below the bar — correcting…"
     return STAGE_LINES.get(event.stage, f"{event.stage}…")

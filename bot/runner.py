@@ -31,7 +31,8 @@ from pipeline.errors import BadRequest, ModelUnavailable, VoxCanvasError
 from pipeline.executor import Executor, Job, ProgressEvent
 from pipeline.images import check_image_bytes, inspect_init_image
 from pipeline.limits import RESULT_SAVE_ATTEMPTS, RESULT_SAVE_RETRY_DELAY_S
-from pipeline.studio import Idea, Output, Result, Studio, new_job_id
+from pipeline.music import wav_to_ogg_opus
+from pipeline.studio import Idea, MusicOutput, MusicResult, Output, Result, Studio, new_job_id
 
 from . import render
 from .progress import ProgressReporter
@@ -49,6 +50,7 @@ PICTURE_GONE = (
     "🗑️ That picture is no longer in my history (it was deleted or has expired), so I can't rework it. "
     "Start a new one with /imagine."
 )
+NOT_A_PICTURE = "🎵 That's a piece of music, not a picture — there's nothing to rework."
 PICTURE_GONE_DETAILS = "🗑️ That picture is no longer in my history (it was deleted or has expired)."
 PARENT_GONE = "The picture this was based on has been deleted, so I can't rework it."
 DOWNLOAD_FAILED = "📥 I couldn't download that voice note — please send it again."
@@ -60,12 +62,15 @@ RESULT_REFUSED = (
 )
 REDUCED_IMAGE_NAME = "image.jpg"
 JPEG_QUALITY = 90
+MUSIC_REFUSED = (
+    "😵 Your music is ready, but Discord refused to show it (job `{job_id}`). I've logged it; please try again."
+)
 MODEL_UNAVAILABLE = (
     "A model I need couldn't be loaded, so I can't make pictures right now. I've logged the details "
     "for the operator (job `{job_id}`); please try again later."
 )
 
-Work = Callable[[Job], Awaitable[Output]]
+Work = Callable[[Job], Awaitable[Output | MusicOutput]]
 Refuse = Callable[[VoxCanvasError], Awaitable[object]]
 
 
@@ -94,11 +99,12 @@ class JobOrigin:
 
 @dataclass(frozen=True, slots=True)
 class JobRequest:
-    """What a job makes: a picture from an idea, or a rework (regenerate / vary) of ``previous``."""
+    """What a job makes: a picture from an idea, a rework (regenerate / vary) of ``previous``, music
+    from a description (compose), or a soundtrack for ``previous``."""
 
     kind: JobKind
     idea: Idea
-    previous: Result | None = None  # the picture a regenerate / vary reworks
+    previous: Result | None = None  # the picture a regenerate / vary reworks, or a soundtrack scores
 
     @property
     def parent_job_id(self) -> str | None:
@@ -159,17 +165,34 @@ class JobRunner:
 
         await self._start_from_interaction(interaction, request)
 
+    async def start_compose(self, interaction: discord.Interaction, description: str, seconds: float) -> None:
+        """/compose: music from a description, queued, capped and delivered like a picture."""
+
+        async def request() -> JobRequest:
+            return JobRequest("compose", Idea(text=description, seconds=seconds))
+
+        await self._start_from_interaction(interaction, request)
+
     async def start_follow_up(
-        self, interaction: discord.Interaction, parent_id: str, *, kind: Literal["regenerate", "vary"]
+        self,
+        interaction: discord.Interaction,
+        parent_id: str,
+        *,
+        kind: Literal["regenerate", "vary", "soundtrack"],
     ) -> None:
-        """Regenerate / Vary buttons: a new job for whoever pressed, from a stored job."""
+        """Regenerate / Vary / Soundtrack buttons: a new job for whoever pressed, from a stored job."""
         parent = await self.store.get(parent_id)
         if parent is None or not parent.result_json:
             await interaction.response.send_message(PICTURE_GONE, ephemeral=True)
             return
+        if parent.is_music:
+            await interaction.response.send_message(NOT_A_PICTURE, ephemeral=True)
+            return
         previous = Result.model_validate_json(parent.result_json)
 
         async def request() -> JobRequest:
+            if kind == "soundtrack":  # from the picture's scene; no start image, the default length
+                return JobRequest(kind, Idea(), previous)
             idea = idea_from_record(parent)
             idea.init_image = await self.store.read_init_image(parent_id)
             return JobRequest(kind, idea, previous)
@@ -207,6 +230,9 @@ class JobRunner:
         record = await self.store.get(job_id)
         if record is None or not record.result_json:
             await interaction.response.send_message(PICTURE_GONE_DETAILS, ephemeral=True)
+            return
+        if record.is_music:
+            await interaction.response.send_message(NOT_A_PICTURE, ephemeral=True)
             return
         result = Result.model_validate_json(record.result_json)
         await interaction.response.send_message(render.details_text(result), ephemeral=True)
@@ -322,9 +348,13 @@ class JobRunner:
             log.error("task %s died: %s", task.get_name(), exc, exc_info=exc)
 
     def _work(self, request: JobRequest) -> Work:
-        """The studio call that makes the request's picture."""
+        """The studio call that makes the request's picture (or music)."""
         idea, previous = request.idea, request.previous
-        if request.kind not in ("regenerate", "vary"):
+        if request.kind == "compose":
+            return lambda job: self.studio.compose(job, idea.text or "", seconds=idea.seconds, seed=idea.seed)
+        if request.kind == "voice":  # a spoken idea that asks for music is composed, not drawn
+            return lambda job: self.studio.listen(job, idea, music_seconds=idea.seconds)
+        if request.kind not in ("regenerate", "vary", "soundtrack"):
             return lambda job: self.studio.run(job, idea)
         if previous is None:
 
@@ -332,6 +362,8 @@ class JobRunner:
                 raise BadRequest(PARENT_GONE)
 
             return parent_gone
+        if request.kind == "soundtrack":
+            return lambda job: self.studio.soundtrack(job, previous, seconds=idea.seconds, seed=idea.seed)
         rework = self.studio.regenerate if request.kind == "regenerate" else self.studio.vary
         return lambda job: rework(job, previous, init_image=idea.init_image)
 
@@ -376,6 +408,9 @@ class JobRunner:
                 await self._end_without_picture(job.id, surface, nonce, apology, error=apology)
                 return
             job.finish("done")  # the GPU part is over: free the user's slot before saving and delivery
+            if isinstance(output, MusicOutput):
+                await self._save_and_deliver_music(job.id, surface, nonce, output, reporter)
+                return
             saved = await self._save(job.id, output)
             await reporter.close()
             if saved is not True:
@@ -419,6 +454,57 @@ class JobRunner:
                     await asyncio.sleep(RESULT_SAVE_RETRY_DELAY_S)
         await self._record_failure(job_id, UNSAVED)
         return None
+
+    async def _save_and_deliver_music(
+        self, job_id: str, surface: Surface, nonce: str, output: MusicOutput, reporter: ProgressReporter
+    ) -> None:
+        """Save a composed piece (OGG/Opus, what Discord plays) like a picture, then deliver it."""
+        ogg = output.ogg
+        if ogg is None:  # the studio was asked for WAV only: encode for Discord now
+            ogg = await asyncio.to_thread(wav_to_ogg_opus, output.wav)
+        saved: bool | StoreError = False
+        for attempt in range(1, RESULT_SAVE_ATTEMPTS + 1):
+            try:
+                await self.store.complete_music(
+                    job_id,
+                    result_json=output.result.model_dump_json(),
+                    title=f"🎵 {output.result.music_prompt}"[:200],
+                    music_ogg=ogg,
+                )
+                saved = True
+                break
+            except (JobStateError, JobNotFound) as exc:
+                saved = exc
+                break
+            except Exception:
+                log.exception(
+                    "job %s: saving the music failed (attempt %d of %d)", job_id, attempt, RESULT_SAVE_ATTEMPTS
+                )
+                if attempt < RESULT_SAVE_ATTEMPTS:
+                    await asyncio.sleep(RESULT_SAVE_RETRY_DELAY_S)
+        await reporter.close()
+        if isinstance(saved, StoreError):
+            await self._end_without_picture(job_id, surface, nonce, f"⚠️ {saved.user_message}", error=saved.user_message)
+            return
+        if not saved:
+            await self._record_failure(job_id, UNSAVED)
+            log.warning("job %s: delivering its music from memory; it could not be saved", job_id)
+        await self.deliver_music(job_id, surface, output.result, ogg, nonce=nonce)
+
+    async def deliver_music(
+        self, job_id: str, surface: Surface, result: MusicResult, ogg: bytes, *, nonce: str
+    ) -> None:
+        """Show a composed piece: the OGG/Opus attachment (Discord plays it inline) and its embed.
+        If Discord refuses it, an apology; the store's ``error`` says so."""
+        parts = MessageParts(
+            render.music_content(result), embed=render.music_embed(result), files=render.music_files(ogg)
+        )
+        refused = await self._try_deliver(job_id, surface, parts, nonce=nonce)
+        if refused is None:
+            return
+        log.error("job %s: the music was refused (%s)", job_id, refused)
+        note = f"Discord refused the music ({refused}); an apology was shown."
+        await self.deliver_text(job_id, surface, MUSIC_REFUSED.format(job_id=job_id), nonce=nonce, note=note)
 
     async def _record_failure(self, job_id: str, error: str, *, state: EndState = "failed") -> None:
         """Mark the job failed (or cancelled) with ``error``; a store that can't is logged, never raised."""

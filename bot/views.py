@@ -1,13 +1,14 @@
-"""Persistent buttons: Regenerate, Vary, Details.
+"""Persistent buttons: Regenerate, Vary, Soundtrack, Details.
 
-All three are :class:`JobButton`, a ``discord.ui.DynamicItem`` whose ``custom_id`` carries the
+All four are :class:`JobButton`, a ``discord.ui.DynamicItem`` whose ``custom_id`` carries the
 action and the job id (``voxcanvas:<action>:<job id>``, well under Discord's 100 characters).
 discord.py matches the template on every component interaction, also for messages posted before a
 restart, and the callback loads the job from the store — no state lives in memory.
 
 Who may press them: anyone who can see the message. Regenerate and Vary start a new job that
 belongs to the person who pressed (it counts against *their* queue limit, and the new picture is
-posted for them); Details answers privately (ephemeral).
+posted for them); Soundtrack likewise composes music from the picture's scene and posts it as an
+audio attachment; Details answers privately (ephemeral).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Action = Literal["regen", "vary", "details"]
+Action = Literal["regen", "vary", "music", "details"]
 ACTIONS: tuple[Action, ...] = get_args(Action)
 JOB_ID = r"(?P<job_id>[0-9a-f]{8,32})"
 
@@ -31,10 +32,13 @@ JOB_ID = r"(?P<job_id>[0-9a-f]{8,32})"
 BUTTONS: dict[Action, tuple[str, str, discord.ButtonStyle]] = {
     "regen": ("Regenerate", "🔁", discord.ButtonStyle.primary),
     "vary": ("Vary", "🎲", discord.ButtonStyle.secondary),
+    "music": ("Soundtrack", "🎵", discord.ButtonStyle.secondary),
     "details": ("Details", "🔎", discord.ButtonStyle.secondary),
 }
 
 Button = discord.ui.Button[discord.ui.View]
+FollowUp = Literal["regenerate", "vary", "soundtrack"]
+FOLLOW_UPS: dict[Action, FollowUp] = {"regen": "regenerate", "vary": "vary", "music": "soundtrack"}
 
 
 class JobButton(discord.ui.DynamicItem[Button], template=rf"voxcanvas:(?P<action>{'|'.join(ACTIONS)}):{JOB_ID}"):
@@ -57,9 +61,7 @@ class JobButton(discord.ui.DynamicItem[Button], template=rf"voxcanvas:(?P<action
         if self.action == "details":
             await runner.show_details(interaction, self.job_id)
         else:
-            await runner.start_follow_up(
-                interaction, self.job_id, kind="regenerate" if self.action == "regen" else "vary"
-            )
+            await runner.start_follow_up(interaction, self.job_id, kind=FOLLOW_UPS[self.action])
 
 
 DYNAMIC_ITEMS = (JobButton,)

@@ -1,7 +1,13 @@
-"""``python -m pipeline``: turn a voice note or a text into image.png, palette.png and result.json.
+"""``python -m pipeline``: turn a voice note or a text into image.png, palette.png and result.json
+(or music into music.wav and result.json).
 
     python -m pipeline note.ogg --out out/
     python -m pipeline --text "a lighthouse in a storm" --style watercolour --out out/
+    python -m pipeline --music "a calm seaside ambience" --seconds 10 --out out/
+    python -m pipeline note.ogg --soundtrack --out out/     # the picture, and music for it
+
+An idea that asks for music ("compose a calm seaside ambience"), spoken or typed, is composed
+instead of drawn.
 
 Exit codes: 0 done, 2 bad input (the message says what to change), 3 a model could not be
 loaded (the message names the setting), 1 anything unexpected.
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -22,6 +29,7 @@ from .logs import configure_logging
 
 if TYPE_CHECKING:
     from .executor import ProgressEvent
+    from .studio import MusicOutput
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_MODEL = 0, 1, 2, 3
 
@@ -36,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("audio", nargs="?", type=Path, help="a voice note or audio file (OGG/Opus, WAV, FLAC, MP3, M4A)")
     p.add_argument("--text", help="the idea as text, instead of an audio file")
+    p.add_argument("--music", metavar="TEXT", help="compose music from this description (writes music.wav)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        help=f"music length ({limits.MIN_MUSIC_SECONDS}-{limits.MAX_MUSIC_SECONDS} s; default: MUSIC_SECONDS)",
+    )
+    p.add_argument("--soundtrack", action="store_true", help="also compose music for the picture (writes music.wav)")
     p.add_argument("--out", type=Path, default=Path("out"), help="output directory (default: out/)")
     p.add_argument("--style", help="a style name (e.g. photographic, watercolour, anime, pixel art)")
     p.add_argument("--negative", dest="negative_prompt", metavar="TEXT", help="things to keep out of the picture")
@@ -70,8 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if (args.audio is None) == (args.text is None):
-        print('error: give either an audio file or --text "your idea" (not both)', file=sys.stderr)
+    if sum(x is not None for x in (args.audio, args.text, args.music)) != 1:
+        print('error: give one of an audio file, --text "your idea" or --music "a description"', file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.music is not None and args.soundtrack:
+        print("error: --soundtrack goes with a picture (an audio file or --text), not --music", file=sys.stderr)
         return EXIT_BAD_INPUT
     configure_logging(
         logging.DEBUG if args.verbose else logging.WARNING,
@@ -91,7 +109,7 @@ async def _run(args: argparse.Namespace) -> int:
     from .executor import GPUExecutor
     from .images import read_init_image_file
     from .settings import get_settings
-    from .studio import Idea, Studio
+    from .studio import Idea, MusicOutput, Output, Studio
 
     try:
         settings = get_settings()
@@ -120,8 +138,16 @@ async def _run(args: argparse.Namespace) -> int:
     job = executor.admit("cli")
     job.listener = progress.update
     studio = Studio(settings, executor)
+    soundtrack: MusicOutput | None = None
     try:
-        output = await studio.run(job, idea)
+        output: Output | MusicOutput
+        if args.music is not None:
+            output = await studio.compose(job, args.music, seconds=args.seconds, seed=args.seed, ogg=False)
+        else:
+            output = await studio.listen(job, idea, music_seconds=args.seconds)
+            if args.soundtrack and isinstance(output, Output):
+                progress.close()
+                soundtrack = await studio.soundtrack(job, output.result, seconds=args.seconds, ogg=False)
     except ModelUnavailable as exc:
         progress.close()
         print(f"error: {exc}", file=sys.stderr)
@@ -138,11 +164,21 @@ async def _run(args: argparse.Namespace) -> int:
         await executor.shutdown(timeout_s=5)
     job.finish("done")
 
-    result = output.result
     args.out.mkdir(parents=True, exist_ok=True)
+    if isinstance(output, MusicOutput):
+        (args.out / "music.wav").write_bytes(output.wav)
+        (args.out / "result.json").write_text(output.result.model_dump_json(indent=2), encoding="utf-8")
+        _print_music(output)
+        print(f"wrote:     {args.out / 'music.wav'}, {args.out / 'result.json'}")
+        return EXIT_OK
+    result = output.result
     (args.out / "image.png").write_bytes(output.image_png)
     (args.out / "palette.png").write_bytes(output.palette_png)
-    (args.out / "result.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
+    record = result.model_dump(mode="json")
+    if soundtrack is not None:
+        (args.out / "music.wav").write_bytes(soundtrack.wav)
+        record["soundtrack"] = soundtrack.result.model_dump(mode="json")
+    (args.out / "result.json").write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
 
     if result.transcript is not None:
         lang = f" [{result.language}{', translated' if result.translated else ''}]"
@@ -159,8 +195,22 @@ async def _run(args: argparse.Namespace) -> int:
     print(f"prompt:    {best.prompt}")
     print(f"seed:      {best.seed}  steps {best.steps}  guidance {best.guidance:g}")
     print(f"palette:   {' '.join(result.palette)}")
-    print(f"wrote:     {args.out / 'image.png'}, {args.out / 'palette.png'}, {args.out / 'result.json'}")
+    wrote = ["image.png", "palette.png", "result.json"] + (["music.wav"] if soundtrack is not None else [])
+    if soundtrack is not None:
+        _print_music(soundtrack)
+    print(f"wrote:     {', '.join(str(args.out / name) for name in wrote)}")
     return EXIT_OK
+
+
+def _print_music(output: MusicOutput) -> None:
+    music = output.result
+    if music.transcript is not None:
+        print(f"heard:     {music.transcript}")
+    print(f"music:     {music.music_prompt}  ({music.director})")
+    print(
+        f"audio:     {music.duration_s:g} s at {music.sample_rate} Hz, seed {music.seed}, "
+        f"composed in {music.compose_s:.1f} s ({music.realtime_factor:.2f}x real time)"
+    )
 
 
 class _Progress:
@@ -174,6 +224,7 @@ class _Progress:
         "render": "Rendering",
         "review": "Reviewing",
         "correct": "Correcting",
+        "music": "Composing",
     }
 
     def __init__(self, enabled: bool) -> None:
@@ -186,11 +237,12 @@ class _Progress:
             return
         from tqdm import tqdm
 
-        if event.stage == "render" and event.total:
-            if self.bar is None or self.stage != "render":
+        if event.stage in ("render", "music") and event.total:
+            if self.bar is None or self.stage != event.stage:
                 self.close()
-                self.bar = tqdm(total=event.total, desc="Rendering", unit="step", file=sys.stderr, leave=False)
-                self.stage = "render"
+                label = self.LABELS[event.stage]
+                self.bar = tqdm(total=event.total, desc=label, unit="step", file=sys.stderr, leave=False)
+                self.stage = event.stage
             self.bar.n = event.step
             self.bar.refresh()
             return

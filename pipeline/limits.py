@@ -25,6 +25,16 @@ MIN_STRENGTH: Final = 0.05  # image-to-image: below this the picture would not c
 MAX_STRENGTH: Final = 1.0
 DEFAULT_STRENGTH: Final = 0.75
 
+# --- music (MusicGen soundtracks) -------------------------------------------------------------
+MIN_MUSIC_SECONDS: Final = 1
+MAX_MUSIC_SECONDS: Final = 30  # MusicGen's training length; longer needs windowed continuation
+MIN_COMPOSE_SECONDS: Final = 5  # the /compose option's lower bound (shorter is hardly a soundtrack)
+MAX_MUSIC_PROMPT_CHARS: Final = 1000
+MIN_MUSIC_GUIDANCE: Final = 1.0
+MAX_MUSIC_GUIDANCE: Final = 10.0
+DEFAULT_MUSIC_GUIDANCE: Final = 3.0  # MusicGen's own default (classifier-free guidance)
+MUSIC_ENCODE_TIMEOUT_S: Final = 60.0  # ffmpeg encoding 30 s of audio takes well under a second
+
 # --- self-correction ---------------------------------------------------------------------------
 GUIDANCE_STEP: Final = 1.5  # each correction round: guidance +1.5 (7.5 → 9.0)
 STEPS_STEP: Final = 5  # each correction round: steps +5 (25 → 30)

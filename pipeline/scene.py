@@ -23,6 +23,7 @@ from pydantic.json_schema import SkipJsonSchema
 from .limits import (
     MAX_ELEMENT_CHARS,
     MAX_ELEMENTS,
+    MAX_MUSIC_PROMPT_CHARS,
     MAX_NEGATIVE_PROMPT_CHARS,
     MAX_PALETTE_COLOURS,
     MAX_PROMPT_CHARS,
@@ -97,6 +98,10 @@ def _prompt_text(value: str) -> str:
     if len(value) > MAX_PROMPT_CHARS:
         raise ValueError(f"is far too long for a diffusion prompt (over {MAX_PROMPT_CHARS} characters)")
     return value
+
+
+def _music_prompt(value: str) -> str:
+    return shorten(one_line(value), MAX_MUSIC_PROMPT_CHARS, ellipsis=False)
 
 
 def language_code(value: str) -> str:
@@ -191,6 +196,11 @@ class Scene(BaseModel):
         description=f"{MIN_TAGS} to {MAX_TAGS} short lowercase English tags (one or two words each).",
     )
     style: StyleField | None = Field(default=None, description="The visual style, one of the allowed names, or null.")
+    music_prompt: Annotated[str, AfterValidator(_music_prompt)] = Field(
+        default="",
+        description="A MusicGen prompt for a soundtrack to the picture, in English, one line, at most 40 words: "
+        "mood, genre, instruments, the setting's sounds, warm or cool tone (from the palette), tempo in bpm.",
+    )
     #: "director": the palette was chosen for this idea; "default": a style's stock palette (the
     #: idea named no colours), which the loop replaces with the rendered image's own colours.
     #: Not part of the schema a language model sees.

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     CLIP_MODEL: str = "openai/clip-vit-large-patch14"
     DEVICE: Literal["auto", "cuda", "cpu"] = "auto"
     SAFETY_CHECKER: bool = True
+    MUSIC_MODEL: str = "facebook/musicgen-small"
+    # Soundtrack length in seconds (MusicGen's 30 s at most); /compose and the CLI may ask for less.
+    MUSIC_SECONDS: float = Field(limits.MAX_MUSIC_SECONDS, ge=limits.MIN_MUSIC_SECONDS, le=limits.MAX_MUSIC_SECONDS)
 
     # --- rendering defaults (bounds: pipeline/limits.py, checked below) ---
     STEPS: int = 25

@@ -18,17 +18,18 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from . import limits
 from .audio import SAMPLE_RATE, decode_audio
 from .critic import GeminiCritic, QAReport
-from .directors import GeminiDirector, LocalDirector
+from .directors import GeminiDirector, LocalDirector, music_idea, music_prompt_for
 from .errors import BadAudio, BadRequest, ProviderError
 from .executor import Executor, Job, ProgressEvent, Stage
 from .gemini import make_client
+from .music import Music, MusicRequest, encode_ogg_opus, encode_wav
 from .palette import extract_palette, swatch_png
 from .scene import Scene
 from .settings import Settings
@@ -64,6 +65,7 @@ class Idea:
     init_image: bytes | None = field(default=None, repr=False)
     strength: float = limits.DEFAULT_STRENGTH
     task: Literal["auto", "transcribe", "translate"] = "auto"
+    seconds: float | None = None  # music length (compose / soundtrack jobs); None: MUSIC_SECONDS
 
     @property
     def kind(self) -> str:
@@ -165,6 +167,37 @@ class Output:
     result: Result
     image_png: bytes = field(repr=False)
     palette_png: bytes = field(repr=False)
+
+
+class MusicResult(BaseModel):
+    """Everything about a composed piece except the audio bytes (see :class:`MusicOutput`)."""
+
+    job_id: str
+    kind: str  # "compose" (a description) | "voice" (a spoken music idea) | "soundtrack" (a picture's)
+    parent_job_id: str | None = None  # the picture a soundtrack was composed for
+    idea: str  # what was asked, said, or the picture's title
+    transcript: str | None = None
+    music_prompt: str
+    director: str  # "user" (the description as given) | "gemini" | "local" (the scene's music prompt)
+    seed: int
+    seconds: float
+    duration_s: float
+    sample_rate: int
+    guidance: float
+    tokens: int
+    compose_s: float
+    realtime_factor: float
+    timings: dict[str, float] = Field(default_factory=dict)
+    total_s: float = 0.0
+
+
+@dataclass
+class MusicOutput:
+    """A composed piece: WAV (API, CLI) and, when asked for, OGG/Opus (Discord plays it inline)."""
+
+    result: MusicResult
+    wav: bytes = field(repr=False)
+    ogg: bytes | None = field(default=None, repr=False)
 
 
 StageListener = Callable[[ProgressEvent], None]
@@ -283,6 +316,141 @@ class Studio:
         best = previous.best
         request = _request_like(best, prompt=best.prompt, guidance=best.guidance, init_image=init_image)
         return await self._follow_up(job, previous, request, kind="vary")
+
+    # --- music -----------------------------------------------------------------------------------
+    async def compose(
+        self,
+        job: Job,
+        description: str,
+        *,
+        seconds: float | None = None,
+        seed: int | None = None,
+        ogg: bool = True,
+        kind: str = "compose",
+        transcript: str | None = None,
+    ) -> MusicOutput:
+        """Music from a description as the user wrote (or said) it."""
+        return await self._compose(
+            job,
+            MusicRequest(description, seconds=seconds or self.settings.MUSIC_SECONDS, seed=seed),
+            kind=kind,
+            idea=description,
+            transcript=transcript,
+            director="user",
+            ogg=ogg,
+        )
+
+    async def soundtrack(
+        self, job: Job, previous: Result, *, seconds: float | None = None, seed: int | None = None, ogg: bool = True
+    ) -> MusicOutput:
+        """The Soundtrack button: music for a finished picture, from its scene's music prompt
+        (written by the director that made the scene; pictures made before there was one get the
+        local director's)."""
+        scene = previous.scene
+        prompt = scene.music_prompt or music_prompt_for(scene)
+        director = previous.director if scene.music_prompt else "local"
+        return await self._compose(
+            job,
+            MusicRequest(prompt, seconds=seconds or self.settings.MUSIC_SECONDS, seed=seed),
+            kind="soundtrack",
+            idea=scene.title,
+            director=director,
+            parent_job_id=previous.job_id,
+            ogg=ogg,
+        )
+
+    async def listen(self, job: Job, idea: Idea, *, music_seconds: float | None = None) -> Output | MusicOutput:
+        """A spoken or typed idea: music when it asks for music ("compose a calm seaside
+        ambience"), else :meth:`run`'s picture. The voice note is transcribed once."""
+        if idea.kind == "voice":
+            started = time.perf_counter()
+            timings: dict[str, float] = {}
+            text, heard = await self._hear(job, idea, timings)
+            description = music_idea(text)
+            if description is None:
+                picture = replace(idea, text=text, audio=None, audio_path=None)
+                output = await self.run(job, picture)
+                output.result.kind = "voice"
+                output.result.transcript = heard.get("transcript")
+                output.result.language = heard.get("language") or output.result.language
+                output.result.translated = bool(heard.get("translated"))
+                output.result.audio_seconds = heard.get("audio_seconds")
+                output.result.idea = text
+                output.result.timings = {**{k: round(v, 4) for k, v in timings.items()}, **output.result.timings}
+                output.result.total_s = round(time.perf_counter() - started, 4)
+                return output
+            return await self.compose(
+                job, description, seconds=music_seconds, seed=idea.seed, kind="voice", transcript=text
+            )
+        description = music_idea(idea.text or "")
+        if description is None:
+            return await self.run(job, idea)
+        return await self.compose(job, description, seconds=music_seconds, seed=idea.seed)
+
+    async def _hear(self, job: Job, idea: Idea, timings: dict[str, float]) -> tuple[str, dict[str, Any]]:
+        self._stage(job, "decode")
+        t0 = time.perf_counter()
+        async with self._decode_slots:
+            audio = await asyncio.to_thread(
+                decode_audio,
+                await idea.read_audio(),
+                max_seconds=self.settings.MAX_AUDIO_SECONDS,
+                max_bytes=self.settings.MAX_AUDIO_BYTES,
+                filename=idea.audio_filename,
+            )
+        timings["decode"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        heard = await self.executor.transcribe(job, audio, idea.task)
+        timings["transcribe"] = time.perf_counter() - t0
+        if not heard.text.strip():
+            raise BadRequest("There's nothing to go on yet — say your idea in a few words.")
+        info = {
+            "transcript": heard.text,
+            "language": heard.language,
+            "translated": heard.translated,
+            "audio_seconds": len(audio) / SAMPLE_RATE,
+        }
+        return heard.text, info
+
+    async def _compose(
+        self,
+        job: Job,
+        request: MusicRequest,
+        *,
+        kind: str,
+        idea: str,
+        director: str,
+        ogg: bool,
+        transcript: str | None = None,
+        parent_job_id: str | None = None,
+    ) -> MusicOutput:
+        started = time.perf_counter()
+        request = request.validated()  # BadRequest before queueing
+        music: Music = await self.executor.compose(job, request)
+        t0 = time.perf_counter()
+        wav = await asyncio.to_thread(encode_wav, music.samples, music.sample_rate)
+        ogg_bytes = await asyncio.to_thread(encode_ogg_opus, music.samples, music.sample_rate) if ogg else None
+        info = music.info()
+        result = MusicResult(
+            job_id=job.id,
+            kind=kind,
+            parent_job_id=parent_job_id,
+            idea=idea,
+            transcript=transcript,
+            music_prompt=music.prompt,
+            director=director,
+            seed=music.seed,
+            seconds=music.seconds,
+            duration_s=info["duration_s"],
+            sample_rate=music.sample_rate,
+            guidance=music.guidance,
+            tokens=music.tokens,
+            compose_s=info["elapsed_s"],
+            realtime_factor=info["realtime_factor"],
+            timings={"compose": info["elapsed_s"], "encode": round(time.perf_counter() - t0, 4)},
+            total_s=round(time.perf_counter() - started, 4),
+        )
+        return MusicOutput(result=result, wav=wav, ogg=ogg_bytes)
 
     # --- internals -------------------------------------------------------------------------------
     async def _follow_up(self, job: Job, previous: Result, request: RenderRequest, *, kind: str) -> Output:

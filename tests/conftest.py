@@ -88,3 +88,11 @@ def make_voice_note():
 
     require_tools("espeak-ng", "ffmpeg")
     return maker
+
+
+# ------------------------------------------------------------------------------------------------
+# Music: a tiny random-weight MusicGen (T5 + decoder + EnCodec), built once per session.
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_musicgen_dir(models_dir: Path) -> Path:
+    return builders.build_musicgen(models_dir / "tiny-musicgen")

@@ -41,6 +41,8 @@ PALETTE_FILE: Final = "palette.png"
 INIT_IMAGE_FILE: Final = "init.png"
 RESULT_MARKER: Final = "result.json"  # written last by complete(): the picture files are whole
 RESULT_FILES: Final = (IMAGE_FILE, PALETTE_FILE, RESULT_MARKER)
+MUSIC_FILE: Final = "music.ogg"  # a composed piece as Discord plays it (OGG/Opus)
+MUSIC_RESULT_FILES: Final = (MUSIC_FILE, RESULT_MARKER)
 _AUDIO_EXT = re.compile(r"[a-z0-9]{1,8}")
 FILE_MODE: Final = 0o600
 DIR_MODE: Final = 0o700
@@ -121,6 +123,12 @@ def write_result_files(directory: Path, image_png: bytes, palette_png: bytes, ma
     write_files(directory, [(RESULT_MARKER, marker)], durable=durable)
 
 
+def write_music_files(directory: Path, music_ogg: bytes, marker: bytes, *, durable: bool) -> None:
+    """The piece first, then :data:`RESULT_MARKER`: its presence means the piece is whole."""
+    write_files(directory, [(MUSIC_FILE, music_ogg)], durable=durable)
+    write_files(directory, [(RESULT_MARKER, marker)], durable=durable)
+
+
 def read_file(path: Path) -> bytes:
     return path.read_bytes()
 
@@ -146,7 +154,8 @@ def find_result_markers(jobs_dir: Path, job_ids: Iterable[str]) -> list[tuple[st
         directory = jobs_dir / job_id
         marker = directory / RESULT_MARKER
         if marker.is_file():
-            if (directory / IMAGE_FILE).is_file() and (directory / PALETTE_FILE).is_file():
+            picture = (directory / IMAGE_FILE).is_file() and (directory / PALETTE_FILE).is_file()
+            if picture or (directory / MUSIC_FILE).is_file():
                 found.append((job_id, marker.read_bytes()))
             else:
                 with contextlib.suppress(OSError):
@@ -269,6 +278,14 @@ class JobFiles:
             )
         except OSError as exc:
             log.error("job %s: can't save its picture: %s", job_id, exc)
+            raise StoreError() from exc
+
+    async def save_music(self, job_id: str, music_ogg: bytes, marker: bytes) -> None:
+        """See :func:`write_music_files`."""
+        try:
+            await asyncio.to_thread(write_music_files, self.job_dir(job_id), music_ogg, marker, durable=self.durable)
+        except OSError as exc:
+            log.error("job %s: can't save its music: %s", job_id, exc)
             raise StoreError() from exc
 
     async def read(self, job_id: str, name: str) -> bytes:

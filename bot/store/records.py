@@ -11,7 +11,7 @@ from typing import Any, Final, Literal, get_args
 
 from pipeline.limits import INTERACTION_TOKEN_LIFETIME_S
 
-JobKind = Literal["text", "voice", "regenerate", "vary"]
+JobKind = Literal["text", "voice", "regenerate", "vary", "compose", "soundtrack"]
 ActiveState = Literal["queued", "running"]
 EndState = Literal["failed", "cancelled"]  # how :meth:`JobStore.fail` may end a job
 FinishedState = Literal["done", EndState]
@@ -89,6 +89,7 @@ class JobRecord:
     delivered_channel_id: int | None = None
     delivery_nonce: str = ""
     delivery_started_at: float | None = None
+    music_file: str | None = None  # a composed piece (music jobs, and a voice note that asked for music)
     attempts: int = 0
     created_at: float = 0.0
     updated_at: float = 0.0
@@ -115,6 +116,11 @@ class JobRecord:
     @property
     def delivered(self) -> bool:
         return self.delivered_message_id is not None
+
+    @property
+    def is_music(self) -> bool:
+        """The job's result is a piece of music, not a picture."""
+        return self.music_file is not None or self.kind in ("compose", "soundtrack")
 
     @property
     def has_audio(self) -> bool:

@@ -37,7 +37,7 @@ class Migration:
     statements: tuple[str, ...]
 
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (
+MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         "jobs table",
@@ -89,6 +89,69 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "ALTER TABLE jobs ADD COLUMN delivery_nonce TEXT",
             "ALTER TABLE jobs ADD COLUMN delivery_started_at REAL",
             "UPDATE jobs SET delivery_nonce = lower(hex(randomblob(10))) WHERE delivery_nonce IS NULL",
+            "CREATE INDEX jobs_with_token ON jobs (interaction_created_at) WHERE interaction_token IS NOT NULL",
+        ),
+    ),
+)
+# SQLite can't change a CHECK constraint in place: migration 3 rebuilds the table (new kinds for
+# music, a music_file column), with foreign-key checks deferred to the commit so that rows may be
+# copied in any order; the new table references itself, and the rename keeps that reference.
+_JOBS_V3_COLUMNS = (
+    "id, user_id, guild_id, channel_id, kind, parent_job_id, idea, source_message_id, interaction_id, "
+    "interaction_token, interaction_created_at, progress_message_id, state, error, result_json, score, title, "
+    "audio_file, init_image_file, image_file, palette_file, delivered_message_id, delivered_channel_id, attempts, "
+    "created_at, updated_at, finished_at, delivery_nonce, delivery_started_at"
+)
+MIGRATIONS += (
+    Migration(
+        3,
+        "music: job kinds 'compose' and 'soundtrack', music_file",
+        (
+            "PRAGMA defer_foreign_keys = ON",
+            """
+            CREATE TABLE jobs_v3 (
+                id                     TEXT PRIMARY KEY,
+                user_id                INTEGER NOT NULL,
+                guild_id               INTEGER,
+                channel_id             INTEGER NOT NULL,
+                kind                   TEXT NOT NULL
+                                       CHECK (kind IN ('text', 'voice', 'regenerate', 'vary', 'compose',
+                                                       'soundtrack')),
+                parent_job_id          TEXT REFERENCES jobs_v3(id) ON DELETE SET NULL,
+                idea                   TEXT NOT NULL,
+                source_message_id      INTEGER,
+                interaction_id         INTEGER,
+                interaction_token      TEXT,
+                interaction_created_at REAL,
+                progress_message_id    INTEGER,
+                state                  TEXT NOT NULL DEFAULT 'queued'
+                                       CHECK (state IN ('queued', 'running', 'done', 'failed',
+                                                        'cancelled')),
+                error                  TEXT,
+                result_json            TEXT,
+                score                  INTEGER,
+                title                  TEXT,
+                audio_file             TEXT,
+                init_image_file        TEXT,
+                image_file             TEXT,
+                palette_file           TEXT,
+                delivered_message_id   INTEGER,
+                delivered_channel_id   INTEGER,
+                attempts               INTEGER NOT NULL DEFAULT 0,
+                created_at             REAL NOT NULL,
+                updated_at             REAL NOT NULL,
+                finished_at            REAL,
+                delivery_nonce         TEXT,
+                delivery_started_at    REAL,
+                music_file             TEXT
+            )
+            """,
+            f"INSERT INTO jobs_v3 ({_JOBS_V3_COLUMNS}) SELECT {_JOBS_V3_COLUMNS} FROM jobs",
+            "DROP TABLE jobs",
+            "ALTER TABLE jobs_v3 RENAME TO jobs",
+            "CREATE INDEX jobs_by_state ON jobs (state, created_at)",
+            "CREATE INDEX jobs_by_user ON jobs (user_id, created_at)",
+            "CREATE INDEX jobs_by_parent ON jobs (parent_job_id)",
             "CREATE INDEX jobs_with_token ON jobs (interaction_created_at) WHERE interaction_token IS NOT NULL",
         ),
     ),

@@ -20,7 +20,18 @@ from . import files, rows, schema
 from .backup import backup_database
 from .database import Database
 from .errors import JobNotFound, JobStateError
-from .files import DB_NAME, IMAGE_FILE, JOBS_DIR, PALETTE_FILE, RESULT_FILES, RESULT_MARKER, JobFiles, JobInputs
+from .files import (
+    DB_NAME,
+    IMAGE_FILE,
+    JOBS_DIR,
+    MUSIC_FILE,
+    MUSIC_RESULT_FILES,
+    PALETTE_FILE,
+    RESULT_FILES,
+    RESULT_MARKER,
+    JobFiles,
+    JobInputs,
+)
 from .records import (
     ACTIVE_SQL,
     ACTIVE_STATES,
@@ -330,14 +341,40 @@ class JobStore:
                 await self._files.unlink(job_id, RESULT_FILES)
             raise
 
-    async def _finish_row(self, job_id: str, result_json: str, score: int | None, title: str | None) -> JobRecord:
+    async def complete_music(self, job_id: str, *, result_json: str, title: str | None, music_ogg: bytes) -> JobRecord:
+        """→ done, for a composed piece. The piece first, then ``result.json`` as marker, row second."""
+        json.loads(result_json)
+        record = await self._require(job_id)
+        if not record.active:
+            raise JobStateError.for_state(record.state)
+        marker = json.dumps({"result_json": result_json, "score": None, "title": title, "music": True}).encode()
+        await self._files.save_music(job_id, music_ogg, marker)
+        try:
+            return await self._finish_row(job_id, result_json, None, title, music=True)
+        except JobNotFound:
+            await self._files.remove(job_id)
+            raise
+        except JobStateError:
+            current = await self.get(job_id)
+            if current is not None and current.music_file is None:
+                await self._files.unlink(job_id, MUSIC_RESULT_FILES)
+            raise
+
+    async def read_music(self, job_id: str) -> bytes:
+        """A finished music job's OGG/Opus file."""
+        return await self._read_result_file(job_id, lambda record: record.music_file)
+
+    async def _finish_row(
+        self, job_id: str, result_json: str, score: int | None, title: str | None, *, music: bool = False
+    ) -> JobRecord:
+        files = "music_file = ?" if music else "image_file = ?, palette_file = ?"
+        names = (MUSIC_FILE,) if music else (IMAGE_FILE, PALETTE_FILE)
         record = await self._update(
             job_id,
-            "state = 'done', error = NULL, result_json = ?, score = ?, title = ?, "
-            "image_file = ?, palette_file = ?, finished_at = ?",
-            (result_json, score, title, IMAGE_FILE, PALETTE_FILE, self._now()),
+            f"state = 'done', error = NULL, result_json = ?, score = ?, title = ?, {files}, finished_at = ?",
+            (result_json, score, title, *names, self._now()),
         )
-        log.info("job %s: done (score %s)", job_id, score)
+        log.info("job %s: done (%s)", job_id, "music" if music else f"score {score}")
         return record
 
     async def fail(self, job_id: str, error: str, *, state: EndState = "failed") -> JobRecord:
@@ -432,7 +469,9 @@ class JobStore:
                 log.warning("job %s: unreadable %s after a crash; it will run again", job_id, RESULT_MARKER)
                 await self._files.unlink(job_id, (RESULT_MARKER,))
                 continue
-            await self._finish_row(job_id, result_json, data.get("score"), data.get("title"))
+            await self._finish_row(
+                job_id, result_json, data.get("score"), data.get("title"), music=bool(data.get("music"))
+            )
             log.warning("job %s: finished before the last crash; recovered from its files", job_id)
 
     # --- backup --------------------------------------------------------------------------------

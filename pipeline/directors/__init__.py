@@ -8,6 +8,9 @@ language="en") -> Scene``:
   failure is a :class:`~pipeline.errors.ProviderError` with a reason, and the studio falls back
   to the local director and records the reason.
 * :class:`LocalDirector` (:mod:`.local`) is deterministic and needs nothing.
+* :mod:`.soundtrack`: the local rule for ``Scene.music_prompt`` (a MusicGen prompt from the
+  scene's mood, setting, style and palette) and :func:`music_idea`, which spots an idea that
+  asks for music ("compose a calm seaside ambience") instead of a picture.
 
 Both fit their prompts to the CLIP window with :mod:`pipeline.prompts` and take their styles from
 :mod:`pipeline.styles`.
@@ -20,6 +23,7 @@ from typing import Protocol
 from ..scene import Scene
 from .gemini import DIRECTOR_INSTRUCTION, GeminiDirector
 from .local import ABSTRACT_SUBJECT, COLOUR_WORDS, LocalDirector
+from .soundtrack import music_idea, music_prompt_for
 
 __all__ = [
     "ABSTRACT_SUBJECT",
@@ -28,6 +32,8 @@ __all__ = [
     "Director",
     "GeminiDirector",
     "LocalDirector",
+    "music_idea",
+    "music_prompt_for",
 ]
 
 

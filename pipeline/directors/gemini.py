@@ -15,6 +15,7 @@ from ..gemini import GeminiProvider, delimit, validation_summary
 from ..prompts import PROMPT_TOKEN_LIMIT, PROMPT_WORD_LIMIT, fit_prompt, tidy_prompt
 from ..scene import Scene, SceneDraft
 from ..styles import STYLES, check_style
+from .soundtrack import music_prompt_for
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ names when it names any.
 - language: the ISO 639-1 code of the language the idea is in. title: short, in that language.
 - style: one of {", ".join(repr(s) for s in STYLES)}; when a style is requested use exactly that \
 one and follow its description; otherwise choose the one that suits the idea best.
+- music_prompt: one English line for MusicGen, a soundtrack that suits the picture: mood, genre, \
+instruments, sounds of the setting, warm or cool tone as the palette is, and a tempo in bpm \
+(e.g. "calm ambient piano with soft pads, ocean waves, warm tone, 72 bpm").
 - If the idea is not in English, translate its meaning; keep names as they are.
 - If the idea is unclear or mostly filler, make the most sensible picture of what there is.
 """
@@ -103,6 +107,12 @@ class GeminiDirector(GeminiProvider):
         if style:
             data["style"] = style
         try:
-            return Scene.model_validate(data)
+            scene = Scene.model_validate(data)
+        except ValidationError as exc:
+            raise ProviderError(f"{self.label}'s scene is unusable: {validation_summary(exc)}") from exc
+        if not scene.music_prompt:  # an older answer without it: the local rule writes one
+            scene = scene.model_copy(update={"music_prompt": music_prompt_for(scene)})
+        try:
+            return Scene.model_validate(scene.model_dump())
         except ValidationError as exc:
             raise ProviderError(f"{self.label}'s scene is unusable: {validation_summary(exc)}") from exc

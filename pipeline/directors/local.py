@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ..prompts import TokenCounter, fit_prompt
 from ..scene import Scene, dedupe, language_code
 from ..styles import BASE_NEGATIVE, DEFAULT_STYLE, STYLES, StyleTemplate, check_style
+from .soundtrack import music_prompt_for
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ class LocalDirector:
             language = language_code(language)
         except ValueError:
             language = "en"
-        return Scene(
+        scene = Scene(
             title=self._title(subject),
             language=language,
             scene_description=self._description(subject, template, elements),
@@ -217,6 +218,7 @@ class LocalDirector:
             style=parsed.style,
             palette_source="director" if parsed.colours else "default",
         )
+        return scene.model_copy(update={"music_prompt": music_prompt_for(scene)})
 
     # -- parsing -------------------------------------------------------------------------------
     def _parse(self, idea: str, requested: str | None) -> _Parsed:

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from ..critic import QAReport
+    from ..music import Music, MusicRequest
     from ..scene import Scene
     from ..synthesis import RenderedImage, RenderRequest
     from ..transcribe import Task, Transcript
@@ -61,6 +62,10 @@ class Executor(Protocol):
     async def render(self, job: Job, request: RenderRequest) -> RenderedImage: ...
 
     async def review(self, job: Job, image: Image.Image, scene: Scene, prompt: str) -> QAReport: ...
+
+    async def compose(self, job: Job, request: MusicRequest) -> Music:
+        """Compose music (one work item of kind "music", never batched); progress in decoder
+        steps; cancelling the job stops it at the next step with :class:`JobCancelled`."""
 
     async def call(self, job: Job | None, kind: WorkKind, fn: Callable[..., Any], *args: Any) -> Any:
         """Run any callable where the models live, as a work item of ``job``."""

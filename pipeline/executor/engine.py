@@ -6,13 +6,14 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..critic import ClipCritic
+    from ..music import Composer
     from ..settings import Settings
     from ..synthesis import Synthesizer
     from ..transcribe import Transcriber
 
 
 class Engine:
-    """Whisper, the diffusion pipeline and CLIP, each created on first use (importing torch
+    """Whisper, the diffusion pipeline, CLIP and MusicGen, each created on first use (importing torch
     libraries only then)."""
 
     def __init__(self, settings: Settings) -> None:
@@ -20,6 +21,7 @@ class Engine:
         self._transcriber: Transcriber | None = None
         self._synthesizer: Synthesizer | None = None
         self._clip_critic: ClipCritic | None = None
+        self._composer: Composer | None = None
 
     @property
     def transcriber(self) -> Transcriber:
@@ -48,6 +50,14 @@ class Engine:
 
             self._clip_critic = ClipCritic(self.settings.CLIP_MODEL, self.settings.DEVICE)
         return self._clip_critic
+
+    @property
+    def composer(self) -> Composer:
+        if self._composer is None:
+            from ..music import Composer
+
+            self._composer = Composer(self.settings.MUSIC_MODEL, self.settings.DEVICE)
+        return self._composer
 
     def warm_up(self, *, whisper: bool = True, clip: bool = True) -> None:
         """Load the models a job will need (runs on the model thread)."""

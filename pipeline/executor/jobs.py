@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from ..synthesis import RenderRequest
     from .base import Executor
 
-WorkKind = Literal["warmup", "transcribe", "render", "review", "tool"]
+WorkKind = Literal["warmup", "transcribe", "render", "review", "music", "tool"]
 """What a work item does on the model thread (``tool``: any callable, for tests, bench, CLI)."""
 
 Stage = Literal["queued", "decode", "direct", "correct", WorkKind]

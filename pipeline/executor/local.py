@@ -10,6 +10,10 @@ Promises (README "The queue" repeats them for users and operators):
   first, per-user round robin, compatible renders in one pipeline call up to ``MAX_BATCH`` after
   a gather window of ``BATCH_WINDOW_MS``. Each batched request keeps its own seed and its own
   progress; the images equal rendering them one at a time.
+* **Music** (MusicGen) is one work item per piece, never batched, with per-step progress and
+  cancellation like a render. A piece can take a minute, so between two of its decoder steps the
+  thread runs the next batch of other waiting work (pictures, reviews): a piece never holds
+  pictures back, and its state stays on the device meanwhile.
 * **Progress and cancellation.** Per-step progress reaches the job's listener on the event loop
   (``call_soon_threadsafe``). Cancelling removes queued work at once and interrupts a running
   render at the next step (a batch keeps going for the jobs that still want it).
@@ -48,6 +52,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from ..critic import QAReport
+    from ..music import Music, MusicRequest
     from ..scene import Scene
     from ..settings import Settings
     from ..transcribe import Task, Transcript
@@ -79,6 +84,8 @@ class GPUExecutor:
         self._accepting = True
         self._generation = 0
         self._metrics = MetricsRecorder()
+        self._interleaving = False  # the GPU thread is running other work between two music steps
+        self._interleaved_s = 0.0  # seconds of such work during the current item (not its own time)
 
     # --- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -222,6 +229,78 @@ class GPUExecutor:
         )
         return report
 
+    async def compose(self, job: Job, request: MusicRequest) -> Music:
+        """Compose on the GPU thread as one work item of kind "music". It is scheduled like any
+        other item (started-first, per-user round robin; caps apply at admission) and never
+        batched; progress is reported per decoder step, and cancelling stops it at the next step."""
+        request = request.validated()
+        music: Music = await self._submit(job, "music", functools.partial(self._compose, job, request))
+        return music
+
+    def _compose(self, job: Job, request: MusicRequest) -> Music:
+        """Runs on the GPU thread. Between two decoder steps, waiting work of other jobs runs
+        (:meth:`_run_waiting_work`), so a 30 s piece never holds pictures back."""
+        from ..music import MusicInterrupted
+
+        def progress(step: int, total: int) -> None:
+            if not job.cancelled:
+                self._emit(job, ProgressEvent(job.id, "music", step, total))
+
+        try:
+            return self.engine.composer.compose(
+                request,
+                progress=progress,
+                should_stop=lambda: job.cancelled,
+                between_steps=lambda: self._run_waiting_work(job),
+            )
+        except MusicInterrupted:
+            raise JobCancelled() from None
+
+    def _run_waiting_work(self, composing: Job) -> float:
+        """On the GPU thread, between two decoder steps of ``composing``'s piece: run the next
+        batch of waiting work that is not music (pictures, reviews, transcriptions), chosen by the
+        same policy as always; returns the seconds it took. One batch per step, so the piece still
+        advances however many pictures arrive; MusicGen's state (its KV cache) stays where it is.
+        Other pieces wait for this one (one piece at a time, never nested)."""
+        if self._interleaving or not self._pending or self._stopping:
+            return 0.0
+        began = time.monotonic()
+        self._interleaving = True
+        try:
+            with self._cond:
+                waiting = [it for it in self._pending if it.kind != "music" and it.job is not composing]
+                if not waiting:
+                    return 0.0
+                needs_model = any(it.request is not None for it in waiting)
+            if needs_model and self.max_batch > 1 and not self.engine.synthesizer.loaded:
+                if not self._load_synthesizer():
+                    return time.monotonic() - began
+            with self._cond:
+                waiting = [it for it in self._pending if it.kind != "music" and it.job is not composing]
+                if not waiting:
+                    return time.monotonic() - began
+                order = policy.priority_order(waiting, self._ring)
+                batch = policy.pick_batch(order, max_batch=self.max_batch, key_of=self._batch_key)
+                for it in batch:
+                    self._pending.remove(it)
+                self._ring.served(batch)
+                self._running = [*self._running, *batch]
+                for it in batch:
+                    if it.job is not None:
+                        it.job.started = True
+            self._notify_positions_threadsafe()
+            started = time.monotonic()
+            for it in batch:
+                self._metrics.waits.append(started - it.enqueued_at)
+            self._execute(batch)
+            self._metrics.stage_times[batch[0].kind].append(time.monotonic() - started)
+            with self._cond:
+                self._running = [it for it in self._running if it not in batch]
+            return time.monotonic() - began
+        finally:
+            self._interleaving = False
+            self._interleaved_s += time.monotonic() - began
+
     async def call(self, job: Job | None, kind: WorkKind, fn: Callable[..., Any], *args: Any) -> Any:
         """Run any callable on the GPU thread as a work item of ``job`` (tools, tests, CLI)."""
         return await self._submit(job, kind, functools.partial(fn, *args))
@@ -294,10 +373,12 @@ class GPUExecutor:
                 began = time.monotonic()
                 for it in batch:
                     self._metrics.waits.append(began - it.enqueued_at)
+                self._interleaved_s = 0.0
                 self._execute(batch)
                 elapsed = time.monotonic() - began
                 self._metrics.busy_s += elapsed
-                self._metrics.stage_times[batch[0].kind].append(elapsed)
+                # Work run between a piece's steps was timed as its own stage already.
+                self._metrics.stage_times[batch[0].kind].append(elapsed - self._interleaved_s)
                 with self._cond:
                     self._running = []
         except BaseException as exc:

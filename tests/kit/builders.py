@@ -577,3 +577,118 @@ def convert_ct2_whisper(src_dir: Path, out_dir: Path) -> Path:
         alignment_heads=ct2_config.get("alignment_heads") or [],
     )
     return save_whisper(out_dir, model, tokenizer, generation_config)
+
+
+# ================================================================================================
+# MusicGen (text → music): a T5 text encoder, the MusicGen decoder and an EnCodec audio codec,
+# saved with a MusicgenProcessor (T5 tokenizer + EncodecFeatureExtractor) like a hub checkout, so
+# ``AutoProcessor`` / ``MusicgenForConditionalGeneration.from_pretrained(directory)`` load it.
+# "tiny" is for tests (~0.7 MB, ~0.5 s for 2 s of audio on one CPU core); "small" is the
+# facebook/musicgen-small architecture (T5-base + 24-layer 1024-wide decoder + 32 kHz EnCodec,
+# ~590M parameters) with random weights, for the benchmark.
+# ================================================================================================
+
+MUSIC_WORDS = (
+    "a an the and with of in on at for calm slow fast soft loud warm cold bright dark gentle epic "
+    "ambient ambience seaside ocean waves wind rain forest night morning city street piano guitar "
+    "strings drums synth bass flute violin cello choir orchestra lofi jazz rock pop electronic "
+    "classical cinematic folk chill happy sad dreamy tense playful peaceful bpm tempo music melody"
+).split()
+
+
+def build_music_tokenizer(words: tuple[str, ...] | list[str] = MUSIC_WORDS):
+    """A T5 (Unigram) tokenizer written from a word list: every word is one piece and every letter,
+    digit and mark a fallback piece, so any English text tokenises, deterministically."""
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [("▁" + w, -2.0) for w in dict.fromkeys(words)]
+    pieces += [(c, -8.0) for c in "▁abcdefghijklmnopqrstuvwxyz0123456789.,-'!?:;()"]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+def _musicgen_configs(size: str, text_vocab: int) -> tuple[dict, dict, dict]:
+    if size == "tiny":
+        text = dict(
+            vocab_size=text_vocab, d_model=16, d_ff=32, d_kv=8, num_layers=1, num_heads=2,
+            relative_attention_num_buckets=8,
+        )  # fmt: skip
+        audio = dict(
+            hidden_size=8,
+            num_filters=4,
+            codebook_size=32,
+            codebook_dim=8,
+            num_residual_layers=1,
+            num_lstm_layers=1,
+            upsampling_ratios=[8, 5, 4, 4],
+            target_bandwidths=[1.0],
+        )  # fmt: skip  (32 kHz / 640 = 50 frames a second; 1 kbps at 5 bits a code = 4 codebooks)
+        decoder = dict(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32)
+    elif size == "small":  # facebook/musicgen-small's published configuration
+        text = dict(
+            vocab_size=text_vocab, d_model=768, d_ff=3072, d_kv=64, num_layers=12, num_heads=12,
+            relative_attention_num_buckets=32,
+        )  # fmt: skip
+        audio = dict(
+            hidden_size=128, num_filters=64, codebook_size=2048, num_residual_layers=1, num_lstm_layers=2,
+            upsampling_ratios=[8, 5, 4, 4], target_bandwidths=[2.2],
+        )  # fmt: skip
+        decoder = dict(vocab_size=2048, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, ffn_dim=4096)
+    else:
+        raise ValueError(f"unknown MusicGen size {size!r}")
+    text.update(decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    audio.update(
+        sampling_rate=32_000, audio_channels=1, norm_type="weight_norm", compress=2, kernel_size=7,
+        last_kernel_size=7, residual_kernel_size=3, pad_mode="reflect", use_causal_conv=False,
+        use_conv_shortcut=False, normalize=False,
+    )  # fmt: skip
+    special = decoder["vocab_size"]  # MusicGen's pad/start token is one past the codebook entries
+    decoder.update(
+        num_codebooks=4, max_position_embeddings=2048, pad_token_id=special, bos_token_id=special,
+        decoder_start_token_id=special,
+    )  # fmt: skip
+    return text, audio, decoder
+
+
+def build_musicgen(directory: Path, size: str = "tiny", seed: int = 0) -> Path:
+    """A random-weight MusicGen of ``size`` ("tiny" or "small"), saved like a hub checkout."""
+    import warnings
+
+    from transformers import (
+        EncodecConfig,
+        EncodecFeatureExtractor,
+        GenerationConfig,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        MusicgenProcessor,
+        T5Config,
+    )
+
+    tokenizer = build_music_tokenizer()
+    text, audio, decoder = _musicgen_configs(size, len(tokenizer))
+    audio_config = EncodecConfig(**audio)
+    assert audio_config.num_quantizers == decoder["num_codebooks"], audio_config.num_quantizers
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = MusicgenConfig(
+            text_encoder=T5Config(**text), audio_encoder=audio_config, decoder=MusicgenDecoderConfig(**decoder)
+        )
+        model = MusicgenForConditionalGeneration(config).eval()
+    # EnCodec's codebooks start as zeros (a trained checkpoint fills them): random entries, so
+    # that different codes decode to different audio.
+    with torch.no_grad():
+        for layer in model.audio_encoder.quantizer.layers:
+            layer.codebook.embed.normal_()
+            layer.codebook.embed_avg.copy_(layer.codebook.embed)
+    special = decoder["pad_token_id"]
+    model.generation_config = GenerationConfig(
+        do_sample=True, guidance_scale=3.0, max_length=1500, top_k=250,
+        pad_token_id=special, bos_token_id=special, decoder_start_token_id=special,
+    )  # fmt: skip
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    feature_extractor = EncodecFeatureExtractor(feature_size=1, sampling_rate=32_000, padding_value=0.0)
+    MusicgenProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(directory)
+    return directory

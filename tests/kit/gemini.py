@@ -155,6 +155,7 @@ def _default_scene() -> dict:
         "palette": ["#C0392B", "#8E5B3A", "#F3E9DC"],
         "tags": ["apple", "still life", "fruit", "table", "oil painting"],
         "style": "oil painting",
+        "music_prompt": "cosy classical chamber music with a string quartet, warm tone, 80 bpm",
     }
 
 

@@ -81,6 +81,7 @@ def test_scene_schema_is_accepted_by_google_genai_and_hides_internal_fields():
         "palette",
         "tags",
         "style",
+        "music_prompt",
     }
     assert "palette_source" not in schema.properties  # internal, not asked of the model
     assert (schema.properties["palette"].min_items, schema.properties["palette"].max_items) == (

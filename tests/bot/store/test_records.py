@@ -28,7 +28,7 @@ def test_states_split_into_active_and_finished() -> None:
     assert set(ACTIVE_STATES) | set(FINISHED_STATES) == set(STATES) and not set(ACTIVE_STATES) & set(FINISHED_STATES)
     assert set(END_STATES) < set(FINISHED_STATES) and set(DELIVERABLE_STATES) < set(FINISHED_STATES)
     assert "cancelled" not in DELIVERABLE_STATES  # a cancelled job posts no result
-    assert KINDS == ("text", "voice", "regenerate", "vary")
+    assert KINDS == ("text", "voice", "regenerate", "vary", "compose", "soundtrack")
 
 
 def test_sql_lists_are_built_from_the_names_only() -> None:
@@ -40,7 +40,7 @@ def test_sql_lists_are_built_from_the_names_only() -> None:
 
 
 async def test_the_schema_accepts_exactly_the_kinds_and_states(tmp_path: Path) -> None:
-    """Migration 1's CHECK lists are history; they must still say what records.py says."""
+    """The CHECK lists (migration 1, rebuilt by 3) are history; they must still say what records.py says."""
     store = await JobStore.open(tmp_path)
     await store.close()
     insert = (
