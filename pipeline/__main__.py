@@ -197,7 +197,8 @@ class _Progress:
         if event.stage != self.stage:
             self.close()
             self.stage = event.stage
-            print(f"{self.LABELS.get(event.stage, event.stage)}…", file=sys.stderr)
+            label = f"Loading {event.detail}" if event.stage == "load" and event.detail else None
+            print(f"{label or self.LABELS.get(event.stage, event.stage)}…", file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
-from . import limits
+from . import families, limits
 from .audio import SAMPLE_RATE, decode_audio
 from .critic import GeminiCritic, QAReport
 from .directors import GeminiDirector, LocalDirector
@@ -64,6 +64,9 @@ class Idea:
     init_image: bytes | None = field(default=None, repr=False)
     strength: float = limits.DEFAULT_STRENGTH
     task: Literal["auto", "transcribe", "translate"] = "auto"
+    aspect: str | None = None  # "16:9" ...: the model's native pixel budget at that ratio
+    model: str | None = None  # a MODELS name; None: DIFFUSION_MODEL
+    loras: tuple[tuple[str, float], ...] = ()  # (name, weight) from LORA_DIR
 
     @property
     def kind(self) -> str:
@@ -99,6 +102,9 @@ class Round(BaseModel):
     prompt_chunks: int
     nsfw: bool = False
     batch_size: int = 1
+    model: str | None = None  # the MODELS name; None: DIFFUSION_MODEL
+    family: str | None = None  # pipeline.families key: "sd", "sdxl", "sdxl-few-step", "flux-few-step" ...
+    loras: list[tuple[str, float]] = Field(default_factory=list)
     score: int | None = None
     missing_elements: list[str] = Field(default_factory=list)
     correction_prompt: str | None = None
@@ -241,16 +247,23 @@ class Studio:
         scene, director, director_fallback = await self._direct(text, idea.style, language or "en")
         timings["direct"] = time.perf_counter() - t0
 
+        # Sizes: the user's, else the aspect at the model's native budget, else WIDTH/HEIGHT, else
+        # native. Steps and guidance left empty are the model family's (pipeline.families).
+        sized = idea.width is not None and idea.height is not None
+        use_settings_size = not sized and idea.aspect is None
         first = RenderRequest(
             prompt=scene.diffusion_prompt,
             negative_prompt=_join_negative(scene.negative_prompt, idea.negative_prompt),
             seed=idea.seed,
             steps=idea.steps or self.settings.STEPS,
             guidance=self.settings.GUIDANCE if idea.guidance is None else idea.guidance,
-            width=idea.width or self.settings.WIDTH,
-            height=idea.height or self.settings.HEIGHT,
+            width=idea.width if sized else (self.settings.WIDTH if use_settings_size else None),
+            height=idea.height if sized else (self.settings.HEIGHT if use_settings_size else None),
             init_image=idea.init_image,
             strength=idea.strength,
+            aspect=idea.aspect,
+            model=idea.model,
+            loras=tuple(idea.loras),
         )
         provenance = Provenance(
             kind=idea.kind,
@@ -273,7 +286,7 @@ class Studio:
         request = _request_like(
             last,
             prompt=last.correction_prompt or last.prompt,
-            guidance=min(limits.MAX_GUIDANCE, last.guidance + limits.GUIDANCE_STEP),
+            guidance=min(limits.MAX_GUIDANCE, last.guidance + families.guidance_step_of(last.family)),
             init_image=init_image,
         )
         return await self._follow_up(job, previous, request, kind="regenerate")
@@ -334,6 +347,9 @@ class Studio:
                     prompt_chunks=rendered.prompt_chunks,
                     nsfw=rendered.nsfw,
                     batch_size=rendered.batch_size,
+                    model=rendered.model,
+                    family=rendered.family.key if rendered.family is not None else None,
+                    loras=[(name, weight) for name, weight in rendered.loras],
                     score=report.alignment_score,
                     missing_elements=list(report.missing_elements),
                     correction_prompt=report.correction_prompt or None,
@@ -347,13 +363,21 @@ class Studio:
             corrections_done = len(rounds) - 1
             if report.alignment_score >= self.settings.QA_THRESHOLD or corrections_done >= self.settings.QA_MAX_ROUNDS:
                 break
-            # Below the threshold: the critic's correction, more guidance, more steps, a new seed.
+            # Below the threshold: the critic's correction, more guidance and steps as the model's
+            # family takes them (a Turbo model at guidance 0 gets one more step, no guidance), a new seed.
+            if rendered.family is not None:
+                steps, guidance = rendered.family.correction(rendered.steps, rendered.guidance)
+            else:
+                steps = min(limits.MAX_STEPS, rendered.steps + limits.STEPS_STEP)
+                guidance = min(limits.MAX_GUIDANCE, rendered.guidance + limits.GUIDANCE_STEP)
             request = replace(
                 request,
                 prompt=report.correction_prompt or request.prompt,
                 seed=None,
-                steps=min(limits.MAX_STEPS, request.steps + limits.STEPS_STEP),
-                guidance=min(limits.MAX_GUIDANCE, request.guidance + limits.GUIDANCE_STEP),
+                steps=steps,
+                guidance=guidance,
+                width=rendered.width,
+                height=rendered.height,
             )
 
         # Keep the best-scoring image, not merely the last (the earliest wins a tie).
@@ -432,6 +456,8 @@ def _request_like(round_: Round, *, prompt: str, guidance: float, init_image: by
         height=round_.height,
         init_image=init_image,
         strength=round_.strength or limits.DEFAULT_STRENGTH,
+        model=round_.model,  # Regenerate and Vary stay on the job's model and LoRAs
+        loras=tuple((name, weight) for name, weight in round_.loras),
     )
 
 
