@@ -88,3 +88,26 @@ def make_voice_note():
 
     require_tools("espeak-ng", "ffmpeg")
     return maker
+
+
+# ------------------------------------------------------------------------------------------------
+# Model families (issue #12): tiny SDXL, SDXL-Turbo-like, SD3 and FLUX pipelines.
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(models_dir: Path) -> Path:
+    return builders.build_tiny_sdxl(models_dir / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_turbo_dir(models_dir: Path) -> Path:
+    return builders.build_tiny_sdxl(models_dir / "tiny-sdxl-turbo", turbo=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_dir(models_dir: Path) -> Path:
+    return builders.build_tiny_sd3(models_dir / "tiny-sd3")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_dir(models_dir: Path) -> Path:
+    return builders.build_tiny_flux(models_dir / "tiny-flux")
