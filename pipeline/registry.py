@@ -111,15 +111,18 @@ class ModelPool:
         self.evictions = 0
 
     def _make(self, entry: ModelEntry) -> Synthesizer:
+        from .lora import LoraSet
         from .synthesis import Synthesizer
 
-        return Synthesizer(
+        synth = Synthesizer(
             entry.source,
             self.settings.DEVICE,
             safety_checker=self.settings.SAFETY_CHECKER,
             name=None if entry.name == self.default_name else entry.name,
             defaults=entry.defaults,
         )
+        synth.loras = LoraSet(self.settings.LORA_DIR)
+        return synth
 
     @property
     def names(self) -> list[str]:
@@ -181,6 +184,16 @@ class ModelPool:
 
     def resident_bytes(self) -> int:
         return sum(weights_bytes(self._synths[n]) for n in self.resident)
+
+
+def model_names(settings: Settings) -> list[str]:
+    """The names ``/imagine model:`` offers: the default first, then ``MODELS`` in order."""
+    entries = parse_models(settings.MODELS)
+    names = list(entries)
+    if settings.DIFFUSION_MODEL in entries:
+        names.remove(settings.DIFFUSION_MODEL)
+        return [settings.DIFFUSION_MODEL, *names]
+    return [DEFAULT_NAME, *names]
 
 
 def weights_bytes(synth: Synthesizer) -> int:

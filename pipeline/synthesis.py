@@ -39,6 +39,7 @@ from . import families, limits
 from .errors import BadRequest
 from .families import FamilyProfile, ModelDefaults
 from .images import decode_init_image
+from .lora import LoraSet
 from .models import LazyModel
 
 log = logging.getLogger(__name__)
@@ -222,7 +223,7 @@ class Synthesizer(LazyModel[DiffusionPipelines]):
         self.safety_checker = safety_checker
         self.name = name  # the MODELS name (None: the default model)
         self.defaults = defaults
-        self.loras: Any = None  # a LoraSet (pipeline.lora) once LoRAs are in use
+        self.loras: LoraSet | None = None  # the LoRAs of LORA_DIR, when set
 
     # -- loading -----------------------------------------------------------------------------
     def _load(self, device: torch.device, dtype: torch.dtype) -> DiffusionPipelines:
@@ -253,6 +254,11 @@ class Synthesizer(LazyModel[DiffusionPipelines]):
         img2img.set_progress_bar_config(disable=True)
         self._dtype_used = dtype
         return DiffusionPipelines(text2img=pipe, img2img=img2img, family=family)
+
+    def unload(self) -> None:
+        super().unload()
+        if self.loras is not None:
+            self.loras = LoraSet(self.loras.lora_dir)  # adapters went with the weights
 
     def _loaded_note(self, weights: DiffusionPipelines) -> str:
         checker = getattr(weights.text2img, "safety_checker", None)
@@ -486,10 +492,12 @@ class Synthesizer(LazyModel[DiffusionPipelines]):
             "callback_on_step_end": on_step_end,
             "output_type": "pil",
         }
+        if self.loras is not None:
+            self.loras.apply(self._text2img, first.loras)
+        elif first.loras:
+            raise BadRequest("LoRAs are not set up here (LORA_DIR is empty).")
         started = time.perf_counter()
         with torch.inference_mode():
-            if self.loras is not None:
-                self.loras.apply(self._text2img, first.loras)
             common.update(self._text_arguments(requests, shape))
             if first.mode == "img2img":
                 images = [r.sized_init_image() for r in requests]

@@ -111,3 +111,11 @@ def tiny_sd3_dir(models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_flux_dir(models_dir: Path) -> Path:
     return builders.build_tiny_flux(models_dir / "tiny-flux")
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_dir(models_dir: Path, tiny_sd_dir: Path) -> Path:
+    """LORA_DIR with one LoRA for the tiny SD model: ``tiny-style.safetensors``."""
+    lora_dir = models_dir / "loras"
+    builders.build_tiny_lora(tiny_sd_dir, lora_dir, "tiny-style")
+    return lora_dir

@@ -785,3 +785,22 @@ def build_tiny_flux(directory: Path, seed: int = 0) -> Path:
     )
     pipe.save_pretrained(directory)
     return directory
+
+
+def build_tiny_lora(sd_dir: Path, lora_dir: Path, name: str = "tiny-style", seed: int = 0) -> Path:
+    """A LoRA for the tiny SD UNet, made with peft (random, non-zero up-projections so it visibly
+    changes the picture) and saved with diffusers' ``save_lora_weights`` as ``<name>.safetensors``."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(sd_dir, subfolder="unet")
+    unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
+    )
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(lora_dir, unet_lora_layers=layers, weight_name=f"{name}.safetensors")
+    return lora_dir / f"{name}.safetensors"
