@@ -129,14 +129,46 @@ class ModelDefaults:
 # ------------------------------------------------------------------------------------------------
 _BASE: dict[Architecture, dict[str, Any]] = {
     # diffusers' own defaults per pipeline, except SD (the product's long-standing 25 / 7.5).
-    "sd": dict(default_steps=25, default_guidance=7.5, prompt_style="tags", prompt_word_budget=60,
-               guidance_step=1.5, steps_step=5, prompt_encoding="clip-windows", negative_prompts=True),
-    "sdxl": dict(default_steps=30, default_guidance=6.0, prompt_style="sentences", prompt_word_budget=60,
-                 guidance_step=1.0, steps_step=5, prompt_encoding="clip-windows", negative_prompts=True),
-    "sd3": dict(default_steps=28, default_guidance=7.0, prompt_style="sentences", prompt_word_budget=120,
-                guidance_step=1.0, steps_step=4, prompt_encoding="t5", negative_prompts=True),
-    "flux": dict(default_steps=28, default_guidance=3.5, prompt_style="sentences", prompt_word_budget=120,
-                 guidance_step=0.5, steps_step=4, prompt_encoding="t5", negative_prompts=False),
+    "sd": dict(
+        default_steps=25,
+        default_guidance=7.5,
+        prompt_style="tags",
+        prompt_word_budget=60,
+        guidance_step=1.5,
+        steps_step=5,
+        prompt_encoding="clip-windows",
+        negative_prompts=True,
+    ),
+    "sdxl": dict(
+        default_steps=30,
+        default_guidance=6.0,
+        prompt_style="sentences",
+        prompt_word_budget=60,
+        guidance_step=1.0,
+        steps_step=5,
+        prompt_encoding="clip-windows",
+        negative_prompts=True,
+    ),
+    "sd3": dict(
+        default_steps=28,
+        default_guidance=7.0,
+        prompt_style="sentences",
+        prompt_word_budget=120,
+        guidance_step=1.0,
+        steps_step=4,
+        prompt_encoding="t5",
+        negative_prompts=True,
+    ),
+    "flux": dict(
+        default_steps=28,
+        default_guidance=3.5,
+        prompt_style="sentences",
+        prompt_word_budget=120,
+        guidance_step=0.5,
+        steps_step=4,
+        prompt_encoding="t5",
+        negative_prompts=False,
+    ),
 }
 
 FEW_STEP_MAX_STEPS = 8

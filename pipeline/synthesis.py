@@ -14,8 +14,8 @@ on). We do this ourselves rather than with ``compel``: it is the same windowing 
 request, issue #19) and the batch key's chunk count, and compel 2.x is not tested against
 transformers 5. T5-conditioned families (SD3, FLUX) read the whole prompt through T5 up to the
 model's limit (512 tokens), padded to a 64-token bucket; a longer prompt is refused with a
-message, never cut (their CLIP encoders only give the pooled summary, from the first 77 tokens). The number of tokens and chunks is
-recorded with every image. Each prompt is tokenised once per request (:meth:`Synthesizer.token_ids`
+message, never cut (their CLIP encoders only give the pooled summary, from the first 77 tokens).
+The number of tokens and chunks is recorded with every image. Each prompt is tokenised once per request (:meth:`Synthesizer.token_ids`
 caches the ids on the request): the batch key, the encoding and the recorded token count share them.
 
 All methods here run torch and must be called from the GPU executor thread only.
@@ -357,7 +357,9 @@ class Synthesizer(LazyModel[DiffusionPipelines]):
         negative = request.negative_prompt if family.negative_prompts else ""
         if request.init_image is not None and int(steps * request.strength) < 1:
             raise BadRequest("With that strength and step count no denoising step would run; raise either.")
-        resolved = replace(request, width=width, height=height, steps=steps, guidance=guidance, negative_prompt=negative)
+        resolved = replace(
+            request, width=width, height=height, steps=steps, guidance=guidance, negative_prompt=negative
+        )
         object.__setattr__(resolved, "token_cache", request.token_cache)  # one tokenisation per request
         if family.max_prompt_tokens is not None:
             tokens = len(self.token_ids(resolved, resolved.prompt))
@@ -445,9 +447,9 @@ class Synthesizer(LazyModel[DiffusionPipelines]):
             }
         return {
             "prompt_embeds": self._encode([self.token_ids(r, r.prompt) for r in requests], shape).to(dtype),
-            "negative_prompt_embeds": self._encode(
-                [self.token_ids(r, r.negative_prompt) for r in requests], shape
-            ).to(dtype),
+            "negative_prompt_embeds": self._encode([self.token_ids(r, r.negative_prompt) for r in requests], shape).to(
+                dtype
+            ),
         }
 
     # -- rendering ---------------------------------------------------------------------------

@@ -633,7 +633,6 @@ def build_tiny_sdxl(directory: Path, seed: int = 0, *, turbo: bool = False) -> P
     """A tiny SDXL pipeline (64 px native: UNet sample_size 8, VAE x8). ``turbo``: saved with
     SDXL-Turbo's scheduler (Euler ancestral, "trailing" timesteps), as the hub repository is."""
     from diffusers import (
-        AutoencoderKL,
         EulerAncestralDiscreteScheduler,
         EulerDiscreteScheduler,
         StableDiffusionXLPipeline,
@@ -722,8 +721,14 @@ def build_tiny_sd3(directory: Path, seed: int = 0) -> Path:
         out_channels=4,
     )
     torch.manual_seed(seed)
-    vae = _tiny_vae(blocks=2, latent_channels=4, use_quant_conv=False, use_post_quant_conv=False,
-                    shift_factor=0.0609, scaling_factor=1.5035)
+    vae = _tiny_vae(
+        blocks=2,
+        latent_channels=4,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
     torch.manual_seed(seed)
     text_encoder = CLIPTextModelWithProjection(tiny_clip_text_config(hidden_act="gelu"))
     torch.manual_seed(seed + 1)
@@ -770,8 +775,14 @@ def build_tiny_flux(directory: Path, seed: int = 0) -> Path:
         axes_dims_rope=[4, 4, 8],
     )
     torch.manual_seed(seed)
-    vae = _tiny_vae(blocks=1, latent_channels=1, use_quant_conv=False, use_post_quant_conv=False,
-                    shift_factor=0.0609, scaling_factor=1.5035)
+    vae = _tiny_vae(
+        blocks=1,
+        latent_channels=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(tiny_clip_text_config(hidden_act="gelu"))
     pipe = FluxPipeline(
