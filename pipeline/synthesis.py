@@ -15,8 +15,9 @@ request, issue #19) and the batch key's chunk count, and compel 2.x is not teste
 transformers 5. T5-conditioned families (SD3, FLUX) read the whole prompt through T5 up to the
 model's limit (512 tokens), padded to a 64-token bucket; a longer prompt is refused with a
 message, never cut (their CLIP encoders only give the pooled summary, from the first 77 tokens).
-The number of tokens and chunks is recorded with every image. Each prompt is tokenised once per request (:meth:`Synthesizer.token_ids`
-caches the ids on the request): the batch key, the encoding and the recorded token count share them.
+The number of tokens and chunks is recorded with every image. Each prompt is tokenised once per
+request (:meth:`Synthesizer.token_ids` caches the ids on the request): the batch key, the encoding
+and the recorded token count share them.
 
 All methods here run torch and must be called from the GPU executor thread only.
 """
