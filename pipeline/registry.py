@@ -7,7 +7,9 @@
            turbo=stabilityai/sdxl-turbo;steps=2, flux=black-forest-labs/FLUX.1-schnell
 
 Keys: ``steps``, ``guidance``, ``width``, ``height`` (the model's defaults) and ``few_step=true``
-(a few-step distilled model whose repository does not say so). ``DIFFUSION_MODEL`` is the default:
+(a few-step distilled model whose repository does not say so); what a model's entry leaves out
+comes from the ``STEPS``/``GUIDANCE``/``WIDTH``/``HEIGHT`` settings when set, else from its family
+(:mod:`.families`). ``DIFFUSION_MODEL`` is the default:
 a name from ``MODELS`` or a hub id / directory of its own (then called ``default``).
 
 :class:`ModelPool` (model thread only) keeps at most ``MAX_RESIDENT_MODELS`` pipelines loaded and,
@@ -114,12 +116,20 @@ class ModelPool:
         from .lora import LoraSet
         from .synthesis import Synthesizer
 
+        own, settings = entry.defaults, self.settings
+        defaults = ModelDefaults(
+            steps=own.steps if own.steps is not None else settings.STEPS,
+            guidance=own.guidance if own.guidance is not None else settings.GUIDANCE,
+            width=own.width if own.width is not None else settings.WIDTH,
+            height=own.height if own.height is not None else settings.HEIGHT,
+            few_step=own.few_step,
+        )
         synth = Synthesizer(
             entry.source,
             self.settings.DEVICE,
             safety_checker=self.settings.SAFETY_CHECKER,
             name=None if entry.name == self.default_name else entry.name,
-            defaults=entry.defaults,
+            defaults=defaults,
         )
         synth.loras = LoraSet(self.settings.LORA_DIR)
         return synth

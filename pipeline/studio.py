@@ -247,18 +247,16 @@ class Studio:
         scene, director, director_fallback = await self._direct(text, idea.style, language or "en")
         timings["direct"] = time.perf_counter() - t0
 
-        # Sizes: the user's, else the aspect at the model's native budget, else WIDTH/HEIGHT, else
-        # native. Steps and guidance left empty are the model family's (pipeline.families).
-        sized = idea.width is not None and idea.height is not None
-        use_settings_size = not sized and idea.aspect is None
+        # Left empty, steps, guidance and size are the model's: its MODELS options, else the
+        # STEPS/GUIDANCE/WIDTH/HEIGHT settings, else its family's (pipeline.registry, .families).
         first = RenderRequest(
             prompt=scene.diffusion_prompt,
             negative_prompt=_join_negative(scene.negative_prompt, idea.negative_prompt),
             seed=idea.seed,
-            steps=idea.steps or self.settings.STEPS,
-            guidance=self.settings.GUIDANCE if idea.guidance is None else idea.guidance,
-            width=idea.width if sized else (self.settings.WIDTH if use_settings_size else None),
-            height=idea.height if sized else (self.settings.HEIGHT if use_settings_size else None),
+            steps=idea.steps,
+            guidance=idea.guidance,
+            width=idea.width,
+            height=idea.height,
             init_image=idea.init_image,
             strength=idea.strength,
             aspect=idea.aspect,
