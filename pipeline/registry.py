@@ -175,12 +175,12 @@ class ModelPool:
                 self._evict(others.pop(0))
             synth.load()
             self.loads += 1
-            if self.budget_bytes:
-                others = [n for n in self.resident if n != key]
-                while others and self.resident_bytes() > self.budget_bytes:
-                    self._evict(others.pop(0))
         self._recent[key] = None
         self._recent.move_to_end(key)
+        if self.budget_bytes:
+            others = [n for n in self.resident if n != key]
+            while others and self.resident_bytes() > self.budget_bytes:
+                self._evict(others.pop(0))
         return synth
 
     def _evict(self, name: str) -> None:
