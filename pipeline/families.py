@@ -262,6 +262,37 @@ def detect(pipe: Any, options: ModelDefaults | None = None) -> FamilyProfile:
     return profile.with_overrides(options)
 
 
+def prompt_token_limit(profile: FamilyProfile | None) -> int:
+    """Tokens a director should fit its prompt into: CLIP's 75-token window for SD and SDXL
+    (longer prompts are encoded in windows, but the model was trained on one), and up to 200 of
+    T5's tokens for SD3 and FLUX (their limit is 512; natural sentences of ~120 words fit)."""
+    from .prompts import PROMPT_TOKEN_LIMIT
+
+    if profile is None or profile.max_prompt_tokens is None:
+        return PROMPT_TOKEN_LIMIT
+    return min(200, profile.max_prompt_tokens - 1)
+
+
+def director_brief(profile: FamilyProfile | None) -> str:
+    """One paragraph telling a language-model director how this family wants its prompt."""
+    if profile is None:
+        return ""
+    words = profile.prompt_word_budget
+    if profile.prompt_style == "sentences":
+        how = (
+            f"write diffusion_prompt as one to three natural English sentences describing the picture "
+            f"(at most {words} words), not a list of tags"
+        )
+    else:
+        how = f"write diffusion_prompt as comma-separated phrases (at most {words} words)"
+    negative = (
+        "negative_prompt: leave it empty (this model does not use one)."
+        if not profile.negative_prompts
+        else "negative_prompt: as usual."
+    )
+    return f"The picture is rendered with {profile.label}: {how}. {negative}"
+
+
 def guidance_step_of(key: str | None) -> float:
     """The correction-round guidance bump of a family named by its :attr:`FamilyProfile.key`
     (what a stored round records; unknown or missing: SD 1.x's)."""

@@ -28,6 +28,7 @@ from .critic import GeminiCritic, QAReport
 from .directors import GeminiDirector, LocalDirector
 from .errors import BadAudio, BadRequest, ProviderError
 from .executor import Executor, Job, ProgressEvent, Stage
+from .families import FamilyProfile
 from .gemini import make_client
 from .palette import extract_palette, swatch_png
 from .scene import Scene
@@ -244,7 +245,8 @@ class Studio:
 
         self._stage(job, "direct")
         t0 = time.perf_counter()
-        scene, director, director_fallback = await self._direct(text, idea.style, language or "en")
+        family = self.executor.family(idea.model)  # the model's profile when it is loaded
+        scene, director, director_fallback = await self._direct(text, idea.style, language or "en", family)
         timings["direct"] = time.perf_counter() - t0
 
         # Left empty, steps, guidance and size are the model's: its MODELS options, else the
@@ -400,10 +402,12 @@ class Studio:
         )
         return Output(result=result, image_png=image_png, palette_png=palette_png)
 
-    async def _direct(self, text: str, style: str | None, language: str) -> tuple[Scene, str, str | None]:
+    async def _direct(
+        self, text: str, style: str | None, language: str, family: FamilyProfile | None = None
+    ) -> tuple[Scene, str, str | None]:
         if self.gemini_director is not None:
             try:
-                scene = await self.gemini_director.direct(text, style=style, language=language)
+                scene = await self.gemini_director.direct(text, style=style, language=language, family=family)
                 return scene, "gemini", None
             except ProviderError as exc:
                 log.warning("Gemini director failed, using the local director: %s", exc)
@@ -411,9 +415,9 @@ class Studio:
             except Exception as exc:  # an SDK bug must not lose the job
                 log.exception("Gemini director crashed, using the local director")
                 reason = f"{type(exc).__name__}: {exc}"
-            scene = await self.local_director.direct(text, style=style, language=language)
+            scene = await self.local_director.direct(text, style=style, language=language, family=family)
             return scene, "local", reason
-        scene = await self.local_director.direct(text, style=style, language=language)
+        scene = await self.local_director.direct(text, style=style, language=language, family=family)
         return scene, "local", None
 
     async def _review(self, job: Job, rendered: RenderedImage, scene: Scene) -> tuple[QAReport, str, str | None]:

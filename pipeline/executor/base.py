@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from ..critic import QAReport
+    from ..families import FamilyProfile
     from ..scene import Scene
     from ..synthesis import RenderedImage, RenderRequest
     from ..transcribe import Task, Transcript
@@ -67,5 +68,9 @@ class Executor(Protocol):
 
     def count_tokens(self, text: str) -> int | None:
         """CLIP tokens in ``text`` once the diffusion tokenizer is loaded, else None."""
+
+    def family(self, model: str | None) -> FamilyProfile | None:
+        """The family profile of a diffusion model (a MODELS name; None: the default) when it is
+        loaded, else None (nothing is loaded for the asking)."""
 
     def metrics(self) -> MetricsSnapshot: ...

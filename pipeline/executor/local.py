@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from ..critic import QAReport
+    from ..families import FamilyProfile
     from ..scene import Scene
     from ..settings import Settings
     from ..transcribe import Task, Transcript
@@ -230,6 +231,13 @@ class GPUExecutor:
         """CLIP tokens in ``text`` when the diffusion tokenizer is loaded (pure Python, no torch)."""
         synth = self.engine.synthesizer
         return synth.count_tokens(text) if synth.loaded else None
+
+    def family(self, model: str | None) -> FamilyProfile | None:
+        try:
+            synth = self.engine.models.get(model)
+        except Exception:
+            return None
+        return synth.family if synth.loaded else None
 
     async def _submit(
         self, job: Job | None, kind: WorkKind, fn: Callable[[], Any] | None, *, request: RenderRequest | None = None

@@ -153,3 +153,16 @@ def test_model_defaults_override_the_profile(tiny_sdxl_dir):
     family = synth.family
     assert family.few_step and (family.default_steps, family.default_guidance) == (3, 2.0)
     assert synth.resolve(req(steps=None)).steps == 3
+
+
+def test_local_director_writes_for_the_family(tiny_flux_dir):
+    from pipeline.directors import LocalDirector
+
+    flux = Synthesizer(str(tiny_flux_dir), "cpu")
+    director = LocalDirector()
+    tags = director.scene_for("a red fox in the snow")
+    prose = director.scene_for("a red fox in the snow", family=flux.family)
+    assert tags.negative_prompt and not prose.negative_prompt  # FLUX has no negative prompt
+    assert prose.diffusion_prompt.endswith(".") and prose.diffusion_prompt[0].isupper()
+    assert "red fox" in prose.diffusion_prompt.lower() and "masterpiece" not in prose.diffusion_prompt
+    assert families.prompt_token_limit(flux.family) > families.prompt_token_limit(None) == 75

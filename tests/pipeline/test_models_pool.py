@@ -95,9 +95,10 @@ def test_prefer_loaded_groups_by_model_but_never_starves():
     )
     assert picked[0] is order[0]
     far = [Item("b")] + [Item("c")] * 3 + [Item("a")]
-    assert prefer_loaded(far, needs_load=lambda it: it.model != "a", bypassed=lambda it: 0, window=2, max_bypass=2)[
-        0
-    ] is far[0]  # outside the window: no jump
+    assert (
+        prefer_loaded(far, needs_load=lambda it: it.model != "a", bypassed=lambda it: 0, window=2, max_bypass=2)[0]
+        is far[0]
+    )  # outside the window: no jump
 
 
 async def test_executor_switches_models_and_groups_a_burst(three_models, tiny_sd_dir):

@@ -349,3 +349,26 @@ def test_a_follow_up_carries_the_parents_provenance_with_its_own_kind_and_parent
     unchanged = set(Provenance.model_fields) - {"kind", "parent_job_id"}
     assert {name: getattr(follow_up, name) for name in unchanged} == {name: getattr(parent, name) for name in unchanged}
     assert (parent.kind, parent.parent_job_id) == ("voice", None)  # the parent itself is untouched
+
+
+async def test_turbo_model_correction_adds_a_step_not_guidance(
+    make_studio, gemini_settings, tiny_sdxl_turbo_dir, tiny_clip_dir, fake_gemini
+):
+    """Issue #12: the correction round follows the family — a few-step model at guidance 0 gets
+    one more step and stays at guidance 0; its native size and defaults need no setting; the
+    director is told the family (sentences, no negative prompt)."""
+    fake_gemini.script(
+        "critic",
+        {"alignment_score": 30, "missing_elements": ["table"], "correction_prompt": "a red apple", "notes": "x"},
+        {"alignment_score": 95, "missing_elements": [], "correction_prompt": "", "notes": "good"},
+    )
+    settings = gemini_settings(DIFFUSION_MODEL=str(tiny_sdxl_turbo_dir), CLIP_MODEL=str(tiny_clip_dir))
+    studio = await make_studio(settings)
+    await studio.executor.warm_up(whisper=False, clip=False)  # loaded: the director knows the family
+    result = (await run(studio, IDEA)).result
+    first, second = result.rounds
+    assert (first.steps, first.guidance, first.width, first.height) == (4, 0.0, 64, 64)
+    assert (second.steps, second.guidance) == (5, 0.0)
+    assert first.family == "sdxl-few-step" and first.negative_prompt == ""
+    asked = json.dumps(fake_gemini.requests_for("director")[0].body)
+    assert "SDXL (few-step)" in asked and "natural English sentences" in asked

@@ -232,7 +232,11 @@ class Commands:
         if synced is not None and synced.get("guild_id"):
             data["guild_id"] = synced["guild_id"]
         inter = self._interactions.build(
-            INTERACTION_AUTOCOMPLETE, data, user_id=world.user_id(None), channel=channel, locale="en-US",
+            INTERACTION_AUTOCOMPLETE,
+            data,
+            user_id=world.user_id(None),
+            channel=channel,
+            locale="en-US",
             app_permissions=None,
         )
         inter.command_name = name
