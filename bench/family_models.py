@@ -193,7 +193,12 @@ def build_flux(directory: Path, *, seed: int = 0) -> Path:
 
 def build_sd3(directory: Path, *, t5_from: Path | None = None, seed: int = 0) -> Path:
     """SD3-medium; ``t5_from``: a FLUX directory whose T5-XXL is linked instead of written again."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
     from transformers import CLIPTokenizer, T5Tokenizer
 
     device = _build_device()
@@ -258,6 +263,8 @@ def ensure_family_models(cache_dir: Path, *, tiny: bool) -> dict[str, Path]:
             maker(directory)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            marker.write_text(json.dumps({"version": BUILD_VERSION, "build_s": round(time.perf_counter() - started, 1)}))
+            marker.write_text(
+                json.dumps({"version": BUILD_VERSION, "build_s": round(time.perf_counter() - started, 1)})
+            )
         out[name] = directory
     return out

@@ -113,7 +113,9 @@ class Imagine(commands.Cog):
     async def _lora_autocomplete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        names = lora_names(self.bot.settings.LORA_DIR)
+        # Only LoRAs that fit the chosen model's family (once it is loaded; a header check, no weights).
+        model = getattr(interaction.namespace, "model", None) or None
+        names = self.bot.executor.lora_choices(model)
         return [app_commands.Choice(name=n, value=n) for n in names if current.lower() in n.lower()][:25]
 
     @app_commands.command(name="queue", description="Your pictures in progress, with their place in the queue")

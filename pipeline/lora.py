@@ -37,6 +37,61 @@ def parse_lora(text: str, default_weight: float) -> tuple[str, float]:
         raise BadRequest(f"A LoRA is written name or name:weight (got {text!r}).") from None
 
 
+_LORA_DOWN = (".lora_A.weight", ".lora.down.weight", ".lora_down.weight")
+
+
+def fits(denoiser: Any, path: Path, prefix: str) -> bool | None:
+    """Whether the LoRA at ``path`` fits ``denoiser`` (the UNet or transformer, whose weights in the
+    file start with ``prefix``: "unet" or "transformer"): every layer it adapts exists with the same
+    input width. Reads only the file's header. None: a layout this check does not know (kohya-style
+    names): offered, and loading says whether it fits."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:  # type: ignore[no-untyped-call]
+            keys = list(handle.keys())
+            downs = [k for k in keys if k.endswith(_LORA_DOWN)]
+            if not downs or not all(
+                k.split(".", 1)[0] in ("unet", "transformer", "text_encoder", "text_encoder_2") for k in downs
+            ):
+                return None
+            ours = [k for k in downs if k.startswith(prefix + ".")]
+            if not ours:
+                return False  # made for another denoiser (a UNet LoRA on FLUX, or the reverse)
+            for key in ours:
+                module_path = key[len(prefix) + 1 :]
+                for suffix in _LORA_DOWN:
+                    module_path = module_path.removesuffix(suffix)
+                try:
+                    module = denoiser.get_submodule(module_path)
+                except AttributeError:
+                    return False
+                width = getattr(module, "in_features", None) or getattr(module, "in_channels", None)
+                if width is not None and int(handle.get_slice(key).get_shape()[-1]) != int(width):
+                    return False
+    except Exception as exc:  # an unreadable file is not offered
+        log.info("LoRA %s unreadable: %s", path.name, exc)
+        return False
+    return True
+
+
+def compatible_names(lora_dir: Path | None, pipe: Any, cache: dict[tuple[str, float], bool]) -> list[str]:
+    """The LoRAs of ``lora_dir`` that fit the loaded pipeline (header check, cached per file version)."""
+    denoiser = getattr(pipe, "unet", None)
+    prefix = "unet"
+    if denoiser is None:
+        denoiser, prefix = getattr(pipe, "transformer", None), "transformer"
+    names = []
+    for name in lora_names(lora_dir):
+        path = (lora_dir or Path()) / f"{name}.safetensors"
+        key = (f"{id(pipe)}:{path}", path.stat().st_mtime)
+        if key not in cache:
+            cache[key] = fits(denoiser, path, prefix) is not False
+        if cache[key]:
+            names.append(name)
+    return names
+
+
 class LoraSet:
     """The LoRAs loaded into one pipeline (model thread only)."""
 

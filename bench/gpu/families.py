@@ -62,7 +62,7 @@ async def section_families(bench: GpuBench) -> None:
                 if i >= plan.warmup:
                     b1.append(time.perf_counter() - t0)
             bursts: dict[int, float] = {}
-            for max_batch in (1, 4):
+            for max_batch in (4,) if bench.args.smoke else (1, 4):  # smoke: proves the code, not the ratio
                 executor.max_batch = max_batch
                 jobs = [executor.admit(f"user{i}", force=True) for i in range(plan.burst_jobs)]
                 t0 = time.perf_counter()
@@ -96,11 +96,11 @@ async def section_families(bench: GpuBench) -> None:
                     f"{image.steps} / {image.guidance:g}",
                     f"{load_s:.1f}",
                     fmt_s(median(b1)),
-                    f"{bursts[1]:.2f}",
+                    f"{bursts[1]:.2f}" if 1 in bursts else "—",
                     f"{bursts[4]:.2f}",
                 ]
             )
-            log.info("family %s: %.3f s per image, burst %.2f / %.2f images/s", name, median(b1), bursts[1], bursts[4])
+            log.info("family %s: %.3f s per image, burst %s images/s", name, median(b1), bursts)
     finally:
         executor.max_batch = settings.MAX_BATCH
         await executor.shutdown(timeout_s=60)

@@ -69,6 +69,9 @@ class Executor(Protocol):
     def count_tokens(self, text: str) -> int | None:
         """CLIP tokens in ``text`` once the diffusion tokenizer is loaded, else None."""
 
+    def lora_choices(self, model: str | None) -> list[str]:
+        """LORA_DIR's LoRAs that fit ``model`` (all of them while it is not loaded)."""
+
     def family(self, model: str | None) -> FamilyProfile | None:
         """The family profile of a diffusion model (a MODELS name; None: the default) when it is
         loaded, else None (nothing is loaded for the asking)."""

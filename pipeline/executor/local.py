@@ -80,6 +80,7 @@ class GPUExecutor:
         self._accepting = True
         self._generation = 0
         self._metrics = MetricsRecorder()
+        self._lora_fit_cache: dict[tuple[str, float], bool] = {}
 
     # --- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -231,6 +232,20 @@ class GPUExecutor:
         """CLIP tokens in ``text`` when the diffusion tokenizer is loaded (pure Python, no torch)."""
         synth = self.engine.synthesizer
         return synth.count_tokens(text) if synth.loaded else None
+
+    def lora_choices(self, model: str | None) -> list[str]:
+        """LORA_DIR's LoRAs for ``model``: those that fit it once it is loaded (a header check),
+        all of them before."""
+        from ..lora import compatible_names, lora_names
+
+        lora_dir = self.settings.LORA_DIR
+        try:
+            synth = self.engine.models.get(model)
+        except Exception:
+            return lora_names(lora_dir)
+        if not synth.loaded:
+            return lora_names(lora_dir)
+        return compatible_names(lora_dir, synth.load().text2img, self._lora_fit_cache)
 
     def family(self, model: str | None) -> FamilyProfile | None:
         try:

@@ -38,7 +38,7 @@ def family_synth(request) -> tuple[str, Synthesizer]:
 
 
 def req(prompt: str = "a red apple on a wooden table", **kw) -> RenderRequest:
-    values: dict = dict(prompt=prompt, seed=7, steps=2)
+    values: dict = dict(prompt=prompt, seed=7, steps=1)
     values.update(kw)
     return RenderRequest(**values).validated()
 
@@ -71,7 +71,7 @@ def test_text_to_image_at_native_size_and_aspect(family_synth):
     native = FAMILIES[name][2]
     image = synth.render([req()])[0]
     assert image.image.size == native and (image.width, image.height) == native
-    assert image.family is synth.family and image.steps == 2
+    assert image.family is synth.family and image.steps == 1
     wide = synth.render([req(aspect="16:9")])[0]
     assert wide.image.size == families.aspect_size(native, "16:9")
     assert wide.image.size[0] > wide.image.size[1]
@@ -81,8 +81,8 @@ def test_text_to_image_at_native_size_and_aspect(family_synth):
 
 def test_image_to_image(family_synth):
     _, synth = family_synth
-    red = synth.render([req(init_image=png((250, 10, 10)), strength=0.6, steps=4)])[0]
-    blue = synth.render([req(init_image=png((10, 10, 250)), strength=0.6, steps=4)])[0]
+    red = synth.render([req(init_image=png((250, 10, 10)), strength=0.5, steps=2)])[0]
+    blue = synth.render([req(init_image=png((10, 10, 250)), strength=0.5, steps=2)])[0]
     assert red.mode == "img2img" and red.image.size == synth.family.native_size
     assert not np.array_equal(pixels(red.image), pixels(blue.image))  # the starting image is used
 

@@ -42,3 +42,24 @@ def test_unknown_lora_and_bad_weight_are_refused(tiny_sd_dir, tiny_lora_dir):
         req(loras=(("tiny-style", 9.0),))
     assert parse_lora("tiny-style:0.5", 0.8) == ("tiny-style", 0.5)
     assert parse_lora("tiny-style", 0.8) == ("tiny-style", 0.8)
+
+
+def test_only_loras_that_fit_the_model_are_offered(tiny_sd_dir, tiny_sdxl_dir, tiny_flux_dir, tiny_lora_dir):
+    from pipeline.lora import compatible_names, fits
+
+    path = tiny_lora_dir / "tiny-style.safetensors"
+    sd, sdxl, flux = (Synthesizer(str(d), "cpu") for d in (tiny_sd_dir, tiny_sdxl_dir, tiny_flux_dir))
+    assert fits(sd._text2img.unet, path, "unet") is True
+    assert fits(sdxl._text2img.unet, path, "unet") is False  # another UNet: layers or widths differ
+    assert fits(flux._text2img.transformer, path, "transformer") is False  # a UNet LoRA on a transformer
+    cache: dict = {}
+    assert compatible_names(tiny_lora_dir, sd._text2img, cache) == ["tiny-style"]
+    assert compatible_names(tiny_lora_dir, flux._text2img, cache) == []
+
+
+def test_a_lora_for_another_family_is_refused_in_words(tiny_sdxl_dir, tiny_lora_dir):
+    sdxl = Synthesizer(str(tiny_sdxl_dir), "cpu")
+    sdxl.loras = LoraSet(tiny_lora_dir)
+    with pytest.raises(BadRequest, match="does not fit this model"):
+        sdxl.render([req(loras=(("tiny-style", 1.0),))])
+    assert np.asarray(sdxl.render([req()])[0].image).shape == (64, 64, 3)  # the model still renders
