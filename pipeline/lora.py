@@ -48,7 +48,7 @@ def fits(denoiser: Any, path: Path, prefix: str) -> bool | None:
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as handle:  # type: ignore[no-untyped-call]
+        with safe_open(str(path), framework="pt") as handle:
             keys = list(handle.keys())
             downs = [k for k in keys if k.endswith(_LORA_DOWN)]
             if not downs or not all(
