@@ -259,6 +259,8 @@ def detect(pipe: Any, options: ModelDefaults | None = None) -> FamilyProfile:
     )
     if looks_few_step(pipe, architecture):
         profile = _few_step(profile, lcm=type(pipe.scheduler).__name__ == "LCMScheduler")
+    if type(pipe).__name__.startswith("LatentConsistency"):
+        profile = replace(profile, negative_prompts=False)  # an LCM-distilled UNet: guidance is embedded
     return profile.with_overrides(options)
 
 

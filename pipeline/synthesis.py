@@ -429,29 +429,27 @@ class Synthesizer(LazyModel[DiffusionPipelines]):
         dtype = self._text2img.dtype
         if family.prompt_encoding == "t5":
             args: dict[str, Any] = {"prompt": [r.prompt for r in requests], "max_sequence_length": shape}
-            if family.architecture == "sd3":
+            if family.negative_prompts:  # SD3 (FLUX has none)
                 args["negative_prompt"] = [r.negative_prompt for r in requests]
             return args
         if family.architecture == "sdxl":
             embeds, pooled = self._encode_sdxl(requests, [r.prompt for r in requests], shape)
-            negative, negative_pooled = self._encode_sdxl(requests, [r.negative_prompt for r in requests], shape)
-            if getattr(self._text2img.config, "force_zeros_for_empty_prompt", False):
-                # diffusers' SDXL rule: an empty negative prompt is zeros, not the encoded empty text.
-                empty = torch.tensor([not r.negative_prompt for r in requests], device=negative.device)
-                negative = torch.where(empty[:, None, None], torch.zeros_like(negative), negative)
-                negative_pooled = torch.where(empty[:, None], torch.zeros_like(negative_pooled), negative_pooled)
-            return {
-                "prompt_embeds": embeds.to(dtype),
-                "pooled_prompt_embeds": pooled.to(dtype),
-                "negative_prompt_embeds": negative.to(dtype),
-                "negative_pooled_prompt_embeds": negative_pooled.to(dtype),
-            }
-        return {
-            "prompt_embeds": self._encode([self.token_ids(r, r.prompt) for r in requests], shape).to(dtype),
-            "negative_prompt_embeds": self._encode([self.token_ids(r, r.negative_prompt) for r in requests], shape).to(
-                dtype
-            ),
-        }
+            args = {"prompt_embeds": embeds.to(dtype), "pooled_prompt_embeds": pooled.to(dtype)}
+            if family.negative_prompts:  # (a few-step model at guidance 0 never reads them)
+                negative, negative_pooled = self._encode_sdxl(requests, [r.negative_prompt for r in requests], shape)
+                if getattr(self._text2img.config, "force_zeros_for_empty_prompt", False):
+                    # diffusers' SDXL rule: an empty negative prompt is zeros, not the encoded empty text.
+                    empty = torch.tensor([not r.negative_prompt for r in requests], device=negative.device)
+                    negative = torch.where(empty[:, None, None], torch.zeros_like(negative), negative)
+                    negative_pooled = torch.where(empty[:, None], torch.zeros_like(negative_pooled), negative_pooled)
+                args["negative_prompt_embeds"] = negative.to(dtype)
+                args["negative_pooled_prompt_embeds"] = negative_pooled.to(dtype)
+            return args
+        args = {"prompt_embeds": self._encode([self.token_ids(r, r.prompt) for r in requests], shape).to(dtype)}
+        if family.negative_prompts:  # (LatentConsistencyModelPipeline takes none)
+            negative_ids = [self.token_ids(r, r.negative_prompt) for r in requests]
+            args["negative_prompt_embeds"] = self._encode(negative_ids, shape).to(dtype)
+        return args
 
     # -- rendering ---------------------------------------------------------------------------
     def render(

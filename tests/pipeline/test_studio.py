@@ -372,3 +372,18 @@ async def test_turbo_model_correction_adds_a_step_not_guidance(
     assert first.family == "sdxl-few-step" and first.negative_prompt == ""
     asked = json.dumps(fake_gemini.requests_for("director")[0].body)
     assert "SDXL (few-step)" in asked and "natural English sentences" in asked
+
+
+async def test_cli_aspect_model_and_lora(cli_env, tmp_path, tiny_sd_dir, tiny_lora_dir):
+    """Issue #12: ``--aspect``, ``--model`` and ``--lora name:weight`` reach the picture; with
+    WIDTH/HEIGHT empty the size comes from the model (16:9 of its native 64 px budget)."""
+    env = {**cli_env, "WIDTH": "", "HEIGHT": "", "MODELS": f"tiny={tiny_sd_dir}", "LORA_DIR": str(tiny_lora_dir)}
+    args = ["--text", "a red apple", "--aspect", "16:9", "--model", "tiny", "--lora", "tiny-style:0.5"]
+    code, out, err = await cli([*args, "--out", "out", "--quiet"], env, tmp_path)
+    assert code == 0, err
+    assert Image.open(tmp_path / "out" / "image.png").size == (88, 64)
+    best = json.loads((tmp_path / "out" / "result.json").read_text())["rounds"][0]
+    assert (best["model"], best["loras"], best["family"]) == ("tiny", [["tiny-style", 0.5]], "sd")
+    assert "size 88x64" in out and "model:     tiny (sd)" in out
+    code, _, err = await cli(["--text", "a red apple", "--lora", "nope", "--out", "o2", "--quiet"], env, tmp_path)
+    assert code == 2 and "no LoRA called 'nope'" in err
