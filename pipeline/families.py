@@ -275,24 +275,27 @@ def prompt_token_limit(profile: FamilyProfile | None) -> int:
     return min(200, profile.max_prompt_tokens - 1)
 
 
-def director_brief(profile: FamilyProfile | None) -> str:
-    """One paragraph telling a language-model director how this family wants its prompt."""
+def director_brief(profile: FamilyProfile | None, field: str = "diffusion_prompt", *, negative: bool = True) -> str:
+    """One paragraph telling a language model how this family wants its prompt (``field``: the
+    answer's field it writes; ``negative``: also say what to do with the negative prompt)."""
     if profile is None:
         return ""
     words = profile.prompt_word_budget
     if profile.prompt_style == "sentences":
         how = (
-            f"write diffusion_prompt as one to three natural English sentences describing the picture "
+            f"write {field} as one to three natural English sentences describing the picture "
             f"(at most {words} words), not a list of tags"
         )
     else:
-        how = f"write diffusion_prompt as comma-separated phrases (at most {words} words)"
-    negative = (
-        "negative_prompt: leave it empty (this model does not use one)."
-        if not profile.negative_prompts
-        else "negative_prompt: as usual."
-    )
-    return f"The picture is rendered with {profile.label}: {how}. {negative}"
+        how = f"write {field} as comma-separated phrases (at most {words} words)"
+    text = f"The picture is rendered with {profile.label}: {how}."
+    if negative:
+        text += (
+            " negative_prompt: leave it empty (this model does not use one)."
+            if not profile.negative_prompts
+            else " negative_prompt: as usual."
+        )
+    return text
 
 
 def guidance_step_of(key: str | None) -> float:

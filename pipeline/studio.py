@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from . import families, limits
 from .audio import SAMPLE_RATE, decode_audio
-from .critic import GeminiCritic, QAReport
+from .critic import GeminiCritic, QAReport, build_correction_prompt
 from .directors import GeminiDirector, LocalDirector
 from .errors import BadAudio, BadRequest, ProviderError
 from .executor import Executor, Job, ProgressEvent, Stage
@@ -425,7 +425,7 @@ class Studio:
         if self.gemini_critic is not None:
             try:
                 png = await asyncio.to_thread(rendered.png_bytes)
-                report = await self.gemini_critic.review(png, scene, rendered.prompt)
+                report = await self.gemini_critic.review(png, scene, rendered.prompt, rendered.family)
                 return report, "gemini", None
             except ProviderError as exc:
                 log.warning("Gemini critic failed, using the CLIP critic: %s", exc)
@@ -434,6 +434,13 @@ class Studio:
                 log.exception("Gemini critic crashed, using the CLIP critic")
                 reason = f"{type(exc).__name__}: {exc}"
         report = await self.executor.review(job, rendered.image, scene, rendered.prompt)
+        family = rendered.family
+        if family is not None and family.max_prompt_tokens is not None and report.missing_elements:
+            # T5 families read long prompts: the correction keeps more of the original than CLIP's 75 tokens.
+            correction = build_correction_prompt(
+                rendered.prompt, report.missing_elements, limit=families.prompt_token_limit(family)
+            )
+            report = report.model_copy(update={"correction_prompt": correction})
         return report, "local", reason
 
     @staticmethod

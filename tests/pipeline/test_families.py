@@ -166,3 +166,15 @@ def test_local_director_writes_for_the_family(tiny_flux_dir):
     assert prose.diffusion_prompt.endswith(".") and prose.diffusion_prompt[0].isupper()
     assert "red fox" in prose.diffusion_prompt.lower() and "masterpiece" not in prose.diffusion_prompt
     assert families.prompt_token_limit(flux.family) > families.prompt_token_limit(None) == 75
+
+
+def test_critics_write_corrections_for_the_family(tiny_flux_dir):
+    from pipeline.critic import build_correction_prompt
+
+    flux = Synthesizer(str(tiny_flux_dir), "cpu").family
+    long_prompt = ", ".join(f"detail number {i}" for i in range(40))  # ~120 words
+    short = build_correction_prompt(long_prompt, ["a red apple"])
+    long = build_correction_prompt(long_prompt, ["a red apple"], limit=families.prompt_token_limit(flux))
+    assert long.startswith("prominent a red apple") and len(long) > len(short)
+    brief = families.director_brief(flux, "correction_prompt", negative=False)
+    assert "correction_prompt" in brief and "natural English sentences" in brief and "negative" not in brief

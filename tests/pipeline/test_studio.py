@@ -372,6 +372,8 @@ async def test_turbo_model_correction_adds_a_step_not_guidance(
     assert first.family == "sdxl-few-step" and first.negative_prompt == ""
     asked = json.dumps(fake_gemini.requests_for("director")[0].body)
     assert "SDXL (few-step)" in asked and "natural English sentences" in asked
+    judged = json.dumps(fake_gemini.requests_for("critic")[0].body)
+    assert "write correction_prompt as one to three natural English sentences" in judged
 
 
 async def test_cli_aspect_model_and_lora(cli_env, tmp_path, tiny_sd_dir, tiny_lora_dir):
