@@ -29,7 +29,7 @@ from . import report  # noqa: E402
 
 log = logging.getLogger("bench")
 
-GPU_SECTIONS = ("sd", "options", "whisper", "clip", "loop", "burst", "compile", "whisper-compile")
+GPU_SECTIONS = ("sd", "options", "whisper", "clip", "loop", "burst", "compile", "whisper-compile", "families")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -21,7 +21,7 @@ from PIL import Image
 
 from pipeline.errors import VoxCanvasError
 from pipeline.executor import ProgressEvent
-from pipeline.studio import MusicResult, Result
+from pipeline.studio import MusicResult, Result, Round
 
 from .limits import (
     BOOSTED_PREMIUM_TIER,
@@ -125,7 +125,9 @@ def result_embed(result: Result) -> discord.Embed:
     embed.add_field(name="Alignment", value=alignment, inline=True)
     embed.add_field(
         name="Settings",
-        value=f"seed `{best.seed}`\n{best.steps} steps · guidance {best.guidance:g}"
+        value=f"seed `{best.seed}`\n{best.width}×{best.height} · {best.steps} steps · guidance {best.guidance:g}"
+        + (f"\nmodel `{best.model}`" if best.model else "")
+        + (f"\nLoRA {model_loras(best)}" if best.loras else "")
         + (f"\nimage-to-image, strength {best.strength:g}" if best.mode == "img2img" else ""),
         inline=True,
     )
@@ -358,6 +360,11 @@ def result_content(result: Result) -> str:
     return _clip(" ".join(parts), MESSAGE_CONTENT_CHARS)
 
 
+def model_loras(round_: Round) -> str:
+    """``name:0.8, other:0.5``."""
+    return ", ".join(f"{name}:{weight:g}" for name, weight in round_.loras)
+
+
 def details_text(result: Result) -> str:
     """The ephemeral Details view: the full scene and every round's QA report."""
     scene = result.scene
@@ -370,6 +377,9 @@ def details_text(result: Result) -> str:
         f"**Negative prompt:** {scene.negative_prompt or '—'}",
         f"**Palette:** {' '.join(result.palette)} (from the {result.palette_source})",
         f"**Tags:** {', '.join(result.tags)}",
+        f"**Model:** {result.best.model or 'default'}"
+        + (f" ({result.best.family})" if result.best.family else "")
+        + (f" · LoRA {model_loras(result.best)}" if result.best.loras else ""),
     ]
     # Anyone who can see the message can press Details: the reason Gemini failed (it may quote
     # the provider's answer or a URL) is in the operator's log, not here.
@@ -382,7 +392,7 @@ def details_text(result: Result) -> str:
         lines += [
             "",
             f"**Round {r.index + 1}**{marker}: score {r.score}/100 · seed {r.seed} · "
-            f"{r.steps} steps · guidance {r.guidance:g}",
+            f"{r.width}×{r.height} · {r.steps} steps · guidance {r.guidance:g}",
             f"prompt: {r.prompt}",
         ]
         if r.prompt_chunks > 1:
@@ -425,6 +435,8 @@ def progress_line(event: ProgressEvent, *, corrections: int = 0) -> str:
         return "🎵 Composing…"
     if event.stage == "correct":
         return "🛠️ Score below the bar — correcting…"
+    if event.stage == "load":
+        return f"📦 Loading {event.detail or 'the model'}…"
     return STAGE_LINES.get(event.stage, f"{event.stage}…")
 
 

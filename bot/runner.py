@@ -643,7 +643,9 @@ def idea_to_dict(idea: Idea) -> dict[str, Any]:
 def idea_from_record(record: JobRecord) -> Idea:
     """The idea's options from a store record (without its audio and start image)."""
     fields = set(Idea.__dataclass_fields__) - {"audio", "audio_path", "init_image"}
-    return Idea(**{k: v for k, v in record.idea.items() if k in fields})
+    idea = Idea(**{k: v for k, v in record.idea.items() if k in fields})
+    idea.loras = tuple((str(name), float(weight)) for name, weight in idea.loras)  # JSON lists → pairs
+    return idea
 
 
 async def download_init_image(attachment: discord.Attachment) -> bytes:

@@ -11,7 +11,10 @@ from discord.ext import commands
 
 from pipeline import limits
 from pipeline.errors import BadRequest
+from pipeline.families import ASPECTS
 from pipeline.images import check_image_bytes
+from pipeline.lora import lora_names
+from pipeline.registry import model_names
 from pipeline.studio import Idea
 from pipeline.styles import STYLES
 
@@ -22,6 +25,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
 STYLE_CHOICES = [app_commands.Choice(name=name, value=name) for name in list(STYLES)[:25]]
+ASPECT_CHOICES = [app_commands.Choice(name=aspect, value=aspect) for aspect in ASPECTS]
 
 
 class Imagine(commands.Cog):
@@ -41,8 +45,13 @@ class Imagine(commands.Cog):
         image="A starting image: makes this image-to-image",
         strength=f"Image-to-image: how much to change the starting image ({limits.MIN_STRENGTH:g} – "
         f"{limits.MAX_STRENGTH:g})",
+        aspect="The frame: 1:1, 16:9, 9:16 …; the model's native size by default",
+        model="Which model draws it; empty = the default",
+        lora="A LoRA (a style or subject add-on) by name",
+        weight=f"The LoRA's weight ({limits.MIN_LORA_WEIGHT:g} – {limits.MAX_LORA_WEIGHT:g}); "
+        f"default {limits.DEFAULT_LORA_WEIGHT:g}",
     )
-    @app_commands.choices(style=STYLE_CHOICES)
+    @app_commands.choices(style=STYLE_CHOICES, aspect=ASPECT_CHOICES)
     async def imagine(
         self,
         interaction: discord.Interaction,
@@ -54,6 +63,10 @@ class Imagine(commands.Cog):
         style: app_commands.Choice[str] | None = None,
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, limits.MIN_STRENGTH, limits.MAX_STRENGTH] = limits.DEFAULT_STRENGTH,
+        aspect: app_commands.Choice[str] | None = None,
+        model: app_commands.Range[str, 1, 40] | None = None,
+        lora: app_commands.Range[str, 1, 64] | None = None,
+        weight: app_commands.Range[float, limits.MIN_LORA_WEIGHT, limits.MAX_LORA_WEIGHT] = limits.DEFAULT_LORA_WEIGHT,
     ) -> None:
         if not prompt.strip():
             await interaction.response.send_message("🚫 The prompt is empty — tell me what to draw.", ephemeral=True)
@@ -63,6 +76,17 @@ class Imagine(commands.Cog):
             if problem:
                 await interaction.response.send_message(f"🚫 {problem}", ephemeral=True)
                 return
+        settings = self.bot.settings
+        if model is not None and model not in model_names(settings):
+            names = ", ".join(model_names(settings))
+            await interaction.response.send_message(
+                f"🚫 There is no model called {model!r}. Try: {names}.", ephemeral=True
+            )
+            return
+        if lora is not None and lora not in lora_names(settings.LORA_DIR):
+            names = ", ".join(lora_names(settings.LORA_DIR)) or "none are set up"
+            await interaction.response.send_message(f"🚫 There is no LoRA called {lora!r} ({names}).", ephemeral=True)
+            return
         idea = Idea(
             text=prompt,
             style=style.value if style else None,
@@ -71,9 +95,28 @@ class Imagine(commands.Cog):
             steps=steps,
             guidance=guidance,
             strength=strength,
+            aspect=aspect.value if aspect else None,
+            model=model,
+            loras=((lora, weight),) if lora else (),
         )
         # The runner downloads the image only after acknowledging: Discord's 3 s are not spent on the CDN.
         await self.bot.runner.start_imagine(interaction, idea, image=image)
+
+    @imagine.autocomplete("model")
+    async def _model_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        names = model_names(self.bot.settings)
+        return [app_commands.Choice(name=n, value=n) for n in names if current.lower() in n.lower()][:25]
+
+    @imagine.autocomplete("lora")
+    async def _lora_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        # Only LoRAs that fit the chosen model's family (once it is loaded; a header check, no weights).
+        model = getattr(interaction.namespace, "model", None) or None
+        names = self.bot.executor.lora_choices(model)
+        return [app_commands.Choice(name=n, value=n) for n in names if current.lower() in n.lower()][:25]
 
     @app_commands.command(name="queue", description="Your pictures in progress, with their place in the queue")
     async def queue(self, interaction: discord.Interaction) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import limits
+from .families import ASPECTS
 from .logs import configure_logging
 
 if TYPE_CHECKING:
@@ -34,7 +35,19 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_MODEL = 0, 1, 2, 3
 
 #: Command-line options that are :class:`~pipeline.studio.Idea` fields of the same name.
-IDEA_OPTIONS = ("style", "negative_prompt", "seed", "steps", "guidance", "width", "height", "strength", "task")
+IDEA_OPTIONS = (
+    "style",
+    "negative_prompt",
+    "seed",
+    "steps",
+    "guidance",
+    "width",
+    "height",
+    "strength",
+    "task",
+    "aspect",
+    "model",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     sides = f"a multiple of {limits.SIDE_MULTIPLE}, {limits.MIN_SIDE}-{limits.MAX_SIDE}"
     p.add_argument("--width", type=int, help=f"picture width ({sides}; default: WIDTH)")
     p.add_argument("--height", type=int, help=f"picture height ({sides}; default: HEIGHT)")
+    p.add_argument("--aspect", choices=ASPECTS, help="the frame at the model's native pixel budget (default: native)")
+    p.add_argument("--model", help="a MODELS name (default: DIFFUSION_MODEL)")
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="NAME[:WEIGHT]",
+        help=f"a LoRA from LORA_DIR, repeatable (weight default {limits.DEFAULT_LORA_WEIGHT:g})",
+    )
     p.add_argument("--image", type=Path, help="an init image: image-to-image")
     p.add_argument(
         "--strength",
@@ -125,7 +147,15 @@ async def _run(args: argparse.Namespace) -> int:
     except VoxCanvasError as exc:  # an init image that is too large or not PNG/JPEG/WebP
         print(f"error: {args.image}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from .lora import parse_lora
+
+    try:
+        loras = tuple(parse_lora(text, limits.DEFAULT_LORA_WEIGHT) for text in args.lora)
+    except VoxCanvasError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     idea = Idea(
+        loras=loras,
         text=args.text,
         audio=audio,
         audio_filename=args.audio.name if args.audio is not None else None,
@@ -193,7 +223,8 @@ async def _run(args: argparse.Namespace) -> int:
     )
     print(f"critic:    {result.critic}" + (f"  (fallback: {result.critic_fallback})" if result.critic_fallback else ""))
     print(f"prompt:    {best.prompt}")
-    print(f"seed:      {best.seed}  steps {best.steps}  guidance {best.guidance:g}")
+    print(f"seed:      {best.seed}  steps {best.steps}  guidance {best.guidance:g}  size {best.width}x{best.height}")
+    print(f"model:     {best.model or 'default'} ({best.family})" + (f"  LoRA {best.loras}" if best.loras else ""))
     print(f"palette:   {' '.join(result.palette)}")
     wrote = ["image.png", "palette.png", "result.json"] + (["music.wav"] if soundtrack is not None else [])
     if soundtrack is not None:
@@ -249,7 +280,8 @@ class _Progress:
         if event.stage != self.stage:
             self.close()
             self.stage = event.stage
-            print(f"{self.LABELS.get(event.stage, event.stage)}…", file=sys.stderr)
+            loading = f"Loading {event.detail}" if event.stage == "load" and event.detail else None
+            print(f"{loading or self.LABELS.get(event.stage, event.stage)}…", file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:

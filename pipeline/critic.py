@@ -24,7 +24,9 @@ from typing import Annotated, Any
 import torch
 from pydantic import AfterValidator, BaseModel, Field, field_validator
 
+from . import families
 from .errors import ProviderError
+from .families import FamilyProfile
 from .gemini import GeminiProvider, delimit
 from .limits import MAX_CRITIC_NOTES_CHARS, MAX_ELEMENT_CHARS, MAX_ELEMENTS, MAX_PROMPT_CHARS
 from .models import ProcessorAndModel, TransformersModel, pretrained_model
@@ -99,6 +101,7 @@ def build_correction_prompt(
     *,
     count_tokens: TokenCounter | None = None,
     emphasise: int = 3,
+    limit: int | None = None,
 ) -> str:
     """The prompt with the missing elements moved to the front and emphasised in plain words.
 
@@ -113,7 +116,10 @@ def build_correction_prompt(
         element = " ".join(element.split())
         parts += [f"prominent {element}", f"{element} clearly visible"] if i < emphasise else [element]
     parts.append(tidy_prompt(prompt))
-    return fit_prompt(", ".join(p for p in parts if p), count_tokens=count_tokens)
+    text = ", ".join(p for p in parts if p)
+    if limit is None:
+        return fit_prompt(text, count_tokens=count_tokens)
+    return fit_prompt(text, count_tokens=count_tokens, limit=limit)
 
 
 # ================================================================================================
@@ -304,7 +310,9 @@ class GeminiCritic(GeminiProvider):
     system_instruction = CRITIC_INSTRUCTION
     label = "Gemini (critic)"
 
-    def request_parts(self, image_png: bytes, scene: Scene, prompt: str) -> list[Any]:
+    def request_parts(
+        self, image_png: bytes, scene: Scene, prompt: str, family: FamilyProfile | None = None
+    ) -> list[Any]:
         from google.genai import types
 
         plan = {
@@ -314,9 +322,13 @@ class GeminiCritic(GeminiProvider):
             "style": scene.style,
             "palette": scene.palette,
         }
+        brief = ""
+        if family is not None:  # the correction prompt is written for the model that renders it
+            brief = families.director_brief(family, "correction_prompt", negative=False) + "\n"
         text = (
             "Review the picture above against this plan.\n"
-            f"{delimit('scene', json.dumps(plan, ensure_ascii=False, indent=1))}\n"
+            + brief
+            + f"{delimit('scene', json.dumps(plan, ensure_ascii=False, indent=1))}\n"
             f"{delimit('prompt', prompt)}"
         )
         return [
@@ -324,20 +336,23 @@ class GeminiCritic(GeminiProvider):
             types.Part.from_text(text=text),
         ]
 
-    async def review(self, image_png: bytes, scene: Scene, prompt: str) -> QAReport:
+    async def review(
+        self, image_png: bytes, scene: Scene, prompt: str, family: FamilyProfile | None = None
+    ) -> QAReport:
         if not isinstance(image_png, (bytes, bytearray)) or not bytes(image_png[:8]) == PNG_MAGIC:
             raise ProviderError("The critic needs the picture as PNG bytes.")
-        report = await self.generate(self.request_parts(bytes(image_png), scene, prompt), QAReport)
-        return self.finish(report, scene, prompt)
+        report = await self.generate(self.request_parts(bytes(image_png), scene, prompt, family), QAReport)
+        return self.finish(report, scene, prompt, family)
 
-    def finish(self, report: QAReport, scene: Scene, prompt: str) -> QAReport:
+    def finish(self, report: QAReport, scene: Scene, prompt: str, family: FamilyProfile | None = None) -> QAReport:
         """Spell missing elements as the scene does, and make the correction prompt usable:
         no weighting syntax, fitted to the window, never empty."""
         by_lower = {e.lower(): e for e in scene.elements}
         missing = [by_lower.get(m.lower(), m) for m in report.missing_elements]
-        correction = fit_prompt(tidy_prompt(report.correction_prompt), count_tokens=self.count_tokens)
+        limit = families.prompt_token_limit(family)
+        correction = fit_prompt(tidy_prompt(report.correction_prompt), count_tokens=self.count_tokens, limit=limit)
         if not correction:
-            correction = build_correction_prompt(prompt, missing, count_tokens=self.count_tokens)
+            correction = build_correction_prompt(prompt, missing, count_tokens=self.count_tokens, limit=limit)
         data = report.model_dump()
         data.update(missing_elements=missing, correction_prompt=correction)
         return QAReport.model_validate(data)

@@ -11,7 +11,7 @@ from typing import Final
 
 # --- rendering ---------------------------------------------------------------------------------
 MIN_SIDE: Final = 64
-MAX_SIDE: Final = 1024
+MAX_SIDE: Final = 2048  # SDXL/FLUX at 21:9 are 1536 wide; SD 1.5 at 2048 px is slow but bounded
 SIDE_MULTIPLE: Final = 8  # the VAE downsamples by 8
 MIN_STEPS: Final = 1
 MAX_STEPS: Final = 100
@@ -24,6 +24,10 @@ MAX_NEGATIVE_PROMPT_CHARS: Final = 500  # what a user types to keep out of the p
 MIN_STRENGTH: Final = 0.05  # image-to-image: below this the picture would not change
 MAX_STRENGTH: Final = 1.0
 DEFAULT_STRENGTH: Final = 0.75
+MIN_LORA_WEIGHT: Final = -2.0  # a LoRA's weight (negative weights push away from its concept)
+MAX_LORA_WEIGHT: Final = 2.0
+DEFAULT_LORA_WEIGHT: Final = 0.8
+MAX_LORAS: Final = 4  # LoRAs in one picture
 
 # --- music (MusicGen soundtracks) -------------------------------------------------------------
 MIN_MUSIC_SECONDS: Final = 1
@@ -36,6 +40,7 @@ DEFAULT_MUSIC_GUIDANCE: Final = 3.0  # MusicGen's own default (classifier-free g
 MUSIC_ENCODE_TIMEOUT_S: Final = 60.0  # ffmpeg encoding 30 s of audio takes well under a second
 
 # --- self-correction ---------------------------------------------------------------------------
+# SD 1.x's bump; every family has its own (pipeline.families: a Turbo model at guidance 0 gets +0).
 GUIDANCE_STEP: Final = 1.5  # each correction round: guidance +1.5 (7.5 → 9.0)
 STEPS_STEP: Final = 5  # each correction round: steps +5 (25 → 30)
 

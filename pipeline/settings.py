@@ -43,11 +43,22 @@ class Settings(BaseSettings):
     # Soundtrack length in seconds (MusicGen's 30 s at most); /compose and the CLI may ask for less.
     MUSIC_SECONDS: float = Field(limits.MAX_MUSIC_SECONDS, ge=limits.MIN_MUSIC_SECONDS, le=limits.MAX_MUSIC_SECONDS)
 
+    # Named models: "name=hub-id-or-dir;steps=4;guidance=0;few_step=true, other=..." (pipeline.registry).
+    MODELS: str = ""
+    # How many diffusion pipelines stay loaded at once (least recently used is unloaded first), and
+    # optionally a GPU memory budget in GiB for them (0 = no budget, only the count).
+    MAX_RESIDENT_MODELS: int = Field(1, ge=1, le=16)
+    GPU_MEMORY_BUDGET_GB: float = Field(0.0, ge=0)
+    # A directory of LoRA .safetensors files, usable by file name (/imagine lora:).
+    LORA_DIR: Path | None = None
+
     # --- rendering defaults (bounds: pipeline/limits.py, checked below) ---
-    STEPS: int = 25
-    GUIDANCE: float = 7.5
-    WIDTH: int = 512
-    HEIGHT: int = 512
+    # Empty: the model family's own (pipeline.families): SD 25 steps at 7.5, SDXL 30 at 6, Turbo 4 at 0 ...
+    STEPS: int | None = None
+    GUIDANCE: float | None = None
+    # Empty: the model's native size (sample_size x vae_scale_factor): SD 1.5 512, SDXL 1024.
+    WIDTH: int | None = None
+    HEIGHT: int | None = None
 
     # --- self-correction ---
     QA_THRESHOLD: int = Field(85, ge=0, le=100)
@@ -125,14 +136,18 @@ class Settings(BaseSettings):
     # of failing every job: the bounds are the renderer's own (pipeline/limits.py).
     @field_validator("STEPS")
     @classmethod
-    def _steps_renderable(cls, value: int) -> int:
+    def _steps_renderable(cls, value: int | None) -> int | None:
+        if value is None:
+            return value
         if not limits.MIN_STEPS <= value <= limits.MAX_STEPS:
             raise ValueError(f"STEPS must be between {limits.MIN_STEPS} and {limits.MAX_STEPS} (got {value}).")
         return value
 
     @field_validator("GUIDANCE")
     @classmethod
-    def _guidance_renderable(cls, value: float) -> float:
+    def _guidance_renderable(cls, value: float | None) -> float | None:
+        if value is None:
+            return value
         if not limits.MIN_GUIDANCE <= value <= limits.MAX_GUIDANCE:
             raise ValueError(
                 f"GUIDANCE must be between {limits.MIN_GUIDANCE:g} and {limits.MAX_GUIDANCE:g} (got {value:g})."
@@ -141,12 +156,29 @@ class Settings(BaseSettings):
 
     @field_validator("WIDTH", "HEIGHT")
     @classmethod
-    def _side_renderable(cls, value: int, info: ValidationInfo) -> int:
+    def _side_renderable(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is None:
+            return value
         if value % limits.SIDE_MULTIPLE or not limits.MIN_SIDE <= value <= limits.MAX_SIDE:
             raise ValueError(
                 f"{info.field_name} must be a multiple of {limits.SIDE_MULTIPLE} between {limits.MIN_SIDE} and "
                 f"{limits.MAX_SIDE} pixels (got {value})."
             )
+        return value
+
+    @field_validator("STEPS", "GUIDANCE", "WIDTH", "HEIGHT", "LORA_DIR", mode="before")
+    @classmethod
+    def _blank_is_default(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("MODELS")
+    @classmethod
+    def _models_parse(cls, value: str) -> str:
+        from .registry import parse_models
+
+        parse_models(value)  # ValueError naming the bad entry
         return value
 
     @field_validator("DISCORD_TOKEN", "GEMINI_API_KEY", mode="before")

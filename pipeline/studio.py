@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from . import limits
+from . import families, limits
 from .audio import SAMPLE_RATE, decode_audio
-from .critic import GeminiCritic, QAReport
+from .critic import GeminiCritic, QAReport, build_correction_prompt
 from .directors import GeminiDirector, LocalDirector, music_idea, music_prompt_for
 from .errors import BadAudio, BadRequest, ProviderError
 from .executor import Executor, Job, ProgressEvent, Stage
+from .families import FamilyProfile
 from .gemini import make_client
 from .music import Music, MusicRequest, encode_ogg_opus, encode_wav
 from .palette import extract_palette, swatch_png
@@ -66,6 +67,9 @@ class Idea:
     strength: float = limits.DEFAULT_STRENGTH
     task: Literal["auto", "transcribe", "translate"] = "auto"
     seconds: float | None = None  # music length (compose / soundtrack jobs); None: MUSIC_SECONDS
+    aspect: str | None = None  # "16:9" ...: the model's native pixel budget at that ratio
+    model: str | None = None  # a MODELS name; None: DIFFUSION_MODEL
+    loras: tuple[tuple[str, float], ...] = ()  # (name, weight) from LORA_DIR
 
     @property
     def kind(self) -> str:
@@ -101,6 +105,9 @@ class Round(BaseModel):
     prompt_chunks: int
     nsfw: bool = False
     batch_size: int = 1
+    model: str | None = None  # the MODELS name; None: DIFFUSION_MODEL
+    family: str | None = None  # pipeline.families key: "sd", "sdxl", "sdxl-few-step", "flux-few-step" ...
+    loras: list[tuple[str, float]] = Field(default_factory=list)
     score: int | None = None
     missing_elements: list[str] = Field(default_factory=list)
     correction_prompt: str | None = None
@@ -271,19 +278,25 @@ class Studio:
 
         self._stage(job, "direct")
         t0 = time.perf_counter()
-        scene, director, director_fallback = await self._direct(text, idea.style, language or "en")
+        family = self.executor.family(idea.model)  # the model's profile when it is loaded
+        scene, director, director_fallback = await self._direct(text, idea.style, language or "en", family)
         timings["direct"] = time.perf_counter() - t0
 
+        # Left empty, steps, guidance and size are the model's: its MODELS options, else the
+        # STEPS/GUIDANCE/WIDTH/HEIGHT settings, else its family's (pipeline.registry, .families).
         first = RenderRequest(
             prompt=scene.diffusion_prompt,
             negative_prompt=_join_negative(scene.negative_prompt, idea.negative_prompt),
             seed=idea.seed,
-            steps=idea.steps or self.settings.STEPS,
-            guidance=self.settings.GUIDANCE if idea.guidance is None else idea.guidance,
-            width=idea.width or self.settings.WIDTH,
-            height=idea.height or self.settings.HEIGHT,
+            steps=idea.steps,
+            guidance=idea.guidance,
+            width=idea.width,
+            height=idea.height,
             init_image=idea.init_image,
             strength=idea.strength,
+            aspect=idea.aspect,
+            model=idea.model,
+            loras=tuple(idea.loras),
         )
         provenance = Provenance(
             kind=idea.kind,
@@ -306,7 +319,7 @@ class Studio:
         request = _request_like(
             last,
             prompt=last.correction_prompt or last.prompt,
-            guidance=min(limits.MAX_GUIDANCE, last.guidance + limits.GUIDANCE_STEP),
+            guidance=min(limits.MAX_GUIDANCE, last.guidance + families.guidance_step_of(last.family)),
             init_image=init_image,
         )
         return await self._follow_up(job, previous, request, kind="regenerate")
@@ -502,6 +515,9 @@ class Studio:
                     prompt_chunks=rendered.prompt_chunks,
                     nsfw=rendered.nsfw,
                     batch_size=rendered.batch_size,
+                    model=rendered.model,
+                    family=rendered.family.key if rendered.family is not None else None,
+                    loras=[(name, weight) for name, weight in rendered.loras],
                     score=report.alignment_score,
                     missing_elements=list(report.missing_elements),
                     correction_prompt=report.correction_prompt or None,
@@ -515,13 +531,21 @@ class Studio:
             corrections_done = len(rounds) - 1
             if report.alignment_score >= self.settings.QA_THRESHOLD or corrections_done >= self.settings.QA_MAX_ROUNDS:
                 break
-            # Below the threshold: the critic's correction, more guidance, more steps, a new seed.
+            # Below the threshold: the critic's correction, more guidance and steps as the model's
+            # family takes them (a Turbo model at guidance 0 gets one more step, no guidance), a new seed.
+            if rendered.family is not None:
+                steps, guidance = rendered.family.correction(rendered.steps, rendered.guidance)
+            else:
+                steps = min(limits.MAX_STEPS, rendered.steps + limits.STEPS_STEP)
+                guidance = min(limits.MAX_GUIDANCE, rendered.guidance + limits.GUIDANCE_STEP)
             request = replace(
                 request,
                 prompt=report.correction_prompt or request.prompt,
                 seed=None,
-                steps=min(limits.MAX_STEPS, request.steps + limits.STEPS_STEP),
-                guidance=min(limits.MAX_GUIDANCE, request.guidance + limits.GUIDANCE_STEP),
+                steps=steps,
+                guidance=guidance,
+                width=rendered.width,
+                height=rendered.height,
             )
 
         # Keep the best-scoring image, not merely the last (the earliest wins a tie).
@@ -546,10 +570,12 @@ class Studio:
         )
         return Output(result=result, image_png=image_png, palette_png=palette_png)
 
-    async def _direct(self, text: str, style: str | None, language: str) -> tuple[Scene, str, str | None]:
+    async def _direct(
+        self, text: str, style: str | None, language: str, family: FamilyProfile | None = None
+    ) -> tuple[Scene, str, str | None]:
         if self.gemini_director is not None:
             try:
-                scene = await self.gemini_director.direct(text, style=style, language=language)
+                scene = await self.gemini_director.direct(text, style=style, language=language, family=family)
                 return scene, "gemini", None
             except ProviderError as exc:
                 log.warning("Gemini director failed, using the local director: %s", exc)
@@ -557,9 +583,9 @@ class Studio:
             except Exception as exc:  # an SDK bug must not lose the job
                 log.exception("Gemini director crashed, using the local director")
                 reason = f"{type(exc).__name__}: {exc}"
-            scene = await self.local_director.direct(text, style=style, language=language)
+            scene = await self.local_director.direct(text, style=style, language=language, family=family)
             return scene, "local", reason
-        scene = await self.local_director.direct(text, style=style, language=language)
+        scene = await self.local_director.direct(text, style=style, language=language, family=family)
         return scene, "local", None
 
     async def _review(self, job: Job, rendered: RenderedImage, scene: Scene) -> tuple[QAReport, str, str | None]:
@@ -567,7 +593,7 @@ class Studio:
         if self.gemini_critic is not None:
             try:
                 png = await asyncio.to_thread(rendered.png_bytes)
-                report = await self.gemini_critic.review(png, scene, rendered.prompt)
+                report = await self.gemini_critic.review(png, scene, rendered.prompt, rendered.family)
                 return report, "gemini", None
             except ProviderError as exc:
                 log.warning("Gemini critic failed, using the CLIP critic: %s", exc)
@@ -576,6 +602,13 @@ class Studio:
                 log.exception("Gemini critic crashed, using the CLIP critic")
                 reason = f"{type(exc).__name__}: {exc}"
         report = await self.executor.review(job, rendered.image, scene, rendered.prompt)
+        family = rendered.family
+        if family is not None and family.max_prompt_tokens is not None and report.missing_elements:
+            # T5 families read long prompts: the correction keeps more of the original than CLIP's 75 tokens.
+            correction = build_correction_prompt(
+                rendered.prompt, report.missing_elements, limit=families.prompt_token_limit(family)
+            )
+            report = report.model_copy(update={"correction_prompt": correction})
         return report, "local", reason
 
     @staticmethod
@@ -600,6 +633,8 @@ def _request_like(round_: Round, *, prompt: str, guidance: float, init_image: by
         height=round_.height,
         init_image=init_image,
         strength=round_.strength or limits.DEFAULT_STRENGTH,
+        model=round_.model,  # Regenerate and Vary stay on the job's model and LoRAs
+        loras=tuple((name, weight) for name, weight in round_.loras),
     )
 
 

@@ -96,3 +96,33 @@ def make_voice_note():
 @pytest.fixture(scope="session")
 def tiny_musicgen_dir(models_dir: Path) -> Path:
     return builders.build_musicgen(models_dir / "tiny-musicgen")
+
+
+# Model families (issue #12): tiny SDXL, SDXL-Turbo-like, SD3 and FLUX pipelines.
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(models_dir: Path) -> Path:
+    return builders.build_tiny_sdxl(models_dir / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_turbo_dir(models_dir: Path) -> Path:
+    return builders.build_tiny_sdxl(models_dir / "tiny-sdxl-turbo", turbo=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_dir(models_dir: Path) -> Path:
+    return builders.build_tiny_sd3(models_dir / "tiny-sd3")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_dir(models_dir: Path) -> Path:
+    return builders.build_tiny_flux(models_dir / "tiny-flux")
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_dir(models_dir: Path, tiny_sd_dir: Path) -> Path:
+    """LORA_DIR with one LoRA for the tiny SD model: ``tiny-style.safetensors``."""
+    lora_dir = models_dir / "loras"
+    builders.build_tiny_lora(tiny_sd_dir, lora_dir, "tiny-style")
+    return lora_dir

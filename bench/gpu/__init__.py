@@ -7,7 +7,8 @@ directory and loaded through the product's own code by a :class:`~pipeline.execu
 product as it runs, on its one GPU thread.
 
 Sections (``--only`` picks some; results of a day merge into one file), one module each: ``sd``,
-``options``, ``whisper``, ``clip``, ``loop``, ``burst``, and ``torch_compile`` for ``compile`` and
+``options``, ``whisper``, ``clip``, ``loop``, ``burst``, ``families`` (SDXL, SDXL-Turbo, SD3, FLUX at
+their native size and default steps), and ``torch_compile`` for ``compile`` and
 ``whisper-compile`` (only with ``--compile``); their docstrings say what each measures. ``harness``
 holds the plan, the timing helpers and :class:`~bench.gpu.harness.GpuBench` they all run on. A new
 measurement is a ``section_<name>(bench)`` function in its module, registered in ``SECTIONS`` below
@@ -37,6 +38,7 @@ from .. import report
 from ..models import WHISPER_TEXT_TOKENS, ensure_real_models, ensure_tiny_models
 from .burst import section_burst
 from .clip import section_clip
+from .families import section_families
 from .harness import FULL, SMOKE, GpuBench, GpuPlan
 from .loop import section_loop
 from .options import section_options
@@ -56,11 +58,12 @@ SECTIONS: dict[str, Callable[[GpuBench], Awaitable[None]]] = {
     "burst": section_burst,
     "compile": section_compile,
     "whisper-compile": section_whisper_compile,
+    "families": section_families,
 }
 
 # ``--budget``: most important first (issue #19), and the seconds each is expected to take on an
 # H100-class GPU at the full plan (the compile warm-ups dominate theirs).
-IMPORTANCE = ("sd", "options", "compile", "burst", "whisper", "clip", "loop", "whisper-compile")
+IMPORTANCE = ("sd", "options", "compile", "burst", "whisper", "clip", "loop", "families", "whisper-compile")
 ESTIMATE_S = {
     "sd": 45,
     "options": 60,
@@ -70,6 +73,7 @@ ESTIMATE_S = {
     "clip": 10,
     "loop": 30,
     "whisper-compile": 90,
+    "families": 420,  # four real-size models (FLUX 12 B) built once into the cache, then loaded and timed
 }
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from ..families import FamilyProfile
 from ..scene import Scene
 from .gemini import DIRECTOR_INSTRUCTION, GeminiDirector
 from .local import ABSTRACT_SUBJECT, COLOUR_WORDS, LocalDirector
@@ -44,4 +45,7 @@ class Director(Protocol):
 
     name: str
 
-    async def direct(self, idea: str, *, style: str | None = None, language: str = "en") -> Scene: ...
+    async def direct(
+        self, idea: str, *, style: str | None = None, language: str = "en", family: FamilyProfile | None = None
+    ) -> Scene:
+        """``family``: the rendering model's profile when known (prompt style, budget, negatives)."""

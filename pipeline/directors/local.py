@@ -11,6 +11,8 @@ import logging
 import re
 from dataclasses import dataclass
 
+from .. import families
+from ..families import FamilyProfile
 from ..prompts import TokenCounter, fit_prompt
 from ..scene import Scene, dedupe, language_code
 from ..styles import BASE_NEGATIVE, DEFAULT_STYLE, STYLES, StyleTemplate, check_style
@@ -167,11 +169,18 @@ class LocalDirector:
     def __init__(self, *, count_tokens: TokenCounter | None = None) -> None:
         self.count_tokens = count_tokens
 
-    async def direct(self, idea: str, *, style: str | None = None, language: str = "en") -> Scene:
-        return self.scene_for(idea, style=style, language=language)
+    async def direct(
+        self, idea: str, *, style: str | None = None, language: str = "en", family: FamilyProfile | None = None
+    ) -> Scene:
+        return self.scene_for(idea, style=style, language=language, family=family)
 
     # The synchronous core (it is pure string work).
-    def scene_for(self, idea: str, *, style: str | None = None, language: str = "en") -> Scene:
+    def scene_for(
+        self, idea: str, *, style: str | None = None, language: str = "en", family: FamilyProfile | None = None
+    ) -> Scene:
+        """``family`` (the model's, when known) shapes the prompt: SD 1.x gets a tag list, SDXL,
+        SD3 and FLUX a sentence (T5 families with a larger budget); no negative prompt for a
+        family that has none."""
         parsed = self._parse(idea, style)
         template = STYLES[parsed.style]
         # A long, rambling idea keeps its first clauses: the subject gets at most
@@ -182,20 +191,17 @@ class LocalDirector:
             limit=SUBJECT_TOKEN_LIMIT,
         )
         elements = self._elements(parsed.subject) or [self._fallback_element(parsed.subject)]
-        prompt = fit_prompt(
-            ", ".join(
-                (
-                    subject,
-                    template.medium,
-                    *template.modifiers,
-                    template.lighting,
-                    template.composition,
-                    *template.quality,
-                )
-            ),
-            count_tokens=self.count_tokens,
-        )
+        limit = families.prompt_token_limit(family)
+        if family is not None and family.prompt_style == "sentences":
+            details = ", ".join((*template.modifiers, template.lighting, template.composition))
+            text = f"{subject[:1].upper()}{subject[1:]}, shown as {template.medium}, {details}."
+        else:
+            parts = (subject, template.medium, *template.modifiers, template.lighting, template.composition)
+            text = ", ".join((*parts, *template.quality))
+        prompt = fit_prompt(text, count_tokens=self.count_tokens, limit=limit)
         negative = fit_prompt(", ".join(dedupe((*template.negative, *BASE_NEGATIVE))), count_tokens=self.count_tokens)
+        if family is not None and not family.negative_prompts:
+            negative = ""
         palette = dedupe([COLOUR_WORDS[c] for c in parsed.colours])[:6]
         for colour in template.palette:
             if len(palette) >= 5 or (len(palette) >= 3 and parsed.colours):

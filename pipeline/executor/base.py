@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from ..critic import QAReport
+    from ..families import FamilyProfile
     from ..music import Music, MusicRequest
     from ..scene import Scene
     from ..synthesis import RenderedImage, RenderRequest
@@ -72,5 +73,12 @@ class Executor(Protocol):
 
     def count_tokens(self, text: str) -> int | None:
         """CLIP tokens in ``text`` once the diffusion tokenizer is loaded, else None."""
+
+    def lora_choices(self, model: str | None) -> list[str]:
+        """LORA_DIR's LoRAs that fit ``model`` (all of them while it is not loaded)."""
+
+    def family(self, model: str | None) -> FamilyProfile | None:
+        """The family profile of a diffusion model (a MODELS name; None: the default) when it is
+        loaded, else None (nothing is loaded for the asking)."""
 
     def metrics(self) -> MetricsSnapshot: ...

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..critic import ClipCritic
     from ..music import Composer
+    from ..registry import ModelPool
     from ..settings import Settings
     from ..synthesis import Synthesizer
     from ..transcribe import Transcriber
@@ -19,7 +20,7 @@ class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._transcriber: Transcriber | None = None
-        self._synthesizer: Synthesizer | None = None
+        self._models: ModelPool | None = None
         self._clip_critic: ClipCritic | None = None
         self._composer: Composer | None = None
 
@@ -32,16 +33,18 @@ class Engine:
         return self._transcriber
 
     @property
-    def synthesizer(self) -> Synthesizer:
-        if self._synthesizer is None:
-            from ..synthesis import Synthesizer
+    def models(self) -> ModelPool:
+        """The diffusion models (DIFFUSION_MODEL and MODELS), least recently used unloaded first."""
+        if self._models is None:
+            from ..registry import ModelPool
 
-            self._synthesizer = Synthesizer(
-                self.settings.DIFFUSION_MODEL,
-                self.settings.DEVICE,
-                safety_checker=self.settings.SAFETY_CHECKER,
-            )
-        return self._synthesizer
+            self._models = ModelPool(self.settings)
+        return self._models
+
+    @property
+    def synthesizer(self) -> Synthesizer:
+        """The default diffusion model (DIFFUSION_MODEL)."""
+        return self.models.get(None)
 
     @property
     def clip_critic(self) -> ClipCritic:
@@ -61,7 +64,7 @@ class Engine:
 
     def warm_up(self, *, whisper: bool = True, clip: bool = True) -> None:
         """Load the models a job will need (runs on the model thread)."""
-        self.synthesizer.load()
+        self.models.use(None)
         if clip:
             self.clip_critic.load()
         if whisper:

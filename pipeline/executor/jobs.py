@@ -16,9 +16,10 @@ if TYPE_CHECKING:
 WorkKind = Literal["warmup", "transcribe", "render", "review", "music", "tool"]
 """What a work item does on the model thread (``tool``: any callable, for tests, bench, CLI)."""
 
-Stage = Literal["queued", "decode", "direct", "correct", WorkKind]
+Stage = Literal["queued", "decode", "direct", "correct", "load", WorkKind]
 """Where a job is: waiting, one of the studio's own steps (decode audio, direct the scene, start
-a correction round), or a work item running for it."""
+a correction round), loading the diffusion model it asked for (``detail``: its name), or a work
+item running for it."""
 
 BatchKey = tuple[Hashable, ...]
 """Render requests with equal keys may share one pipeline call."""
@@ -32,6 +33,7 @@ class ProgressEvent:
     total: int = 0
     position: int | None = None  # place in the queue while waiting (1 = next)
     eta_s: float | None = None
+    detail: str | None = None  # "load": the model's name
 
 
 class Job:
@@ -81,4 +83,5 @@ class WorkItem:
     fn: Callable[[], Any] | None = None
     request: RenderRequest | None = None
     key: BatchKey | None = None  # batch key of a render, computed on the model thread when needed
+    bypassed: int = 0  # times work for a loaded model went ahead of it (policy.prefer_loaded)
     enqueued_at: float = field(default_factory=time.monotonic)

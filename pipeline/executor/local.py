@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from ..critic import QAReport
+    from ..families import FamilyProfile
     from ..music import Music, MusicRequest
     from ..scene import Scene
     from ..settings import Settings
@@ -86,6 +87,7 @@ class GPUExecutor:
         self._metrics = MetricsRecorder()
         self._interleaving = False  # the GPU thread is running other work between two music steps
         self._interleaved_s = 0.0  # seconds of such work during the current item (not its own time)
+        self._lora_fit_cache: dict[tuple[str, float], bool] = {}
 
     # --- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -268,15 +270,18 @@ class GPUExecutor:
         self._interleaving = True
         try:
             with self._cond:
-                waiting = [it for it in self._pending if it.kind != "music" and it.job is not composing]
-                if not waiting:
-                    return 0.0
-                needs_model = any(it.request is not None for it in waiting)
-            if needs_model and self.max_batch > 1 and not self.engine.synthesizer.loaded:
-                if not self._load_synthesizer():
-                    return time.monotonic() - began
+                others = [it for it in self._pending if it.kind != "music" and it.job is not composing]
+                to_load = next((self._model_of(it) for it in others if self._needs_load(it)), None)
+            if to_load is not None and not self.engine.models.resident:
+                self._load_model(to_load)  # the first diffusion model: loading it evicts nothing
             with self._cond:
-                waiting = [it for it in self._pending if it.kind != "music" and it.job is not composing]
+                # Only work whose model is loaded: switching models mid-piece could evict one that
+                # other waiting work needs; renders for another model wait for the piece to end.
+                waiting = [
+                    it
+                    for it in self._pending
+                    if it.kind != "music" and it.job is not composing and not self._needs_load(it)
+                ]
                 if not waiting:
                     return time.monotonic() - began
                 order = policy.priority_order(waiting, self._ring)
@@ -309,6 +314,27 @@ class GPUExecutor:
         """CLIP tokens in ``text`` when the diffusion tokenizer is loaded (pure Python, no torch)."""
         synth = self.engine.synthesizer
         return synth.count_tokens(text) if synth.loaded else None
+
+    def lora_choices(self, model: str | None) -> list[str]:
+        """LORA_DIR's LoRAs for ``model``: those that fit it once it is loaded (a header check),
+        all of them before."""
+        from ..lora import compatible_names, lora_names
+
+        lora_dir = self.settings.LORA_DIR
+        try:
+            synth = self.engine.models.get(model)
+        except Exception:
+            return lora_names(lora_dir)
+        if not synth.loaded:
+            return lora_names(lora_dir)
+        return compatible_names(lora_dir, synth.load().text2img, self._lora_fit_cache)
+
+    def family(self, model: str | None) -> FamilyProfile | None:
+        try:
+            synth = self.engine.models.get(model)
+        except Exception:
+            return None
+        return synth.family if synth.loaded else None
 
     async def _submit(
         self, job: Job | None, kind: WorkKind, fn: Callable[[], Any] | None, *, request: RenderRequest | None = None
@@ -354,11 +380,11 @@ class GPUExecutor:
                         self._cond.wait()
                     if self._stopping and not self._pending:
                         return
-                    needs_model = any(it.request is not None for it in self._pending)
-                if needs_model and self.max_batch > 1 and not self.engine.synthesizer.loaded:
-                    # Batch keys need the tokenizer: load outside the lock, never blocking submitters.
-                    if not self._load_synthesizer():
-                        continue
+                    to_load = self._model_to_load()
+                if to_load is not None:
+                    # Batch keys need the model's tokenizer: load outside the lock, never blocking submitters.
+                    self._load_model(to_load)
+                    continue
                 with self._cond:
                     if not self._pending:
                         continue
@@ -391,14 +417,74 @@ class GPUExecutor:
                 self._running = []
                 self._loop.call_soon_threadsafe(self._on_thread_death, held)
 
+    MODEL_WINDOW = 8  # how far down the queue work for a loaded model may be looked for …
+    MODEL_MAX_BYPASS = 4  # … and how often one item may be passed over for it
+
+    def _needs_load(self, item: WorkItem) -> bool:
+        return item.request is not None and not self.engine.models.is_loaded(item.request.model)
+
+    def _ordered(self) -> list[WorkItem]:
+        """Pending work in service order, work for loaded models first (bounded). Condition held."""
+        order = policy.priority_order(self._pending, self._ring)
+        return policy.prefer_loaded(
+            order,
+            needs_load=self._needs_load,
+            bypassed=lambda it: it.bypassed,
+            window=self.MODEL_WINDOW,
+            max_bypass=self.MODEL_MAX_BYPASS,
+        )
+
+    def _model_of(self, item: WorkItem) -> str | None:
+        try:
+            return self.engine.models.canonical(item.request.model if item.request is not None else None)
+        except Exception:
+            return None
+
+    def _model_to_load(self) -> str | None:
+        """The model the next render needs, when it is not loaded (condition held)."""
+        if not self._pending:
+            return None
+        head = self._ordered()[0]
+        if head.request is not None and self._needs_load(head):
+            return self._model_of(head)
+        return None
+
+    def _load_model(self, name: str) -> bool:
+        """Load a diffusion model on this thread (unloading the least recently used), telling the
+        jobs that wait for it; on failure fail every render waiting for it."""
+        models = self.engine.models
+        with self._cond:
+            waiting = [it for it in self._pending if it.request is not None and self._model_of(it) == name]
+        for it in waiting:
+            if it.job is not None:
+                self._emit(it.job, ProgressEvent(it.job.id, "load", detail=name))
+        started = time.monotonic()
+        try:
+            models.use(name)
+            return True
+        except Exception as exc:
+            with self._cond:
+                renders = [it for it in waiting if it in self._pending]
+                for it in renders:
+                    self._pending.remove(it)
+            for it in renders:
+                self._fail_item(it, exc)
+            return False
+        finally:
+            self._metrics.busy_s += time.monotonic() - started
+
     def _take_work(self) -> list[WorkItem]:
         """Take the next item and its batch mates off the queue. Called with the condition held."""
         order = policy.priority_order(self._pending, self._ring)
+        original_head = order[0]
+        order = self._ordered()
+        if order[0] is not original_head:
+            original_head.bypassed += 1
         head = order[0]
         if head.request is not None and len(self._pending) < self.max_batch and self.batch_window_s > 0:
             # Gather window: give renders arriving in the next few ms a chance to join this one.
             self._cond.wait(self.batch_window_s)
-            order = policy.priority_order(self._pending, self._ring)
+            order = self._ordered()
             if head in order:  # (unless it was cancelled meanwhile)
                 order.remove(head)
                 order.insert(0, head)
@@ -414,25 +500,16 @@ class GPUExecutor:
         if item.request is None:
             return None
         if item.key is None:
-            item.key = self.engine.synthesizer.batch_key(item.request)
+            try:
+                synth = self.engine.models.get(item.request.model)
+                if not synth.loaded:
+                    return ("unloaded", item.seq)  # another model: never batched with the head
+                item.key = synth.batch_key(item.request)
+            except Exception:
+                # A request the model refuses (prompt too long for T5, size not a multiple ...)
+                # runs alone and fails with its message in render().
+                item.key = ("refused", item.seq)
         return item.key
-
-    def _load_synthesizer(self) -> bool:
-        """Load the diffusion model on this thread; on failure fail every waiting render."""
-        started = time.monotonic()
-        try:
-            self.engine.synthesizer.load()
-            return True
-        except Exception as exc:
-            with self._cond:
-                renders = [it for it in self._pending if it.request is not None]
-                for it in renders:
-                    self._pending.remove(it)
-            for it in renders:
-                self._fail_item(it, exc)
-            return False
-        finally:
-            self._metrics.busy_s += time.monotonic() - started
 
     def _on_thread_death(self, held: list[WorkItem]) -> None:
         for it in held:
@@ -462,7 +539,7 @@ class GPUExecutor:
         self._metrics.batch_sizes[len(batch)] += 1
         for it, req in zip(batch, requests, strict=True):
             if it.job is not None:
-                self._emit(it.job, ProgressEvent(it.job.id, "render", 0, req.steps))
+                self._emit(it.job, ProgressEvent(it.job.id, "render", 0, req.steps or 0))
 
         def progress(step: int, total: int) -> None:
             for it in batch:
@@ -473,7 +550,8 @@ class GPUExecutor:
             return all(it.job is not None and it.job.cancelled for it in batch)
 
         try:
-            images = self.engine.synthesizer.render(requests, progress=progress, should_stop=should_stop)
+            synthesizer = self.engine.models.use(requests[0].model)
+            images = synthesizer.render(requests, progress=progress, should_stop=should_stop)
         except RenderInterrupted:
             for it in batch:
                 self._fail_item(it, JobCancelled())

@@ -9,6 +9,8 @@ the same decisions, and the rules are unit-tested on their own (``tests/pipeline
   that belongs to no job, runs before work of jobs that have not begun, in submission order.
 * **Round robin**: among jobs that have not begun, users take turns, one job each per round,
   starting with the user after the one served last; each user's own jobs keep their order.
+* **Model affinity**: work for a model that is loaded may pass work that needs another model
+  loaded (a switch costs seconds), within a window and at most a few times per item.
 * **Batching**: the next item and the compatible renders behind it (equal batch keys), at most
   ``max_batch`` in one call; work that is not a render runs alone.
 """
@@ -142,6 +144,26 @@ def pick_batch(order: Sequence[W], *, max_batch: int, key_of: Callable[[W], Batc
         if key_of(item) == head_key:
             batch.append(item)
     return batch
+
+
+def prefer_loaded(
+    order: Sequence[W],
+    *,
+    needs_load: Callable[[W], bool],
+    bypassed: Callable[[W], int],
+    window: int,
+    max_bypass: int,
+) -> list[W]:
+    """Group work by model so a burst does not thrash: when the head of ``order`` needs a model
+    that is not loaded, the first item among the next ``window`` whose model *is* loaded goes
+    first instead, unless the head was already passed over ``max_bypass`` times (then it runs:
+    nobody waits for ever). Returns the (possibly) reordered list; the caller counts bypasses."""
+    if len(order) < 2 or not needs_load(order[0]) or bypassed(order[0]) >= max_bypass:
+        return list(order)
+    for i, item in enumerate(order[1 : 1 + window], start=1):
+        if not needs_load(item):
+            return [item, *order[:i], *order[i + 1 :]]
+    return list(order)
 
 
 def service_order(jobs: Iterable[J], ring: UserRing) -> list[J]:

@@ -76,3 +76,16 @@ def test_gpu_session_skips_what_does_not_fit_the_budget_and_still_writes_results
     assert set(skipped) == {"sd", "burst", "whisper"}
     assert all("budget" in reason for reason in skipped.values())
     assert (tmp_path / "benchmarks.md").exists()
+
+
+@pytest.mark.timeout(300)
+def test_families_section_smoke(tmp_path: Path):
+    """Issue #12: the ``families`` section runs SDXL, SDXL-Turbo, SD3 and FLUX (tiny here) through the
+    model pool at their native sizes and records seconds per image and burst images/s."""
+    done, results = run_session(tmp_path, "--repeats", "1", "--only", "families", budget="480")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not results["errors"], results["errors"]
+    families = results["details"]["families"]
+    assert set(families) == {"sdxl", "sdxl-turbo", "sd3", "flux-schnell"}
+    assert families["sdxl-turbo"]["family"] == "sdxl-few-step" and families["flux-schnell"]["size"] == [128, 128]
+    assert all(results["metrics"][f"family_{name}_b1"]["value"] > 0 for name in families)

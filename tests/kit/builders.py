@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -692,3 +693,239 @@ def build_musicgen(directory: Path, size: str = "tiny", seed: int = 0) -> Path:
     feature_extractor = EncodecFeatureExtractor(feature_size=1, sampling_rate=32_000, padding_value=0.0)
     MusicgenProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(directory)
     return directory
+
+
+# Model families beyond SD 1.x: SDXL (two CLIP encoders, pooled embeddings, size conditioning),
+# SD3 and FLUX (transformer denoisers, a T5 text encoder), and a few-step distilled ("turbo")
+# variant. Shapes follow diffusers' own fast tests (``get_dummy_components`` of
+# StableDiffusionXLPipelineFastTests, StableDiffusion3PipelineFastTests, FluxPipelineFastTests),
+# with a locally written byte-level CLIP tokenizer and a character-level T5 (Unigram) tokenizer.
+# ================================================================================================
+
+
+def write_t5_tokenizer(directory: Path, model_max_length: int = 512) -> Path:
+    """A character-level T5 (Unigram) tokenizer: every printable ASCII character is a piece."""
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(ch, -3.0) for ch in (chr(c) for c in range(33, 127))]
+    pieces += [("▁" + ch, -2.5) for ch in (chr(c) for c in range(33, 127))]
+    tokenizer = T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=model_max_length)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+T5_VOCAB_SIZE = 4 + 2 * 94
+
+
+def tiny_t5_encoder(seed: int = 0):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=T5_VOCAB_SIZE,
+        d_model=32,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    return T5EncoderModel(config).eval()
+
+
+def _clip_tokenizer(directory: Path):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(write_clip_tokenizer(directory))
+
+
+def build_tiny_sdxl(directory: Path, seed: int = 0, *, turbo: bool = False) -> Path:
+    """A tiny SDXL pipeline (64 px native: UNet sample_size 8, VAE x8). ``turbo``: saved with
+    SDXL-Turbo's scheduler (Euler ancestral, "trailing" timesteps), as the hub repository is."""
+    from diffusers import (
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=6 * 8 + 32,  # six size/crop numbers + the pooled text
+        cross_attention_dim=64,  # the two encoders' hidden states side by side (32 + 32)
+        norm_num_groups=32,
+    )
+    schedule = dict(SD15_SCHEDULER)
+    if turbo:
+        schedule.update(timestep_spacing="trailing", steps_offset=0)
+        scheduler: Any = EulerAncestralDiscreteScheduler(**schedule)
+    else:
+        scheduler = EulerDiscreteScheduler(**schedule)
+    torch.manual_seed(seed)
+    vae = _tiny_vae(blocks=4, latent_channels=4)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(tiny_clip_text_config(hidden_act="gelu"))
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(tiny_clip_text_config(hidden_act="gelu"))
+    tokenizer = _clip_tokenizer(directory / "_tokenizer_src")
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+    )
+    pipe.save_pretrained(directory)
+    return directory
+
+
+def _tiny_vae(blocks: int, latent_channels: int, **extra: Any):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[8] * blocks,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * blocks,
+        up_block_types=["UpDecoderBlock2D"] * blocks,
+        latent_channels=latent_channels,
+        norm_num_groups=4,
+        layers_per_block=1,
+        sample_size=64,
+        **extra,
+    )
+
+
+def build_tiny_sd3(directory: Path, seed: int = 0) -> Path:
+    """A tiny Stable Diffusion 3 pipeline (MMDiT transformer, two CLIP encoders and T5; 64 px
+    native: transformer sample_size 32, VAE x2)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=32,
+        patch_size=2,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=32,  # T5's width; CLIP's 2 x 32 are padded/cut to it
+        pooled_projection_dim=64,  # the two CLIP pooled embeddings side by side
+        out_channels=4,
+    )
+    torch.manual_seed(seed)
+    vae = _tiny_vae(
+        blocks=2,
+        latent_channels=4,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModelWithProjection(tiny_clip_text_config(hidden_act="gelu"))
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(tiny_clip_text_config(hidden_act="gelu"))
+    tokenizer = _clip_tokenizer(directory / "_tokenizer_src")
+    t5_tokenizer = _t5_tokenizer(directory / "_t5_src")
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer,
+        text_encoder_3=tiny_t5_encoder(seed),
+        tokenizer_3=t5_tokenizer,
+    )
+    pipe.save_pretrained(directory)
+    return directory
+
+
+def _t5_tokenizer(directory: Path):
+    from transformers import T5Tokenizer
+
+    return T5Tokenizer.from_pretrained(write_t5_tokenizer(directory))
+
+
+def build_tiny_flux(directory: Path, seed: int = 0) -> Path:
+    """A tiny FLUX.1 pipeline (schnell-like: no guidance embedding; CLIP pooled + T5; 128 px
+    native: FLUX's default_sample_size 128 x a one-block VAE)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,  # 1 latent channel, packed 2x2
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8],
+    )
+    torch.manual_seed(seed)
+    vae = _tiny_vae(
+        blocks=1,
+        latent_channels=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(tiny_clip_text_config(hidden_act="gelu"))
+    pipe = FluxPipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=_clip_tokenizer(directory / "_tokenizer_src"),
+        text_encoder_2=tiny_t5_encoder(seed),
+        tokenizer_2=_t5_tokenizer(directory / "_t5_src"),
+    )
+    pipe.save_pretrained(directory)
+    return directory
+
+
+def build_tiny_lora(sd_dir: Path, lora_dir: Path, name: str = "tiny-style", seed: int = 0) -> Path:
+    """A LoRA for the tiny SD UNet, made with peft (random, non-zero up-projections so it visibly
+    changes the picture) and saved with diffusers' ``save_lora_weights`` as ``<name>.safetensors``."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(sd_dir, subfolder="unet")
+    unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
+    )
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(lora_dir, unet_lora_layers=layers, weight_name=f"{name}.safetensors")
+    return lora_dir / f"{name}.safetensors"

@@ -274,10 +274,12 @@ class OomOnBigBatches(Synthesizer):
 
 class OomEngine(Engine):
     @property
-    def synthesizer(self):
-        if self._synthesizer is None:
-            self._synthesizer = OomOnBigBatches(self.settings.DIFFUSION_MODEL, "cpu")
-        return self._synthesizer
+    def models(self):
+        if self._models is None:
+            from pipeline.registry import ModelPool
+
+            self._models = ModelPool(self.settings, factory=lambda entry: OomOnBigBatches(entry.source, "cpu"))
+        return self._models
 
 
 async def test_out_of_memory_splits_the_batch_and_fails_only_what_does_not_fit(make_executor):

@@ -21,10 +21,10 @@ def settings(**values: object) -> Settings:
     [
         (dict(STEPS=150), "between 1 and 100"),
         (dict(STEPS=0), "between 1 and 100"),
-        (dict(WIDTH=2048), "between 64 and 1024"),
+        (dict(WIDTH=4096), "between 64 and 2048"),
         (dict(WIDTH=500), "multiple of 8"),
-        (dict(HEIGHT=2048), "between 64 and 1024"),
-        (dict(HEIGHT=56), "between 64 and 1024"),
+        (dict(HEIGHT=4096), "between 64 and 2048"),
+        (dict(HEIGHT=56), "between 64 and 2048"),
         (dict(GUIDANCE=30.5), "between 0 and 30"),
         (dict(GUIDANCE=-1), "between 0 and 30"),
     ],
@@ -69,7 +69,7 @@ def test_every_default_settings_accept_is_a_request_the_renderer_accepts(values)
     )
 
 
-@pytest.mark.parametrize("name, value", [("STEPS", 150), ("WIDTH", 2048), ("WIDTH", 500), ("GUIDANCE", 31.0)])
+@pytest.mark.parametrize("name, value", [("STEPS", 150), ("WIDTH", 4096), ("WIDTH", 500), ("GUIDANCE", 31.0)])
 def test_what_settings_refuse_the_renderer_refuses_too(name, value):
     request = dict(prompt="a red apple", steps=25, guidance=7.5, width=512, height=512)
     request[name.lower()] = value

@@ -349,3 +349,43 @@ def test_a_follow_up_carries_the_parents_provenance_with_its_own_kind_and_parent
     unchanged = set(Provenance.model_fields) - {"kind", "parent_job_id"}
     assert {name: getattr(follow_up, name) for name in unchanged} == {name: getattr(parent, name) for name in unchanged}
     assert (parent.kind, parent.parent_job_id) == ("voice", None)  # the parent itself is untouched
+
+
+async def test_turbo_model_correction_adds_a_step_not_guidance(
+    make_studio, gemini_settings, tiny_sdxl_turbo_dir, tiny_clip_dir, fake_gemini
+):
+    """Issue #12: the correction round follows the family — a few-step model at guidance 0 gets
+    one more step and stays at guidance 0; its native size and defaults need no setting; the
+    director is told the family (sentences, no negative prompt)."""
+    fake_gemini.script(
+        "critic",
+        {"alignment_score": 30, "missing_elements": ["table"], "correction_prompt": "a red apple", "notes": "x"},
+        {"alignment_score": 95, "missing_elements": [], "correction_prompt": "", "notes": "good"},
+    )
+    settings = gemini_settings(DIFFUSION_MODEL=str(tiny_sdxl_turbo_dir), CLIP_MODEL=str(tiny_clip_dir))
+    studio = await make_studio(settings)
+    await studio.executor.warm_up(whisper=False, clip=False)  # loaded: the director knows the family
+    result = (await run(studio, IDEA)).result
+    first, second = result.rounds
+    assert (first.steps, first.guidance, first.width, first.height) == (4, 0.0, 64, 64)
+    assert (second.steps, second.guidance) == (5, 0.0)
+    assert first.family == "sdxl-few-step" and first.negative_prompt == ""
+    asked = json.dumps(fake_gemini.requests_for("director")[0].body)
+    assert "SDXL (few-step)" in asked and "natural English sentences" in asked
+    judged = json.dumps(fake_gemini.requests_for("critic")[0].body)
+    assert "write correction_prompt as one to three natural English sentences" in judged
+
+
+async def test_cli_aspect_model_and_lora(cli_env, tmp_path, tiny_sd_dir, tiny_lora_dir):
+    """Issue #12: ``--aspect``, ``--model`` and ``--lora name:weight`` reach the picture; with
+    WIDTH/HEIGHT empty the size comes from the model (16:9 of its native 64 px budget)."""
+    env = {**cli_env, "WIDTH": "", "HEIGHT": "", "MODELS": f"tiny={tiny_sd_dir}", "LORA_DIR": str(tiny_lora_dir)}
+    args = ["--text", "a red apple", "--aspect", "16:9", "--model", "tiny", "--lora", "tiny-style:0.5"]
+    code, out, err = await cli([*args, "--out", "out", "--quiet"], env, tmp_path)
+    assert code == 0, err
+    assert Image.open(tmp_path / "out" / "image.png").size == (88, 64)
+    best = json.loads((tmp_path / "out" / "result.json").read_text())["rounds"][0]
+    assert (best["model"], best["loras"], best["family"]) == ("tiny", [["tiny-style", 0.5]], "sd")
+    assert "size 88x64" in out and "model:     tiny (sd)" in out
+    code, _, err = await cli(["--text", "a red apple", "--lora", "nope", "--out", "o2", "--quiet"], env, tmp_path)
+    assert code == 2 and "no LoRA called 'nope'" in err

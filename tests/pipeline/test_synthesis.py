@@ -62,7 +62,7 @@ def test_missing_seed_is_chosen_and_recorded():
     [
         (dict(prompt="  "), "empty"),
         (dict(width=100), "multiple of 8"),
-        (dict(height=4096), "between 64 and 1024"),
+        (dict(height=4096), "between 64 and 2048"),
         (dict(steps=0), "Steps"),
         (dict(steps=500), "Steps"),
         (dict(guidance=31.0), "Guidance"),

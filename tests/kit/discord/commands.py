@@ -3,6 +3,7 @@ recorded), and a user running a slash command against the synced schema."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,7 +11,13 @@ from aiohttp import web
 
 from .http import ApiError, ApiRequest, ApiRouter, json_response, no_content
 from .interactions import FakeInteraction, Interactions
-from .protocol import INTERACTION_COMMAND, OPT_SUB_COMMAND, OPT_SUB_COMMAND_GROUP, AttachmentSpec
+from .protocol import (
+    INTERACTION_AUTOCOMPLETE,
+    INTERACTION_COMMAND,
+    OPT_SUB_COMMAND,
+    OPT_SUB_COMMAND_GROUP,
+    AttachmentSpec,
+)
 from .world import FakeUser, World
 
 __all__ = ["Commands"]
@@ -204,3 +211,40 @@ class Commands:
         )
         inter.command_name = name if not path else f"{name} {' '.join(path)}"
         return await self._interactions.send(inter)
+
+    async def autocomplete(
+        self, name: str, options: Mapping[str, Any], focused: str, *, timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """A user types into option ``focused`` of ``/name``: INTERACTION_CREATE type 4
+        (APPLICATION_COMMAND_AUTOCOMPLETE) is dispatched; returns the choices the bot answered."""
+        world = self._world
+        channel = world.channels[world.default_channel_id()]
+        synced = self.find_synced(name, channel.guild_id)
+        types = {o["name"]: o["type"] for o in (synced or {}).get("options") or []}
+        tree = []
+        for key, value in options.items():
+            option = {"name": key, "type": types.get(key, 3), "value": value}
+            if key == focused:
+                option["focused"] = True
+            tree.append(option)
+        data: dict[str, Any] = {"id": synced["id"] if synced else str(world.ids.next()), "name": name, "type": 1}
+        data["options"] = tree
+        if synced is not None and synced.get("guild_id"):
+            data["guild_id"] = synced["guild_id"]
+        inter = self._interactions.build(
+            INTERACTION_AUTOCOMPLETE,
+            data,
+            user_id=world.user_id(None),
+            channel=channel,
+            locale="en-US",
+            app_permissions=None,
+        )
+        inter.command_name = name
+        await self._interactions.send(inter)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while inter.autocomplete_choices is None:
+            if loop.time() > deadline:
+                raise TimeoutError(f"/{name} {focused}: no autocomplete answer")
+            await asyncio.sleep(0.02)
+        return inter.autocomplete_choices
