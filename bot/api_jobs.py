@@ -118,6 +118,8 @@ def progress_data(event: ProgressEvent, round_index: int) -> tuple[EventName, di
         eta = round(event.eta_s, 1) if event.eta_s is not None else None
         return "queued", {"position": event.position, "eta_s": eta}
     data: dict[str, Any] = {"stage": event.stage, "round": round_index}
+    if event.detail:  # e.g. the model being loaded
+        data["detail"] = event.detail
     if event.total:
         data.update(step=event.step, total=event.total)
     return "stage", data

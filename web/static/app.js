@@ -12,6 +12,7 @@ const STAGE_LABELS = {
   review: "Critic: review",
   correct: "Correction round",
   warmup: "Load models",
+  load: "Load the diffusion model",
 };
 
 let recorded = null; // a Blob from the microphone
@@ -159,6 +160,7 @@ async function follow(job) {
       let label = STAGE_LABELS[d.stage] || d.stage;
       if (d.round && d.stage !== "correct") label += ` (round ${d.round + 1})`;
       if (d.total && d.stage === "render") label += ` ${d.step}/${d.total}`;
+      if (d.detail) label += ` (${d.detail})`;
       if (open && open.key === key) { open.li.querySelector(".label").textContent = label; continue; }
       close(d.t); open = { li: traceRow(label), key, t0: d.t };
     } else if (event.name === "done") {
