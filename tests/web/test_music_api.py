@@ -1,5 +1,6 @@
 """Music through the HTTP API for real: uvicorn on 127.0.0.1, httpx as the client, the headless
-runtime on the tiny models and the tiny MusicGen (32 kHz EnCodec). The WAV and OGG files served are
+runtime on the tiny models and the tiny MusicGen (32 kHz EnCodec; the web fixtures' MUSIC_MODEL,
+MUSIC_SECONDS=5). The WAV and OGG files served are
 decoded with libsndfile (soundfile)."""
 
 from __future__ import annotations
@@ -16,22 +17,14 @@ from tests.web.conftest import read_events, wait_state
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture
-def serve_music(serve, tiny_musicgen_dir):
-    async def start(**overrides):
-        return await serve(MUSIC_MODEL=str(tiny_musicgen_dir), MUSIC_SECONDS=5, **overrides)
-
-    return start
-
-
 def decoded(data: bytes) -> tuple[str, str, int, int, int]:
     """(format, subtype, sample rate, channels, frames) as libsndfile reads the file."""
     info = sf.info(io.BytesIO(data))
     return info.format, info.subtype, info.samplerate, info.channels, info.frames
 
 
-async def test_generate_sound_returns_the_absolute_url_of_a_wav(serve_music):
-    served = await serve_music()
+async def test_generate_sound_returns_the_absolute_url_of_a_wav(serve):
+    served = await serve()
     async with served.client() as client:
         made = await client.post("/generate/sound", json={"description": "a calm seaside ambience", "seconds": 6})
         assert made.status_code == 200, made.text
@@ -75,8 +68,8 @@ async def test_generate_sound_returns_the_absolute_url_of_a_wav(serve_music):
             assert (await client.post("/generate/sound", json=bad)).status_code == 422
 
 
-async def test_music_job_through_events_to_done(serve_music):
-    served = await serve_music()
+async def test_music_job_through_events_to_done(serve):
+    served = await serve()
     async with served.client() as client:
         created = await client.post("/api/jobs", json={"kind": "music", "text": "lofi beats", "seconds": 5, "seed": 4})
         assert created.status_code == 202, created.text
@@ -114,8 +107,8 @@ async def test_music_job_through_events_to_done(serve_music):
             assert (await client.post("/api/jobs", json=bad)).status_code == 422, bad
 
 
-async def test_soundtrack_for_a_picture_and_its_tags(serve_music):
-    served = await serve_music()
+async def test_soundtrack_for_a_picture_and_its_tags(serve):
+    served = await serve()
     async with served.client() as client:
         picture = await client.post("/api/jobs", json={"text": "a red apple on a wooden table", "seed": 2})
         picture_id = picture.json()["job_id"]
@@ -158,8 +151,8 @@ async def test_soundtrack_for_a_picture_and_its_tags(serve_music):
         assert other.status_code == 404
 
 
-async def test_a_voice_note_that_asks_for_music_comes_back_as_music(serve_music, make_voice_note):
-    served = await serve_music()
+async def test_a_voice_note_that_asks_for_music_comes_back_as_music(serve, make_voice_note):
+    served = await serve()
     note = make_voice_note("Please play some calm piano music by the sea")
     async with served.client() as client:
         created = await client.post(

@@ -1,6 +1,7 @@
 """The playground in a real browser: Debian's headless Chromium driven by Playwright loads the
 page from the real server, uploads the espeak voice note through the file input (a headless
-browser has no microphone), and sees the live trace, the transcript, the picture and the score."""
+browser has no microphone), and sees the live trace, the transcript, the picture and the score;
+then Regenerate, and Soundtrack's player."""
 
 from __future__ import annotations
 
@@ -83,6 +84,21 @@ async def test_voice_note_to_checked_picture_in_the_browser(serve, make_voice_no
                 timeout=120_000,
             )
             assert (await page.text_content("#score")).endswith("/100")
+
+            # Soundtrack: music for the picture shown, played under it (the picture stays).
+            await page.click("#soundtrack")
+            await page.wait_for_function(
+                "document.getElementById('soundtrack-player').src.startsWith('blob:')"
+                " && !document.getElementById('music-row').hidden",
+                timeout=120_000,
+            )
+            assert await page.evaluate("document.getElementById('result-image').naturalWidth") == 64
+            assert (await page.text_content("#music-prompt") or "").endswith(" · 5.0 s")  # MUSIC_SECONDS
+            await page.wait_for_function("document.getElementById('soundtrack-player').readyState >= 1", timeout=30_000)
+            duration = await page.evaluate("document.getElementById('soundtrack-player').duration")
+            assert duration == pytest.approx(5.0, abs=0.05)  # the browser decodes the OGG/Opus it was given
+            trace = " | ".join(await page.locator("#trace li").all_text_contents())
+            assert "MusicGen: compose" in trace and "Done in" in trace, trace
 
             # The interactive API docs work offline too.
             await page.goto(served.url + "/docs")
