@@ -108,3 +108,32 @@ async def test_voice_note_to_checked_picture_in_the_browser(serve, make_voice_no
             assert outside == []
         finally:
             await browser.close()
+
+
+async def test_a_voice_note_asking_for_music_plays_in_the_browser(serve, make_voice_note, tmp_path: Path):
+    playwright_api = pytest.importorskip("playwright.async_api")
+    executable = chromium()
+    served = await serve()
+    note = tmp_path / "music.ogg"
+    make_voice_note("Please play some calm piano music by the sea", note)
+    console_errors: list[str] = []
+    async with playwright_api.async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 390, "height": 844})
+            page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+            await page.goto(served.url + "/")
+            await page.wait_for_selector("#style option", state="attached")
+            await page.set_input_files("#audio-file", str(note))
+            await page.click("#run")
+            await page.wait_for_function(
+                "document.getElementById('soundtrack-player').src.startsWith('blob:')", timeout=120_000
+            )
+            assert "piano" in (await page.text_content("#transcript") or "").lower()
+            assert (await page.text_content("#title") or "").startswith("🎵")
+            # Music on its own: no picture, score or picture buttons are shown.
+            assert not await page.is_visible("#result-image") and not await page.is_visible("#regenerate")
+            assert await page.is_visible("#soundtrack-player")
+            assert console_errors == []
+        finally:
+            await browser.close()

@@ -181,6 +181,13 @@ async function showMusic(result, links) {
   if (musicUrl) URL.revokeObjectURL(musicUrl);
   musicUrl = URL.createObjectURL(blob);
   $("result-card").hidden = false;
+  if (!result.parent_job_id) { // music on its own (a voice note that asked for music): no picture to show
+    $("title").textContent = `🎵 ${result.idea}`;
+    $("transcript-row").hidden = !result.transcript;
+    $("transcript").textContent = result.transcript || "";
+    $("result-card").classList.add("music-only"); // hides the picture, its score and its buttons
+    current = null;
+  }
   $("music-row").hidden = false;
   $("music-prompt").textContent = `${result.music_prompt} · ${result.duration_s.toFixed(1)} s`;
   $("music-tags").textContent = result.tags.length ? `Tags: ${result.tags.join(", ")}` : "";
@@ -189,6 +196,7 @@ async function showMusic(result, links) {
 
 async function show(result, links) {
   current = result.job_id;
+  $("result-card").classList.remove("music-only");
   $("music-row").hidden = true;
   $("soundtrack-player").removeAttribute("src");
   const best = result.rounds[result.best_round];
