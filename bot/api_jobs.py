@@ -25,10 +25,19 @@ from typing import Any, Final, Literal
 
 from pipeline.errors import BadRequest, JobCancelled, ModelUnavailable, VoxCanvasError
 from pipeline.executor import Job, ProgressEvent
-from pipeline.studio import Result
+from pipeline.studio import Idea, MusicOutput, MusicResult, Result
 
 from . import render
-from .runner import UNSAVED, Acknowledged, AdmittedJob, JobOrigin, JobRequest, JobRunner, idea_from_record
+from .runner import (
+    NOT_A_PICTURE,
+    UNSAVED,
+    Acknowledged,
+    AdmittedJob,
+    JobOrigin,
+    JobRequest,
+    JobRunner,
+    idea_from_record,
+)
 from .runner import user_error_text as job_error_text
 from .store import JobRecord, JobStateError
 from .store.records import EndState
@@ -112,6 +121,11 @@ class EventLog:
             pass
 
 
+def done_data(result: Result | MusicResult) -> dict[str, Any]:
+    """A ``done`` event's data: the result, and what it is (``media``: "image" or "music")."""
+    return {"media": "music" if isinstance(result, MusicResult) else "image", "result": result.model_dump(mode="json")}
+
+
 def progress_data(event: ProgressEvent, round_index: int) -> tuple[EventName, dict[str, Any]]:
     """A progress event as an API event: ``queued`` (position, ETA) or ``stage``."""
     if event.stage == "queued":
@@ -155,11 +169,23 @@ class ApiJobs:
         self.runner.spawn(admitted)
         return admitted.record
 
-    async def follow_up(self, user_id: int, parent: JobRecord, kind: Literal["regenerate", "vary"]) -> JobRecord:
-        """Regenerate / vary one of the user's finished pictures."""
+    async def follow_up(
+        self,
+        user_id: int,
+        parent: JobRecord,
+        kind: Literal["regenerate", "vary", "soundtrack"],
+        *,
+        seconds: float | None = None,
+    ) -> JobRecord:
+        """Regenerate / vary one of the user's finished pictures, or compose its soundtrack
+        (``seconds`` long; the MUSIC_SECONDS setting without it)."""
         if not parent.result_json:
             raise JobStateError("That picture isn't ready yet.")
+        if parent.is_music:
+            raise JobStateError(NOT_A_PICTURE)
         previous = Result.model_validate_json(parent.result_json)
+        if kind == "soundtrack":  # from the picture's scene, as the Discord button does
+            return await self.submit(user_id, JobRequest(kind, Idea(seconds=seconds), previous))
         idea = idea_from_record(parent)
         idea.init_image = await self.store.read_init_image(parent.id)
         return await self.submit(user_id, JobRequest(kind, idea, previous))
@@ -187,7 +213,8 @@ class ApiJobs:
             return found
         log_ = EventLog(record.id)
         if record.state == "done" and record.result_json:
-            log_.publish("done", {"result": Result.model_validate_json(record.result_json).model_dump(mode="json")})
+            result = MusicResult if record.is_music else Result
+            log_.publish("done", done_data(result.model_validate_json(record.result_json)))
         elif record.finished:
             log_.publish("failed", {"message": record.error or render.apology(record.id), "state": record.state})
         else:
@@ -258,7 +285,14 @@ class ApiJobs:
                 await self._end(job.id, events, render.apology(job.id))
                 return
             job.finish("done")
-            saved = await self.runner._save(job.id, output)
+            if isinstance(output, MusicOutput):
+                try:
+                    saved = await self.runner._save_music(job.id, output)
+                except VoxCanvasError as exc:  # the OGG/Opus encoding failed
+                    await self._end(job.id, events, job_error_text(exc, job.id), error=exc)
+                    return
+            else:
+                saved = await self.runner._save(job.id, output)
             if saved is not True:
                 text = UNSAVED if saved is None else saved.user_message
                 events.error = saved if saved is not None else None
@@ -266,7 +300,7 @@ class ApiJobs:
                 await self._mark_delivered(job.id)
                 return
             await self._mark_delivered(job.id)
-            events.publish("done", {"result": output.result.model_dump(mode="json")})
+            events.publish("done", done_data(output.result))
         finally:
             job.listener = None
             job.finish("failed")  # no-op unless the job ended on an error or was cancelled

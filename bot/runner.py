@@ -455,41 +455,51 @@ class JobRunner:
         await self._record_failure(job_id, UNSAVED)
         return None
 
-    async def _save_and_deliver_music(
-        self, job_id: str, surface: Surface, nonce: str, output: MusicOutput, reporter: ProgressReporter
-    ) -> None:
-        """Save a composed piece (OGG/Opus, what Discord plays) like a picture, then deliver it."""
-        ogg = output.ogg
-        if ogg is None:  # the studio was asked for WAV only: encode for Discord now
-            ogg = await asyncio.to_thread(wav_to_ogg_opus, output.wav)
-        saved: bool | StoreError = False
+    async def _save_music(self, job_id: str, output: MusicOutput) -> Literal[True] | StoreError | None:
+        """Save a composed piece like :meth:`_save` saves a picture (same answers): OGG/Opus (what
+        Discord plays; encoded now if the studio made WAV only) and the WAV (the HTTP API's).
+        ``output.ogg`` is filled in, so the caller can deliver it even when saving failed."""
+        if output.ogg is None:
+            output.ogg = await asyncio.to_thread(wav_to_ogg_opus, output.wav)
         for attempt in range(1, RESULT_SAVE_ATTEMPTS + 1):
             try:
                 await self.store.complete_music(
                     job_id,
                     result_json=output.result.model_dump_json(),
                     title=f"🎵 {output.result.music_prompt}"[:200],
-                    music_ogg=ogg,
+                    music_ogg=output.ogg,
+                    music_wav=output.wav,
                 )
-                saved = True
-                break
+                return True
             except (JobStateError, JobNotFound) as exc:
-                saved = exc
-                break
+                return exc
             except Exception:
                 log.exception(
                     "job %s: saving the music failed (attempt %d of %d)", job_id, attempt, RESULT_SAVE_ATTEMPTS
                 )
                 if attempt < RESULT_SAVE_ATTEMPTS:
                     await asyncio.sleep(RESULT_SAVE_RETRY_DELAY_S)
+        await self._record_failure(job_id, UNSAVED)
+        return None
+
+    async def _save_and_deliver_music(
+        self, job_id: str, surface: Surface, nonce: str, output: MusicOutput, reporter: ProgressReporter
+    ) -> None:
+        """Save a composed piece (:meth:`_save_music`), then deliver it."""
+        try:
+            saved = await self._save_music(job_id, output)
+        except VoxCanvasError as exc:  # the OGG/Opus encoding failed
+            await reporter.close()
+            await self._end_without_picture(job_id, surface, nonce, f"⚠️ {exc.user_message}", error=exc.user_message)
+            return
         await reporter.close()
         if isinstance(saved, StoreError):
             await self._end_without_picture(job_id, surface, nonce, f"⚠️ {saved.user_message}", error=saved.user_message)
             return
-        if not saved:
-            await self._record_failure(job_id, UNSAVED)
+        if saved is None:
             log.warning("job %s: delivering its music from memory; it could not be saved", job_id)
-        await self.deliver_music(job_id, surface, output.result, ogg, nonce=nonce)
+        assert output.ogg is not None
+        await self.deliver_music(job_id, surface, output.result, output.ogg, nonce=nonce)
 
     async def deliver_music(
         self, job_id: str, surface: Surface, result: MusicResult, ogg: bytes, *, nonce: str

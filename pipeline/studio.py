@@ -35,6 +35,7 @@ from .palette import extract_palette, swatch_png
 from .scene import Scene
 from .settings import Settings
 from .synthesis import RenderedImage, RenderRequest, image_to_png
+from .tags import tags_for
 
 if TYPE_CHECKING:
     from google import genai
@@ -194,6 +195,9 @@ class MusicResult(BaseModel):
     tokens: int
     compose_s: float
     realtime_factor: float
+    tags: list[str] = Field(
+        default_factory=list
+    )  # pipeline.tags over the picture's prompt (soundtrack) and the music's
     timings: dict[str, float] = Field(default_factory=dict)
     total_s: float = 0.0
 
@@ -369,6 +373,7 @@ class Studio:
             idea=scene.title,
             director=director,
             parent_job_id=previous.job_id,
+            image_prompt=previous.best.prompt,
             ogg=ogg,
         )
 
@@ -436,6 +441,7 @@ class Studio:
         ogg: bool,
         transcript: str | None = None,
         parent_job_id: str | None = None,
+        image_prompt: str = "",
     ) -> MusicOutput:
         started = time.perf_counter()
         request = request.validated()  # BadRequest before queueing
@@ -460,6 +466,7 @@ class Studio:
             tokens=music.tokens,
             compose_s=info["elapsed_s"],
             realtime_factor=info["realtime_factor"],
+            tags=tags_for(image_prompt[: limits.MAX_IDEA_CHARS], music.prompt[: limits.MAX_IDEA_CHARS]),
             timings={"compose": info["elapsed_s"], "encode": round(time.perf_counter() - t0, 4)},
             total_s=round(time.perf_counter() - started, 4),
         )

@@ -67,8 +67,10 @@ def known_style(value: str | None) -> str | None:
 
 
 class JobOptions(BaseModel):
-    """What a job makes. ``text`` (an idea) or an audio upload is needed; bounds are the engine's."""
+    """What a job makes. ``text`` (an idea) or an audio upload is needed; bounds are the engine's.
+    ``kind: "music"``: a piece composed from ``text`` (``seconds`` long; ``seed`` applies)."""
 
+    kind: Literal["picture", "music"] = Field("picture", description="A picture (default) or a piece of music")
     text: str | None = Field(None, max_length=limits.MAX_IDEA_CHARS, description="The idea, in words")
     style: str | None = Field(None, max_length=40, description=f"One of: {', '.join(STYLES)}")
     negative_prompt: str | None = Field(None, max_length=limits.MAX_NEGATIVE_PROMPT_CHARS)
@@ -78,6 +80,9 @@ class JobOptions(BaseModel):
     width: int | None = Field(None, ge=limits.MIN_SIDE, le=limits.MAX_SIDE, multiple_of=limits.SIDE_MULTIPLE)
     height: int | None = Field(None, ge=limits.MIN_SIDE, le=limits.MAX_SIDE, multiple_of=limits.SIDE_MULTIPLE)
     strength: float = Field(limits.DEFAULT_STRENGTH, ge=limits.MIN_STRENGTH, le=limits.MAX_STRENGTH)
+    seconds: float | None = Field(
+        None, ge=limits.MIN_COMPOSE_SECONDS, le=limits.MAX_MUSIC_SECONDS, description="Music length (kind music)"
+    )
 
     model_config = {"extra": "forbid"}
 
@@ -102,6 +107,7 @@ class JobOptions(BaseModel):
             width=self.width,
             height=self.height,
             strength=self.strength,
+            seconds=self.seconds,
             **extra,
         )
 
@@ -129,8 +135,18 @@ class TagsResponse(BaseModel):
     tags: list[str]
 
 
+class SoundRequest(BaseModel):
+    description: str = Field(min_length=1, max_length=limits.MAX_MUSIC_PROMPT_CHARS, description="The music, in words")
+    seconds: float | None = Field(None, ge=limits.MIN_COMPOSE_SECONDS, le=limits.MAX_MUSIC_SECONDS)
+    seed: int | None = Field(None, ge=0, le=limits.MAX_SEED)
+
+
+class SoundtrackRequest(BaseModel):
+    seconds: float | None = Field(None, ge=limits.MIN_COMPOSE_SECONDS, le=limits.MAX_MUSIC_SECONDS)
+
+
 class Generation(BaseModel):
-    """The AI generator API's answer: an id and the absolute URL of the PNG."""
+    """The AI generator API's answer: an id and the absolute URL of the PNG (or, for a sound, the WAV)."""
 
     generation_id: str
     file_path: str
@@ -173,6 +189,8 @@ class JobStatus(BaseModel):
     events_url: str
     image_url: str | None = None
     palette_url: str | None = None
+    music_url: str | None = None  # a finished music job: OGG/Opus
+    wav_url: str | None = None  # the same piece as WAV
 
 
 class Deleted(BaseModel):
@@ -271,8 +289,9 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
         except (VoxCanvasError, StoreError) as exc:
             raise api_error(exc) from exc
 
-    async def finished(record: JobRecord) -> tuple[JobRecord, Result]:
-        """Wait (bounded) for the job; its final record and result, or its error as an answer."""
+    async def finished(record: JobRecord) -> tuple[JobRecord, dict[str, Any]]:
+        """Wait (bounded) for the job; its record and ``done`` event's data (``media``, ``result``),
+        or its error as an answer."""
         events = api.events_of(record)
         try:
             await asyncio.wait_for(events.wait_finished(), settings.API_WAIT_S)
@@ -289,7 +308,25 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
                 raise api_error(events.error, job_id=record.id)
             status = 409 if final.data.get("state") == "cancelled" else 503
             raise ApiError(status, str(final.data.get("message", "The job failed.")), job_id=record.id)
-        return record, Result.model_validate(final.data["result"])
+        return record, final.data
+
+    async def finished_picture(record: JobRecord) -> tuple[JobRecord, Result]:
+        record, done = await finished(record)
+        if done.get("media") == "music":  # a voice note that asked for music
+            raise ApiError(
+                409,
+                f"That asked for music, so music was composed: {url(f'/api/jobs/{record.id}/music.wav')}",
+                job_id=record.id,
+            )
+        return record, Result.model_validate(done["result"])
+
+    def media_urls(job_id: str, media: str) -> dict[str, str]:
+        if media == "music":
+            return {"music_url": url(f"/api/jobs/{job_id}/music.ogg"), "wav_url": url(f"/api/jobs/{job_id}/music.wav")}
+        return {
+            "image_url": url(f"/api/jobs/{job_id}/image.png"),
+            "palette_url": url(f"/api/jobs/{job_id}/palette.png"),
+        }
 
     def status_of(record: JobRecord) -> JobStatus:
         events = api.events_of(record)
@@ -298,6 +335,7 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
         if record.state == "done" and record.result_json:
             result = json.loads(record.result_json)  # stored as the Result's own JSON dump
         done = record.state == "done"
+        media = media_urls(record.id, "music" if record.is_music else "image") if done else {}
         return JobStatus(
             job_id=record.id,
             state=record.state,
@@ -312,8 +350,7 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
             result=result,
             status_url=url(f"/api/jobs/{record.id}"),
             events_url=url(f"/api/jobs/{record.id}/events"),
-            image_url=url(f"/api/jobs/{record.id}/image.png") if done else None,
-            palette_url=url(f"/api/jobs/{record.id}/palette.png") if done else None,
+            **media,
         )
 
     def created(record: JobRecord) -> JSONResponse:
@@ -357,7 +394,7 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
         audio = await audio_field(form, "audio_file", settings, required=True)
         assert audio is not None
         record = await submit(user, JobRequest("voice", Idea(audio=audio[0], audio_filename=audio[1])))
-        record, result = await finished(record)
+        record, result = await finished_picture(record)
         best = result.best
         feedback = best.critic_notes or ""
         if best.missing_elements:
@@ -379,7 +416,7 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
     async def image_from_prompt(body: PromptRequest, user: User) -> Generation:
         """A text prompt → a picture (through the director, renderer and critic). Waits for it."""
         options = validated(JobOptions, {"text": body.prompt, **body.model_dump(exclude={"prompt"})})
-        record, _ = await finished(await submit(user, JobRequest("text", options.idea())))
+        record, _ = await finished_picture(await submit(user, JobRequest("text", options.idea())))
         return Generation(generation_id=record.id, file_path=url(f"/api/jobs/{record.id}/image.png"))
 
     @app.post(
@@ -399,7 +436,7 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
         options = validated(
             JobOptions, {"text": fields.get("prompt") or DEFAULT_IMAGE_PROMPT, **pick(fields, "strength")}
         )
-        record, _ = await finished(await submit(user, JobRequest("text", options.idea(init_image=image))))
+        record, _ = await finished_picture(await submit(user, JobRequest("text", options.idea(init_image=image))))
         return Generation(generation_id=record.id, file_path=url(f"/api/jobs/{record.id}/image.png"))
 
     @app.post("/generate/tags", response_model=TagsResponse, tags=["source designs"])
@@ -409,6 +446,14 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
             return TagsResponse(tags=tags_for(body.image_prompt, body.sound_description))
         except VoxCanvasError as exc:
             raise api_error(exc) from exc
+
+    @app.post("/generate/sound", response_model=Generation, tags=["source designs"])
+    async def sound(body: SoundRequest, user: User) -> Generation:
+        """A description → music (MusicGen), ``seconds`` long (MUSIC_SECONDS without it): an id and
+        the absolute URL of the WAV (32 kHz mono, 16-bit). Waits for it."""
+        idea = Idea(text=body.description, seconds=body.seconds, seed=body.seed)
+        record, _ = await finished(await submit(user, JobRequest("compose", idea)))
+        return Generation(generation_id=record.id, file_path=url(f"/api/jobs/{record.id}/music.wav"))
 
     # --- jobs ---------------------------------------------------------------------------------
     @app.post(
@@ -455,6 +500,11 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
             raise ApiError(415, "Send the options as application/json, or as multipart/form-data with files.")
         if audio is None and options.text is None:
             raise ApiError(422, "There's nothing to draw yet — send an idea as 'text', or a voice note as 'audio'.")
+        if options.kind == "music":
+            if audio is not None or image is not None or options.text is None:
+                raise ApiError(422, "Music is composed from a description: send it as 'text' (no files).")
+            music = Idea(text=options.text, seconds=options.seconds, seed=options.seed)
+            return created(await submit(user, JobRequest("compose", music)))
         if audio is not None:
             idea = options.idea(audio=audio[0], audio_filename=audio[1], init_image=image)
             job_request = JobRequest("voice", idea)
@@ -484,22 +534,28 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
         async for event in events.follow(after):
             data = {**event.data, "t": event.t}
             if event.name == "done":
-                data.update(
-                    image_url=url(f"/api/jobs/{record.id}/image.png"),
-                    palette_url=url(f"/api/jobs/{record.id}/palette.png"),
-                )
+                data.update(media_urls(record.id, str(event.data.get("media", "image"))))
             yield ServerSentEvent(event=event.name, id=str(event.seq), data=data)
 
-    async def result_file(record: JobRecord, read: Callable[[str], Awaitable[bytes]]) -> Response:
+    async def result_file(
+        record: JobRecord, read: Callable[[str], Awaitable[bytes]], media_type: str = "image/png"
+    ) -> Response:
+        music = media_type.startswith("audio/")
         if record.state != "done":
-            raise ApiError(409, "That picture isn't ready yet.", job_id=record.id)
+            raise ApiError(409, "That job isn't finished yet.", job_id=record.id)
+        if music != record.is_music:
+            what = "a piece of music, not a picture" if record.is_music else "a picture, not music"
+            raise ApiError(404, f"That job made {what}.", job_id=record.id)
         try:
             data = await read(record.id)
         except (VoxCanvasError, StoreError) as exc:
             raise api_error(exc, job_id=record.id) from exc
-        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+        return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=86400"})
 
-    png: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "PNG"}}
+    def media(kind: str, description: str) -> dict[int | str, dict[str, Any]]:
+        return {200: {"content": {kind: {}}, "description": description}}
+
+    png = media("image/png", "PNG")
 
     @app.get("/api/jobs/{job_id}/image.png", response_class=Response, responses=png, tags=["jobs"])
     async def job_image(record: OwnJob) -> Response:
@@ -509,11 +565,27 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
     async def job_palette(record: OwnJob) -> Response:
         return await result_file(record, store.read_palette)
 
-    async def follow_up(record: JobRecord, user: int, kind: Literal["regenerate", "vary"]) -> JSONResponse:
+    @app.get(
+        "/api/jobs/{job_id}/music.ogg", response_class=Response, responses=media("audio/ogg", "OGG/Opus"), tags=["jobs"]
+    )
+    async def job_music(record: OwnJob) -> Response:
+        """A music job's piece as OGG/Opus (48 kHz; what Discord plays)."""
+        return await result_file(record, store.read_music, "audio/ogg")
+
+    @app.get(
+        "/api/jobs/{job_id}/music.wav", response_class=Response, responses=media("audio/wav", "WAV"), tags=["jobs"]
+    )
+    async def job_music_wav(record: OwnJob) -> Response:
+        """A music job's piece as WAV (the model's 32 kHz, mono, 16-bit PCM; lossless)."""
+        return await result_file(record, store.read_music_wav, "audio/wav")
+
+    async def follow_up(
+        record: JobRecord, user: int, kind: Literal["regenerate", "vary", "soundtrack"], seconds: float | None = None
+    ) -> JSONResponse:
         if record.state != "done":
             raise ApiError(409, "Only a finished picture can be reworked.", job_id=record.id)
         try:
-            return created(await api.follow_up(user, record, kind))
+            return created(await api.follow_up(user, record, kind, seconds=seconds))
         except (VoxCanvasError, StoreError) as exc:
             raise api_error(exc, job_id=record.id) from exc
 
@@ -527,6 +599,12 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
     async def vary(record: OwnJob, user: User) -> JSONResponse:
         """A variation: the shown picture's prompt and settings with a new seed."""
         return await follow_up(record, user, "vary")
+
+    @app.post("/api/jobs/{job_id}/soundtrack", status_code=202, response_model=JobCreated, tags=["jobs"])
+    async def soundtrack(record: OwnJob, user: User, body: SoundtrackRequest | None = None) -> JSONResponse:
+        """Music for a finished picture, from its scene's music prompt (a music job; its tags
+        cover the picture's prompt and the music's). Optional body: ``{"seconds": 5-30}``."""
+        return await follow_up(record, user, "soundtrack", body.seconds if body is not None else None)
 
     @app.delete("/api/jobs/{job_id}", response_model=Deleted, tags=["jobs"])
     async def delete_job(record: OwnJob, user: User) -> Deleted:

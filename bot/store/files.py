@@ -42,7 +42,8 @@ INIT_IMAGE_FILE: Final = "init.png"
 RESULT_MARKER: Final = "result.json"  # written last by complete(): the picture files are whole
 RESULT_FILES: Final = (IMAGE_FILE, PALETTE_FILE, RESULT_MARKER)
 MUSIC_FILE: Final = "music.ogg"  # a composed piece as Discord plays it (OGG/Opus)
-MUSIC_RESULT_FILES: Final = (MUSIC_FILE, RESULT_MARKER)
+MUSIC_WAV_FILE: Final = "music.wav"  # the same piece as 16-bit PCM WAV, lossless (the HTTP API's file)
+MUSIC_RESULT_FILES: Final = (MUSIC_FILE, MUSIC_WAV_FILE, RESULT_MARKER)
 _AUDIO_EXT = re.compile(r"[a-z0-9]{1,8}")
 FILE_MODE: Final = 0o600
 DIR_MODE: Final = 0o700
@@ -123,9 +124,13 @@ def write_result_files(directory: Path, image_png: bytes, palette_png: bytes, ma
     write_files(directory, [(RESULT_MARKER, marker)], durable=durable)
 
 
-def write_music_files(directory: Path, music_ogg: bytes, marker: bytes, *, durable: bool) -> None:
-    """The piece first, then :data:`RESULT_MARKER`: its presence means the piece is whole."""
-    write_files(directory, [(MUSIC_FILE, music_ogg)], durable=durable)
+def write_music_files(
+    directory: Path, music_ogg: bytes, marker: bytes, *, durable: bool, music_wav: bytes | None = None
+) -> None:
+    """The piece (and its WAV, if given) first, then :data:`RESULT_MARKER`: its presence means
+    the piece is whole."""
+    files = [(MUSIC_FILE, music_ogg)] + ([(MUSIC_WAV_FILE, music_wav)] if music_wav is not None else [])
+    write_files(directory, files, durable=durable)
     write_files(directory, [(RESULT_MARKER, marker)], durable=durable)
 
 
@@ -280,10 +285,12 @@ class JobFiles:
             log.error("job %s: can't save its picture: %s", job_id, exc)
             raise StoreError() from exc
 
-    async def save_music(self, job_id: str, music_ogg: bytes, marker: bytes) -> None:
+    async def save_music(self, job_id: str, music_ogg: bytes, marker: bytes, music_wav: bytes | None = None) -> None:
         """See :func:`write_music_files`."""
         try:
-            await asyncio.to_thread(write_music_files, self.job_dir(job_id), music_ogg, marker, durable=self.durable)
+            await asyncio.to_thread(
+                write_music_files, self.job_dir(job_id), music_ogg, marker, durable=self.durable, music_wav=music_wav
+            )
         except OSError as exc:
             log.error("job %s: can't save its music: %s", job_id, exc)
             raise StoreError() from exc

@@ -26,6 +26,7 @@ from .files import (
     JOBS_DIR,
     MUSIC_FILE,
     MUSIC_RESULT_FILES,
+    MUSIC_WAV_FILE,
     PALETTE_FILE,
     RESULT_FILES,
     RESULT_MARKER,
@@ -341,14 +342,17 @@ class JobStore:
                 await self._files.unlink(job_id, RESULT_FILES)
             raise
 
-    async def complete_music(self, job_id: str, *, result_json: str, title: str | None, music_ogg: bytes) -> JobRecord:
-        """→ done, for a composed piece. The piece first, then ``result.json`` as marker, row second."""
+    async def complete_music(
+        self, job_id: str, *, result_json: str, title: str | None, music_ogg: bytes, music_wav: bytes | None = None
+    ) -> JobRecord:
+        """→ done, for a composed piece. The piece (OGG/Opus, and its WAV when given: the HTTP
+        API serves it) first, then ``result.json`` as marker, row second."""
         json.loads(result_json)
         record = await self._require(job_id)
         if not record.active:
             raise JobStateError.for_state(record.state)
         marker = json.dumps({"result_json": result_json, "score": None, "title": title, "music": True}).encode()
-        await self._files.save_music(job_id, music_ogg, marker)
+        await self._files.save_music(job_id, music_ogg, marker, music_wav)
         try:
             return await self._finish_row(job_id, result_json, None, title, music=True)
         except JobNotFound:
@@ -363,6 +367,11 @@ class JobStore:
     async def read_music(self, job_id: str) -> bytes:
         """A finished music job's OGG/Opus file."""
         return await self._read_result_file(job_id, lambda record: record.music_file)
+
+    async def read_music_wav(self, job_id: str) -> bytes:
+        """A finished music job's WAV (saved beside its OGG since the HTTP API serves it; a piece
+        saved without one: :class:`JobNotFound`)."""
+        return await self._read_result_file(job_id, lambda record: MUSIC_WAV_FILE if record.music_file else None)
 
     async def _finish_row(
         self, job_id: str, result_json: str, score: int | None, title: str | None, *, music: bool = False

@@ -25,10 +25,12 @@ class Served:
 
 
 @pytest.fixture
-def web_settings(make_settings, trained_whisper_dir):
+def web_settings(make_settings, trained_whisper_dir, tiny_musicgen_dir):
     def factory(**overrides):
         values = dict(
             WHISPER_MODEL=str(trained_whisper_dir),
+            MUSIC_MODEL=str(tiny_musicgen_dir),
+            MUSIC_SECONDS=5,
             STEPS=2,
             QA_MAX_ROUNDS=1,
             MAX_JOBS_PER_USER=2,

@@ -1,6 +1,7 @@
 """The playground in a real browser: Debian's headless Chromium driven by Playwright loads the
 page from the real server, uploads the espeak voice note through the file input (a headless
-browser has no microphone), and sees the live trace, the transcript, the picture and the score."""
+browser has no microphone), and sees the live trace, the transcript, the picture and the score;
+then Regenerate, and Soundtrack's player."""
 
 from __future__ import annotations
 
@@ -84,11 +85,55 @@ async def test_voice_note_to_checked_picture_in_the_browser(serve, make_voice_no
             )
             assert (await page.text_content("#score")).endswith("/100")
 
+            # Soundtrack: music for the picture shown, played under it (the picture stays).
+            await page.click("#soundtrack")
+            await page.wait_for_function(
+                "document.getElementById('soundtrack-player').src.startsWith('blob:')"
+                " && !document.getElementById('music-row').hidden",
+                timeout=120_000,
+            )
+            assert await page.evaluate("document.getElementById('result-image').naturalWidth") == 64
+            assert (await page.text_content("#music-prompt") or "").endswith(" · 5.0 s")  # MUSIC_SECONDS
+            await page.wait_for_function("document.getElementById('soundtrack-player').readyState >= 1", timeout=30_000)
+            duration = await page.evaluate("document.getElementById('soundtrack-player').duration")
+            assert duration == pytest.approx(5.0, abs=0.05)  # the browser decodes the OGG/Opus it was given
+            trace = " | ".join(await page.locator("#trace li").all_text_contents())
+            assert "MusicGen: compose" in trace and "Done in" in trace, trace
+
             # The interactive API docs work offline too.
             await page.goto(served.url + "/docs")
             await page.wait_for_selector(".swagger-ui .opblock", timeout=30_000)
             assert "/api/generate" in await page.content()
             outside = [u for u in requested if not u.startswith((served.url, "blob:", "data:"))]
             assert outside == []
+        finally:
+            await browser.close()
+
+
+async def test_a_voice_note_asking_for_music_plays_in_the_browser(serve, make_voice_note, tmp_path: Path):
+    playwright_api = pytest.importorskip("playwright.async_api")
+    executable = chromium()
+    served = await serve()
+    note = tmp_path / "music.ogg"
+    make_voice_note("Please play some calm piano music by the sea", note)
+    console_errors: list[str] = []
+    async with playwright_api.async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 390, "height": 844})
+            page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+            await page.goto(served.url + "/")
+            await page.wait_for_selector("#style option", state="attached")
+            await page.set_input_files("#audio-file", str(note))
+            await page.click("#run")
+            await page.wait_for_function(
+                "document.getElementById('soundtrack-player').src.startsWith('blob:')", timeout=120_000
+            )
+            assert "piano" in (await page.text_content("#transcript") or "").lower()
+            assert (await page.text_content("#title") or "").startswith("🎵")
+            # Music on its own: no picture, score or picture buttons are shown.
+            assert not await page.is_visible("#result-image") and not await page.is_visible("#regenerate")
+            assert await page.is_visible("#soundtrack-player")
+            assert console_errors == []
         finally:
             await browser.close()

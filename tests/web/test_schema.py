@@ -60,7 +60,8 @@ def test_openapi_schema_holds_for_generated_requests(threaded_api):
     ]
     operations = [result.ok() for result in schema.get_all_operations()]
     paths = {op.path for op in operations}
-    assert {"/api/generate", "/api/jobs", "/api/jobs/{job_id}", "/generate/tags", "/generate/image/image"} <= paths
+    assert {"/api/generate", "/api/jobs", "/api/jobs/{job_id}", "/generate/tags", "/generate/image/image"}
+    assert {"/generate/sound", "/api/jobs/{job_id}/soundtrack", "/api/jobs/{job_id}/music.wav"} <= paths <= paths
     tried = 0
     for operation in operations:
 

@@ -11,6 +11,7 @@ const STAGE_LABELS = {
   render: "Stable Diffusion: render",
   review: "Critic: review",
   correct: "Correction round",
+  music: "MusicGen: compose",
   warmup: "Load models",
   load: "Load the diffusion model",
 };
@@ -18,6 +19,7 @@ const STAGE_LABELS = {
 let recorded = null; // a Blob from the microphone
 let current = null; // the job shown
 let imageUrl = null;
+let musicUrl = null;
 
 function headers(extra = {}) {
   const key = $("api-key").value.trim();
@@ -106,7 +108,7 @@ async function start(request) {
 }
 
 function setBusy(busy) {
-  for (const id of ["run", "regenerate", "vary"]) $(id).disabled = busy;
+  for (const id of ["run", "regenerate", "vary", "soundtrack"]) $(id).disabled = busy;
 }
 
 // A small Server-Sent Events reader over fetch (EventSource can't send an Authorization header).
@@ -143,7 +145,6 @@ function traceRow(label, cls = "") {
 }
 
 async function follow(job) {
-  current = job.job_id;
   $("trace").replaceChildren();
   $("trace-card").hidden = false;
   $("job-id").textContent = job.job_id;
@@ -159,14 +160,15 @@ async function follow(job) {
       const key = `${d.stage}:${d.round}`;
       let label = STAGE_LABELS[d.stage] || d.stage;
       if (d.round && d.stage !== "correct") label += ` (round ${d.round + 1})`;
-      if (d.total && d.stage === "render") label += ` ${d.step}/${d.total}`;
+      if (d.total && (d.stage === "render" || d.stage === "music")) label += ` ${d.step}/${d.total}`;
       if (d.detail) label += ` (${d.detail})`;
       if (open && open.key === key) { open.li.querySelector(".label").textContent = label; continue; }
       close(d.t); open = { li: traceRow(label), key, t0: d.t };
     } else if (event.name === "done") {
       close(d.t); open = null;
       traceRow(`Done in ${d.t.toFixed(2)} s`, "done");
-      await show(d.result, d);
+      if (d.media === "music") await showMusic(d.result, d);
+      else await show(d.result, d);
     } else if (event.name === "failed") {
       close(d.t); open = null;
       traceRow(d.message, "failed");
@@ -175,7 +177,30 @@ async function follow(job) {
   }
 }
 
+// A piece of music (a picture's soundtrack, or music asked for): a player under the picture.
+async function showMusic(result, links) {
+  const blob = await (await api(links.music_url)).blob();
+  if (musicUrl) URL.revokeObjectURL(musicUrl);
+  musicUrl = URL.createObjectURL(blob);
+  $("result-card").hidden = false;
+  if (!result.parent_job_id) { // music on its own (a voice note that asked for music): no picture to show
+    $("title").textContent = `🎵 ${result.idea}`;
+    $("transcript-row").hidden = !result.transcript;
+    $("transcript").textContent = result.transcript || "";
+    $("result-card").classList.add("music-only"); // hides the picture, its score and its buttons
+    current = null;
+  }
+  $("music-row").hidden = false;
+  $("music-prompt").textContent = `${result.music_prompt} · ${result.duration_s.toFixed(1)} s`;
+  $("music-tags").textContent = result.tags.length ? `Tags: ${result.tags.join(", ")}` : "";
+  $("soundtrack-player").src = musicUrl;
+}
+
 async function show(result, links) {
+  current = result.job_id;
+  $("result-card").classList.remove("music-only");
+  $("music-row").hidden = true;
+  $("soundtrack-player").removeAttribute("src");
   const best = result.rounds[result.best_round];
   $("result-card").hidden = false;
   $("title").textContent = result.scene.title;
@@ -215,5 +240,6 @@ $("audio-file").addEventListener("change", () => {
   $("audio-status").textContent = f ? `${f.name}, ${(f.size / 1024).toFixed(0)} KB` : "";
 });
 $("regenerate").addEventListener("click", () => current && start(() => api(`/api/jobs/${current}/regenerate`, { method: "POST" })));
+$("soundtrack").addEventListener("click", () => current && start(() => api(`/api/jobs/${current}/soundtrack`, { method: "POST" })));
 $("vary").addEventListener("click", () => current && start(() => api(`/api/jobs/${current}/vary`, { method: "POST" })));
 loadConfig().catch((err) => { $("form-error").textContent = `Can't reach the server: ${err.message}`; });

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, JobStore
-from bot.store.files import MUSIC_FILE, RESULT_MARKER
+from bot.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, JobNotFound, JobStateError, JobStore
+from bot.store.files import MUSIC_FILE, MUSIC_WAV_FILE, RESULT_MARKER
 from tests.bot.store.helpers import finish, new_job
 
 OGG = b"OggS" + b"\x00" * 60
@@ -96,5 +96,33 @@ async def test_music_saved_before_a_crash_is_recovered(tmp_path: Path) -> None:
         record = await store.get(job.id)
         assert record is not None and record.state == "done" and record.music_file == MUSIC_FILE
         assert await store.read_music(job.id) == OGG and await store.unfinished() == []
+    finally:
+        await store.close()
+
+
+async def test_the_wav_is_kept_beside_the_ogg_and_dropped_with_a_cancelled_piece(tmp_path: Path) -> None:
+    wav = b"RIFF" + b"\x00" * 40
+    store = await JobStore.open(tmp_path)
+    try:
+        job = await new_job(store, kind="compose", idea={"text": "calm piano"})
+        await store.mark_running(job.id)
+        await store.complete_music(job.id, result_json=MUSIC_RESULT, title=None, music_ogg=OGG, music_wav=wav)
+        assert await store.read_music_wav(job.id) == wav and await store.read_music(job.id) == OGG
+        assert (store.job_dir(job.id) / MUSIC_WAV_FILE).read_bytes() == wav
+
+        without = await new_job(store, kind="compose", idea={"text": "rain"})  # a piece saved with no WAV
+        await store.mark_running(without.id)
+        await store.complete_music(without.id, result_json=MUSIC_RESULT, title=None, music_ogg=OGG)
+        with pytest.raises(JobNotFound):
+            await store.read_music_wav(without.id)
+
+        cancelled = await new_job(store, kind="compose", idea={"text": "wind"})
+        await store.mark_running(cancelled.id)
+        await store.fail(cancelled.id, "cancelled", state="cancelled")
+        with pytest.raises(JobStateError):
+            await store.complete_music(cancelled.id, result_json=MUSIC_RESULT, title=None, music_ogg=OGG, music_wav=wav)
+        assert not (store.job_dir(cancelled.id) / MUSIC_WAV_FILE).exists()
+        with pytest.raises(JobStateError):
+            await store.read_music_wav(cancelled.id)
     finally:
         await store.close()
