@@ -379,7 +379,7 @@ class JobRunner:
             nonlocal corrections
             if event.stage == "correct":
                 corrections += 1
-            reporter.push(render.progress_line(event, corrections=corrections))
+            reporter.push(render.progress_line(event, corrections=corrections, candidates=job.candidates))
 
         job.listener = on_progress
         on_progress(ProgressEvent(job.id, "queued", position=job.position(), eta_s=job.eta_s()))
@@ -421,7 +421,7 @@ class JobRunner:
                     return
                 log.warning("job %s: delivering its picture from memory; it could not be saved", job.id)
             await self.deliver_result(
-                job.id, surface, output.result, output.image_png, output.palette_png, nonce=nonce, saved=bool(saved)
+                job.id, surface, output.result, output.shown_png, output.palette_png, nonce=nonce, saved=bool(saved)
             )
         finally:
             job.listener = None
@@ -442,6 +442,8 @@ class JobRunner:
                     title=output.result.scene.title,
                     image_png=output.image_png,
                     palette_png=output.palette_png,
+                    candidate_pngs=output.candidate_pngs,
+                    grid_png=output.grid_png,
                 )
                 return True
             except (JobStateError, JobNotFound) as exc:

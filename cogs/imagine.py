@@ -50,6 +50,7 @@ class Imagine(commands.Cog):
         lora="A LoRA (a style or subject add-on) by name",
         weight=f"The LoRA's weight ({limits.MIN_LORA_WEIGHT:g} – {limits.MAX_LORA_WEIGHT:g}); "
         f"default {limits.DEFAULT_LORA_WEIGHT:g}",
+        count=f"How many candidates to render and score (1 – {limits.MAX_CANDIDATES}); the best is marked",
     )
     @app_commands.choices(style=STYLE_CHOICES, aspect=ASPECT_CHOICES)
     async def imagine(
@@ -67,6 +68,7 @@ class Imagine(commands.Cog):
         model: app_commands.Range[str, 1, 40] | None = None,
         lora: app_commands.Range[str, 1, 64] | None = None,
         weight: app_commands.Range[float, limits.MIN_LORA_WEIGHT, limits.MAX_LORA_WEIGHT] = limits.DEFAULT_LORA_WEIGHT,
+        count: app_commands.Range[int, 1, limits.MAX_CANDIDATES] | None = None,
     ) -> None:
         if not prompt.strip():
             await interaction.response.send_message("🚫 The prompt is empty — tell me what to draw.", ephemeral=True)
@@ -98,6 +100,7 @@ class Imagine(commands.Cog):
             aspect=aspect.value if aspect else None,
             model=model,
             loras=((lora, weight),) if lora else (),
+            candidates=count,
         )
         # The runner downloads the image only after acknowledging: Discord's 3 s are not spent on the CDN.
         await self.bot.runner.start_imagine(interaction, idea, image=image)

@@ -18,6 +18,7 @@ MAX_STEPS: Final = 100
 MIN_GUIDANCE: Final = 0.0
 MAX_GUIDANCE: Final = 30.0
 MAX_SEED: Final = 2**32 - 1
+MAX_CANDIDATES: Final = 4  # pictures per job (/imagine count:, CANDIDATES): one 2×2 grid
 MAX_PROMPT_CHARS: Final = 2000  # a diffusion prompt (the director's output, or a correction)
 MAX_IDEA_CHARS: Final = 1000  # what a user types as their idea
 MAX_NEGATIVE_PROMPT_CHARS: Final = 500  # what a user types to keep out of the picture

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     # --- self-correction ---
     QA_THRESHOLD: int = Field(85, ge=0, le=100)
     QA_MAX_ROUNDS: int = Field(1, ge=0, le=5)
+    # Pictures rendered per job in one batch, all scored by the critic (1-4); empty: 4 on CUDA, 1 on CPU.
+    CANDIDATES: int | None = Field(None, ge=1, le=limits.MAX_CANDIDATES)
 
     # --- queue ---
     MAX_AUDIO_SECONDS: float = Field(120, gt=0)
@@ -166,7 +168,7 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("STEPS", "GUIDANCE", "WIDTH", "HEIGHT", "LORA_DIR", mode="before")
+    @field_validator("STEPS", "GUIDANCE", "WIDTH", "HEIGHT", "LORA_DIR", "CANDIDATES", mode="before")
     @classmethod
     def _blank_is_default(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():

@@ -30,11 +30,12 @@ from .errors import BadAudio, BadRequest, ProviderError
 from .executor import Executor, Job, ProgressEvent, Stage
 from .families import FamilyProfile
 from .gemini import make_client
+from .grid import make_grid
 from .music import Music, MusicRequest, encode_ogg_opus, encode_wav
 from .palette import extract_palette, swatch_png
 from .scene import Scene
 from .settings import Settings
-from .synthesis import RenderedImage, RenderRequest, image_to_png
+from .synthesis import RenderedImage, RenderRequest, image_to_png, random_seed
 
 if TYPE_CHECKING:
     from google import genai
@@ -70,6 +71,7 @@ class Idea:
     aspect: str | None = None  # "16:9" ...: the model's native pixel budget at that ratio
     model: str | None = None  # a MODELS name; None: DIFFUSION_MODEL
     loras: tuple[tuple[str, float], ...] = ()  # (name, weight) from LORA_DIR
+    candidates: int | None = None  # pictures in the first render, all scored (1-4); None: CANDIDATES
 
     @property
     def kind(self) -> str:
@@ -117,6 +119,16 @@ class Round(BaseModel):
     review_s: float = 0.0
 
 
+class Candidate(BaseModel):
+    """One of a job's candidates (a cell of its grid): its seed and the critic's score. The best
+    one's cell shows the job's final picture (its correction when one scored higher)."""
+
+    index: int  # 0-based; shown as index + 1
+    seed: int
+    score: int | None = None
+    corrected: bool = False  # this cell shows the correction round's picture
+
+
 class Provenance(BaseModel):
     """Where a picture's idea came from: what was asked or said, what was heard, and the scene
     the director made of it. Regenerate and Vary carry their parent's provenance unchanged."""
@@ -154,6 +166,8 @@ class Result(Provenance):
     critic_fallback: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
     total_s: float = 0.0
+    candidates: list[Candidate] = Field(default_factory=list)  # empty: one picture (older jobs too)
+    best_candidate: int = 0
 
     @property
     def best(self) -> Round:
@@ -174,6 +188,14 @@ class Output:
     result: Result
     image_png: bytes = field(repr=False)
     palette_png: bytes = field(repr=False)
+    # Several candidates: each one's PNG (the best cell holds image_png) and the labelled grid.
+    candidate_pngs: list[bytes] = field(default_factory=list, repr=False)
+    grid_png: bytes | None = field(default=None, repr=False)
+
+    @property
+    def shown_png(self) -> bytes:
+        """What a reply shows: the grid of candidates, or the picture."""
+        return self.grid_png or self.image_png
 
 
 class MusicResult(BaseModel):
@@ -310,7 +332,22 @@ class Studio:
             director=director,
             director_fallback=director_fallback,
         )
-        return await self._render_and_correct(job, first, provenance, timings=timings, started=started)
+        count = self.candidate_count(idea.candidates)
+        return await self._render_and_correct(job, first, provenance, timings=timings, started=started, count=count)
+
+    def candidate_count(self, asked: int | None) -> int:
+        """``asked`` (1-4), else ``CANDIDATES``, else 4 on CUDA and 1 on CPU."""
+        if asked is not None:
+            if not 1 <= int(asked) <= limits.MAX_CANDIDATES:
+                raise BadRequest(f"Ask for 1 to {limits.MAX_CANDIDATES} candidates (got {asked}).")
+            return int(asked)
+        if self.settings.CANDIDATES is not None:
+            return self.settings.CANDIDATES
+        if self.settings.DEVICE == "cpu":
+            return 1
+        import torch
+
+        return limits.MAX_CANDIDATES if torch.cuda.is_available() else 1
 
     async def regenerate(self, job: Job, previous: Result, *, init_image: bytes | None = None) -> Output:
         """The Regenerate button: the last correction prompt (or the prompt), a new seed,
@@ -478,23 +515,42 @@ class Studio:
         *,
         timings: dict[str, float],
         started: float,
+        count: int = 1,
     ) -> Output:
         scene = provenance.scene
         rounds: list[Round] = []
         images: list[RenderedImage] = []
         critic_used = "local"
         critic_fallback: str | None = None
+        job.candidates = count
+        candidates: list[RenderedImage] = []
+        candidate_reports: list[QAReport] = []
+        best_candidate = 0
         while True:
             if rounds:
                 self._stage(job, "correct", step=len(rounds), total=self.settings.QA_MAX_ROUNDS)
             t0 = time.perf_counter()
-            rendered = await self.executor.render(job, request)
-            render_s = time.perf_counter() - t0
-            timings["render"] = timings.get("render", 0.0) + render_s
+            if not rounds and count > 1:
+                # One batch: the executor puts the candidates' renders in one pipeline call (same
+                # batch key, each with its own seed and generator).
+                requests = _candidate_requests(request, count)
+                candidates = list(await asyncio.gather(*(self.executor.render(job, r) for r in requests)))
+                render_s = time.perf_counter() - t0
+                timings["render"] = timings.get("render", 0.0) + render_s
+                self._stage(job, "review", total=count)
+                t0 = time.perf_counter()
+                candidate_reports, critic_used, fallback = await self._review_many(job, candidates, scene)
+                # The best-scored candidate (the earliest wins a tie) goes on; correction starts from it.
+                best_candidate = max(range(count), key=lambda i: (candidate_reports[i].alignment_score, -i))
+                rendered, report = candidates[best_candidate], candidate_reports[best_candidate]
+            else:
+                rendered = await self.executor.render(job, request)
+                render_s = time.perf_counter() - t0
+                timings["render"] = timings.get("render", 0.0) + render_s
 
-            self._stage(job, "review")
-            t0 = time.perf_counter()
-            report, critic_used, fallback = await self._review(job, rendered, scene)
+                self._stage(job, "review")
+                t0 = time.perf_counter()
+                report, critic_used, fallback = await self._review(job, rendered, scene)
             critic_fallback = critic_fallback or fallback
             review_s = time.perf_counter() - t0
             timings["review"] = timings.get("review", 0.0) + review_s
@@ -554,6 +610,19 @@ class Studio:
         # PNG encoding and palette work take tens of ms at 512²: off the event loop.
         palette, palette_source = await asyncio.to_thread(_palette_for, scene, best_image)
         image_png, palette_png = await asyncio.to_thread(_encode_outputs, best_image, palette)
+        shown: list[Candidate] = []
+        candidate_pngs: list[bytes] = []
+        grid_png: bytes | None = None
+        if candidates:
+            for i, (picture, review) in enumerate(zip(candidates, candidate_reports, strict=True)):
+                shown.append(Candidate(index=i, seed=picture.seed, score=review.alignment_score))
+            if best > 0:  # the correction won: it takes the best candidate's cell
+                shown[best_candidate] = Candidate(
+                    index=best_candidate, seed=rounds[best].seed, score=rounds[best].score, corrected=True
+                )
+            cells = [c.image for c in candidates]
+            cells[best_candidate] = best_image
+            candidate_pngs, grid_png = await asyncio.to_thread(_encode_candidates, cells, best_candidate, image_png)
         result = Result(
             **dict(provenance),
             job_id=job.id,
@@ -567,8 +636,16 @@ class Studio:
             critic_fallback=critic_fallback,
             timings={k: round(v, 4) for k, v in timings.items()},
             total_s=round(time.perf_counter() - started, 4),
+            candidates=shown,
+            best_candidate=best_candidate,
         )
-        return Output(result=result, image_png=image_png, palette_png=palette_png)
+        return Output(
+            result=result,
+            image_png=image_png,
+            palette_png=palette_png,
+            candidate_pngs=candidate_pngs,
+            grid_png=grid_png,
+        )
 
     async def _direct(
         self, text: str, style: str | None, language: str, family: FamilyProfile | None = None
@@ -611,6 +688,37 @@ class Studio:
             report = report.model_copy(update={"correction_prompt": correction})
         return report, "local", reason
 
+    async def _review_many(
+        self, job: Job, rendered: list[RenderedImage], scene: Scene
+    ) -> tuple[list[QAReport], str, str | None]:
+        """Every candidate scored: Gemini in one call with all pictures, else CLIP in one pass."""
+        reason = None
+        prompt = rendered[0].prompt
+        family = rendered[0].family
+        if self.gemini_critic is not None:
+            try:
+                pngs = await asyncio.to_thread(lambda: [r.png_bytes() for r in rendered])
+                reports = await self.gemini_critic.review_many(pngs, scene, prompt, family)
+                return reports, "gemini", None
+            except ProviderError as exc:
+                log.warning("Gemini critic failed on %d candidates, using the CLIP critic: %s", len(rendered), exc)
+                reason = str(exc)
+            except Exception as exc:
+                log.exception("Gemini critic crashed, using the CLIP critic")
+                reason = f"{type(exc).__name__}: {exc}"
+        reports = await self.executor.review_many(job, [r.image for r in rendered], scene, prompt)
+        if family is not None and family.max_prompt_tokens is not None:
+            limit = families.prompt_token_limit(family)
+            reports = [
+                r.model_copy(
+                    update={"correction_prompt": build_correction_prompt(prompt, r.missing_elements, limit=limit)}
+                )
+                if r.missing_elements
+                else r
+                for r in reports
+            ]
+        return reports, "local", reason
+
     @staticmethod
     def _stage(job: Job, stage: Stage, step: int = 0, total: int = 0) -> None:
         job.stage = stage
@@ -636,6 +744,18 @@ def _request_like(round_: Round, *, prompt: str, guidance: float, init_image: by
         model=round_.model,  # Regenerate and Vary stay on the job's model and LoRAs
         loras=tuple((name, weight) for name, weight in round_.loras),
     )
+
+
+def _candidate_requests(request: RenderRequest, count: int) -> list[RenderRequest]:
+    """``count`` copies of ``request`` with consecutive seeds from its own (or a random one), so a
+    job's candidates can be rendered again one by one (U/V buttons) from their recorded seeds."""
+    base = random_seed() if request.seed is None else int(request.seed)
+    return [replace(request, seed=(base + i) % (limits.MAX_SEED + 1)) for i in range(count)]
+
+
+def _encode_candidates(cells: list[Image.Image], best: int, best_png: bytes) -> tuple[list[bytes], bytes]:
+    pngs = [best_png if i == best else image_to_png(cell) for i, cell in enumerate(cells)]
+    return pngs, image_to_png(make_grid(cells, best=best))
 
 
 def _join_negative(scene_negative: str, user_negative: str | None) -> str:
