@@ -50,6 +50,7 @@ PICTURE_GONE = (
     "🗑️ That picture is no longer in my history (it was deleted or has expired), so I can't rework it. "
     "Start a new one with /imagine."
 )
+NO_SUCH_CANDIDATE = "🤔 That picture has no such candidate."
 NOT_A_PICTURE = "🎵 That's a piece of music, not a picture — there's nothing to rework."
 PICTURE_GONE_DETAILS = "🗑️ That picture is no longer in my history (it was deleted or has expired)."
 PARENT_GONE = "The picture this was based on has been deleted, so I can't rework it."
@@ -179,8 +180,13 @@ class JobRunner:
         parent_id: str,
         *,
         kind: Literal["regenerate", "vary", "soundtrack"],
+        candidate: int | None = None,
+        upscale: bool = False,
     ) -> None:
-        """Regenerate / Vary / Soundtrack buttons: a new job for whoever pressed, from a stored job."""
+        """Regenerate / Vary / Soundtrack buttons: a new job for whoever pressed, from a stored job.
+        U/V buttons (``candidate``, 0-based; ``upscale`` for U): a "vary" job whose idea names the
+        candidate, started from that candidate's stored picture (stored as the new job's start
+        image, so a restart resumes it)."""
         parent = await self.store.get(parent_id)
         if parent is None or not parent.result_json:
             await interaction.response.send_message(PICTURE_GONE, ephemeral=True)
@@ -189,8 +195,15 @@ class JobRunner:
             await interaction.response.send_message(NOT_A_PICTURE, ephemeral=True)
             return
         previous = Result.model_validate_json(parent.result_json)
+        if candidate is not None and not 0 <= candidate < max(1, len(previous.candidates)):
+            await interaction.response.send_message(NO_SUCH_CANDIDATE, ephemeral=True)
+            return
 
         async def request() -> JobRequest:
+            if candidate is not None:
+                idea = replace(idea_from_record(parent), candidate=candidate, upscale=upscale, candidates=None)
+                idea.init_image = await self.store.read_candidate(parent_id, candidate)
+                return JobRequest("vary", idea, previous)
             if kind == "soundtrack":  # from the picture's scene; no start image, the default length
                 return JobRequest(kind, Idea(), previous)
             idea = idea_from_record(parent)
@@ -364,6 +377,10 @@ class JobRunner:
             return parent_gone
         if request.kind == "soundtrack":
             return lambda job: self.studio.soundtrack(job, previous, seconds=idea.seconds, seed=idea.seed)
+        if request.kind == "vary" and idea.upscale:
+            return lambda job: self.studio.upscale(job, previous, init_image=idea.init_image, candidate=idea.candidate)
+        if request.kind == "vary" and idea.candidate is not None:
+            return lambda job: self.studio.vary(job, previous, init_image=idea.init_image, candidate=idea.candidate)
         rework = self.studio.regenerate if request.kind == "regenerate" else self.studio.vary
         return lambda job: rework(job, previous, init_image=idea.init_image)
 
@@ -538,7 +555,7 @@ class JobRunner:
         no palette, the picture as JPEG), then an apology; the store's ``error`` says which was
         shown and why. Unsaved (``saved=False``): no buttons, and the user is told why."""
         content = render.result_content(result)  # a channel surface adds the user's mention itself
-        view: discord.ui.View | None = result_view(job_id)
+        view: discord.ui.View | None = result_view(job_id, candidates=len(result.candidates), kind=result.kind)
         if not saved:
             content, view = f"{UNSAVED_NOTE}\n{content}", None
         full = MessageParts(

@@ -1,4 +1,4 @@
-"""Persistent buttons: Regenerate, Vary, Soundtrack, Details.
+"""Persistent buttons: Regenerate, Vary, Soundtrack, Details; U1–U4 / V1–V4 (Upscale) for candidates.
 
 All four are :class:`JobButton`, a ``discord.ui.DynamicItem`` whose ``custom_id`` carries the
 action and the job id (``voxcanvas:<action>:<job id>``, well under Discord's 100 characters).
@@ -64,15 +64,75 @@ class JobButton(discord.ui.DynamicItem[Button], template=rf"voxcanvas:(?P<action
             await runner.start_follow_up(interaction, self.job_id, kind=FOLLOW_UPS[self.action])
 
 
-DYNAMIC_ITEMS = (JobButton,)
+CandidateAction = Literal["up", "var"]
+
+
+class CandidateButton(
+    discord.ui.DynamicItem[Button], template=rf"voxcanvas:(?P<action>up|var):{JOB_ID}:(?P<number>[1-4])"
+):
+    """U1–U4 (upscale the n-th candidate) and V1–V4 (variations of it); with one candidate the
+    labels are "Upscale" and (the plain :class:`JobButton`) "Vary". ``custom_id``:
+    ``voxcanvas:up:<job id>:<n>`` / ``voxcanvas:var:<job id>:<n>``, n 1-based."""
+
+    def __init__(self, action: CandidateAction, job_id: str, number: int, *, single: bool = False) -> None:
+        if single:
+            label, emoji = ("Upscale", "🔍") if action == "up" else ("Vary", "🎲")
+        else:
+            label, emoji = f"{'U' if action == 'up' else 'V'}{number}", None
+        style = discord.ButtonStyle.primary if action == "up" else discord.ButtonStyle.secondary
+        row = None if single else (0 if action == "up" else 1)
+        super().__init__(
+            discord.ui.Button(
+                label=label, emoji=emoji, style=style, row=row, custom_id=candidate_custom_id(action, job_id, number)
+            )
+        )
+        self.action = action
+        self.job_id = job_id
+        self.number = number
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> CandidateButton:
+        return cls(cast(CandidateAction, match["action"]), match["job_id"], int(match["number"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        runner = cast("VoxCanvasBot", interaction.client).runner
+        await runner.start_follow_up(
+            interaction, self.job_id, kind="vary", candidate=self.number - 1, upscale=self.action == "up"
+        )
+
+
+DYNAMIC_ITEMS = (JobButton, CandidateButton)
 
 
 def custom_id(action: Action, job_id: str) -> str:
     return f"voxcanvas:{action}:{job_id}"
 
 
-def result_view(job_id: str) -> discord.ui.View:
+def candidate_custom_id(action: CandidateAction, job_id: str, number: int) -> str:
+    return f"voxcanvas:{action}:{job_id}:{number}"
+
+
+def result_view(job_id: str, *, candidates: int = 1, kind: str = "text") -> discord.ui.View:
+    """The buttons under a picture. Several candidates: U1–U4, V1–V4, then Regenerate, Soundtrack,
+    Details. One: Regenerate, Vary, Upscale, Soundtrack, Details. An upscaled picture: Vary, Details."""
     view = discord.ui.View(timeout=None)
+    if kind == "upscale":
+        view.add_item(JobButton("vary", job_id))
+        view.add_item(JobButton("details", job_id))
+        return view
+    if candidates > 1:
+        for action in ("up", "var"):
+            for number in range(1, candidates + 1):
+                view.add_item(CandidateButton(action, job_id, number))
+        for plain in ("regen", "music", "details"):
+            button = JobButton(plain, job_id)
+            button.item.row = 2
+            view.add_item(button)
+        return view
     for action in ACTIONS:
         view.add_item(JobButton(action, job_id))
+        if action == "vary":
+            view.add_item(CandidateButton("up", job_id, 1, single=True))
     return view

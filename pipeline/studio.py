@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -72,6 +73,8 @@ class Idea:
     model: str | None = None  # a MODELS name; None: DIFFUSION_MODEL
     loras: tuple[tuple[str, float], ...] = ()  # (name, weight) from LORA_DIR
     candidates: int | None = None  # pictures in the first render, all scored (1-4); None: CANDIDATES
+    candidate: int | None = None  # U/V buttons: which candidate (0-based) of the parent job
+    upscale: bool = False  # a U button's job: the candidate (the init image) upscaled ×2
 
     @property
     def kind(self) -> str:
@@ -361,11 +364,55 @@ class Studio:
         )
         return await self._follow_up(job, previous, request, kind="regenerate")
 
-    async def vary(self, job: Job, previous: Result, *, init_image: bytes | None = None) -> Output:
-        """The Vary button: the shown picture's prompt and settings with a new seed."""
-        best = previous.best
-        request = _request_like(best, prompt=best.prompt, guidance=best.guidance, init_image=init_image)
-        return await self._follow_up(job, previous, request, kind="vary")
+    async def vary(
+        self, job: Job, previous: Result, *, init_image: bytes | None = None, candidate: int | None = None
+    ) -> Output:
+        """The Vary button: the shown picture's prompt and settings with a new seed. A V button
+        (``candidate`` n, ``init_image`` that candidate's picture): variations of it, as many as
+        the parent had candidates, image-to-image at VARY_STRENGTH with new seeds."""
+        if candidate is None:
+            best = previous.best
+            request = _request_like(best, prompt=best.prompt, guidance=best.guidance, init_image=init_image)
+            return await self._follow_up(job, previous, request, kind="vary")
+        if init_image is None:
+            raise BadRequest("There's no picture to vary.")
+        round_ = candidate_round(previous, candidate)
+        request = replace(
+            _request_like(round_, prompt=round_.prompt, guidance=round_.guidance, init_image=init_image),
+            strength=limits.VARY_STRENGTH,
+            steps=max(round_.steps, math.ceil(1 / limits.VARY_STRENGTH)),
+        )
+        count = max(1, len(previous.candidates))
+        return await self._follow_up(job, previous, request, kind="vary", count=count)
+
+    async def upscale(self, job: Job, previous: Result, *, init_image: bytes | None, candidate: int | None) -> Output:
+        """A U button: candidate ``candidate``'s picture (``init_image``) enlarged ×2 with Lanczos,
+        then refined by image-to-image with the same model, prompt and seed at a low strength (a
+        "hires fix": no extra weights). Refused politely past :data:`limits.MAX_SIDE`. Reviewed,
+        never corrected (a correction would draw a new picture, not this one larger)."""
+        if init_image is None:
+            raise BadRequest("There's no picture to upscale.")
+        round_ = candidate_round(previous, candidate)
+        width, height = round_.width * limits.UPSCALE_FACTOR, round_.height * limits.UPSCALE_FACTOR
+        if max(width, height) > limits.MAX_SIDE:
+            raise BadRequest(
+                f"That picture is {round_.width}×{round_.height}; twice that would pass my limit of "
+                f"{limits.MAX_SIDE} pixels a side, so I can't upscale it further."
+            )
+        request = RenderRequest(
+            prompt=round_.prompt,
+            negative_prompt=round_.negative_prompt,
+            seed=round_.seed,
+            steps=max(round_.steps, math.ceil(1 / limits.UPSCALE_STRENGTH)),
+            guidance=round_.guidance,
+            width=width,
+            height=height,
+            init_image=init_image,  # resized to width × height with Lanczos (RenderRequest.sized_init_image)
+            strength=limits.UPSCALE_STRENGTH,
+            model=round_.model,
+            loras=tuple((name, weight) for name, weight in round_.loras),
+        )
+        return await self._follow_up(job, previous, request, kind="upscale", corrections=0)
 
     # --- music -----------------------------------------------------------------------------------
     async def compose(
@@ -503,9 +550,20 @@ class Studio:
         return MusicOutput(result=result, wav=wav, ogg=ogg_bytes)
 
     # --- internals -------------------------------------------------------------------------------
-    async def _follow_up(self, job: Job, previous: Result, request: RenderRequest, *, kind: str) -> Output:
+    async def _follow_up(
+        self,
+        job: Job,
+        previous: Result,
+        request: RenderRequest,
+        *,
+        kind: str,
+        count: int = 1,
+        corrections: int | None = None,
+    ) -> Output:
         provenance = previous.follow_up(kind, parent_job_id=previous.job_id)
-        return await self._render_and_correct(job, request, provenance, timings={}, started=time.perf_counter())
+        return await self._render_and_correct(
+            job, request, provenance, timings={}, started=time.perf_counter(), count=count, corrections=corrections
+        )
 
     async def _render_and_correct(
         self,
@@ -516,8 +574,10 @@ class Studio:
         timings: dict[str, float],
         started: float,
         count: int = 1,
+        corrections: int | None = None,
     ) -> Output:
         scene = provenance.scene
+        max_corrections = self.settings.QA_MAX_ROUNDS if corrections is None else corrections
         rounds: list[Round] = []
         images: list[RenderedImage] = []
         critic_used = "local"
@@ -585,7 +645,7 @@ class Studio:
             )
             images.append(rendered)
             corrections_done = len(rounds) - 1
-            if report.alignment_score >= self.settings.QA_THRESHOLD or corrections_done >= self.settings.QA_MAX_ROUNDS:
+            if report.alignment_score >= self.settings.QA_THRESHOLD or corrections_done >= max_corrections:
                 break
             # Below the threshold: the critic's correction, more guidance and steps as the model's
             # family takes them (a Turbo model at guidance 0 gets one more step, no guidance), a new seed.
@@ -727,6 +787,22 @@ class Studio:
                 job.listener(ProgressEvent(job.id, stage, step, total))
             except Exception:
                 log.exception("progress listener failed")
+
+
+def candidate_round(previous: Result, candidate: int | None) -> Round:
+    """The round that made candidate ``candidate`` (0-based) of ``previous``, with that candidate's
+    seed and score; the shown picture's round for a job with one picture (or ``None``)."""
+    if candidate is None or not previous.candidates:
+        if candidate not in (None, 0):
+            raise BadRequest("That picture has only one candidate.")
+        return previous.best
+    if not 0 <= candidate < len(previous.candidates):
+        raise BadRequest(f"That picture has {len(previous.candidates)} candidates, not {candidate + 1}.")
+    cell = previous.candidates[candidate]
+    if cell.corrected:
+        return previous.best
+    first = previous.rounds[0]
+    return first.model_copy(update={"seed": cell.seed, "score": cell.score})
 
 
 def _request_like(round_: Round, *, prompt: str, guidance: float, init_image: bytes | None) -> RenderRequest:

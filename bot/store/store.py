@@ -271,17 +271,15 @@ class JobStore:
         record = await self._require(job_id)
         if record.image_file is None:
             raise JobNotFound("That picture isn't finished — or it was deleted.")
-        try:
-            return await self._files.read(job_id, candidate_file(index))
-        except JobNotFound:
-            if index == 0:
-                return await self.read_image(job_id)
-            raise
+        name = candidate_file(index)
+        if index == 0 and not await asyncio.to_thread((self._files.job_dir(job_id) / name).exists):
+            return await self.read_image(job_id)  # a job with one picture
+        return await self._files.read(job_id, name)
 
     async def read_grid(self, job_id: str) -> bytes | None:
         """The labelled grid of a finished job's candidates; None when it had one picture."""
         record = await self._require(job_id)
-        if record.image_file is None or not (self._files.job_dir(job_id) / GRID_FILE).exists():
+        if record.image_file is None or not await asyncio.to_thread((self._files.job_dir(job_id) / GRID_FILE).exists):
             return None
         return await self._files.read(job_id, GRID_FILE)
 
