@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import discord
 from PIL import Image
 
-from pipeline.errors import BadRequest, ModelUnavailable, VoxCanvasError
+from pipeline.errors import BadRequest, JobCancelled, ModelUnavailable, VoxCanvasError
 from pipeline.executor import Executor, Job, ProgressEvent
 from pipeline.images import check_image_bytes, inspect_init_image
 from pipeline.limits import RESULT_SAVE_ATTEMPTS, RESULT_SAVE_RETRY_DELAY_S
@@ -39,7 +39,7 @@ from .progress import ProgressReporter
 from .store import JobKind, JobNotFound, JobRecord, JobStateError, JobStore, StoreError
 from .store.records import EndState
 from .surfaces import ChannelSurface, InteractionSurface, MessageParts, RecordingSurface, Surface
-from .views import result_view
+from .views import progress_view, result_view
 
 if TYPE_CHECKING:
     from .api_jobs import ApiJobs
@@ -50,6 +50,14 @@ PICTURE_GONE = (
     "🗑️ That picture is no longer in my history (it was deleted or has expired), so I can't rework it. "
     "Start a new one with /imagine."
 )
+CANCELLED = "🛑 Cancelled."
+CANCEL_NOT_YOURS = "🚫 Only the person who asked for this can cancel it."
+CANCEL_TOO_LATE = "That job has already finished — there's nothing to cancel."
+CANCELLING = "🛑 Cancelling…"
+DELETE_NOT_YOURS = "🚫 Only the person who asked for this picture, or a member who can manage messages, can delete it."
+DELETE_GONE = "That picture is already gone."
+DELETE_RUNNING = "That job is still in progress — cancel it first."
+DELETED = "🗑️ Deleted: the post, its pictures and its record are gone."
 NO_SUCH_CANDIDATE = "🤔 That picture has no such candidate."
 NOT_A_PICTURE = "🎵 That's a piece of music, not a picture — there's nothing to rework."
 PICTURE_GONE_DETAILS = "🗑️ That picture is no longer in my history (it was deleted or has expired)."
@@ -250,6 +258,52 @@ class JobRunner:
         result = Result.model_validate_json(record.result_json)
         await interaction.response.send_message(render.details_text(result), ephemeral=True)
 
+    async def cancel_from_button(self, interaction: discord.Interaction, job_id: str) -> None:
+        """The Cancel button (its owner only): a queued job leaves the queue at once, a running
+        render stops at its next step; the job's message then says "Cancelled"."""
+        record = await self.store.get(job_id)
+        if record is None or not record.active:
+            await interaction.response.send_message(CANCEL_TOO_LATE, ephemeral=True)
+            return
+        if record.user_id != interaction.user.id:
+            await interaction.response.send_message(CANCEL_NOT_YOURS, ephemeral=True)
+            return
+        job = self.executor.get_job(job_id)
+        if job is None or job.finished:
+            await interaction.response.send_message(CANCEL_TOO_LATE, ephemeral=True)
+            return
+        job.cancel()
+        log.info("job %s: cancelled by its owner", job_id)
+        await interaction.response.send_message(CANCELLING, ephemeral=True)
+
+    async def delete_from_button(self, interaction: discord.Interaction, job_id: str) -> None:
+        """The Delete button (the owner, or members with Manage Messages): the post, the job's
+        files and its record go."""
+        record = await self.store.get(job_id)
+        if record is None:
+            await interaction.response.send_message(DELETE_GONE, ephemeral=True)
+            return
+        moderator = interaction.guild is not None and interaction.permissions.manage_messages
+        if record.user_id != interaction.user.id and not moderator:
+            await interaction.response.send_message(DELETE_NOT_YOURS, ephemeral=True)
+            return
+        if record.active:
+            await interaction.response.send_message(DELETE_RUNNING, ephemeral=True)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        if interaction.message is not None:
+            try:
+                await interaction.message.delete()
+            except discord.NotFound:
+                pass
+            except discord.HTTPException as exc:
+                log.warning("job %s: could not delete its post: %s", job_id, exc)
+        await self.store.delete(job_id, user_id=record.user_id)
+        log.info(
+            "job %s: deleted by %s", job_id, "its owner" if record.user_id == interaction.user.id else "a moderator"
+        )
+        await interaction.followup.send(DELETED, ephemeral=True)
+
     # --- admission: the one path every new job takes -----------------------------------------
     async def _start_from_interaction(
         self, interaction: discord.Interaction, request: Callable[[], Awaitable[JobRequest]]
@@ -389,7 +443,7 @@ class JobRunner:
         studio, saving the picture, the store, or Discord refusing the result."""
         job, surface, nonce = admitted.job, admitted.surface, admitted.record.delivery_nonce
         work = self._work(admitted.request)
-        reporter = ProgressReporter(surface)
+        reporter = ProgressReporter(surface, view=progress_view(job.id))
         corrections = 0
 
         def on_progress(event: ProgressEvent) -> None:
@@ -406,14 +460,15 @@ class JobRunner:
                 output = await work(job)
             except VoxCanvasError as exc:
                 outcome: EndState = "cancelled" if job.cancelled else "failed"
-                text = user_error_text(exc, job.id)
+                text = CANCELLED if isinstance(exc, JobCancelled) and job.cancelled else user_error_text(exc, job.id)
                 if isinstance(exc, ModelUnavailable):  # the operator's problem: the details go to the log
                     log.error("job %s failed: %s", job.id, exc)
                 else:
                     log.info("job %s refused: %s", job.id, exc)
                 job.finish(outcome)
                 await reporter.close()
-                await self._end_without_picture(job.id, surface, nonce, f"⚠️ {text}", error=text, state=outcome)
+                shown = text if text == CANCELLED else f"⚠️ {text}"
+                await self._end_without_picture(job.id, surface, nonce, shown, error=text, state=outcome)
                 return
             except asyncio.CancelledError:
                 raise  # shutting down: the store still says queued/running, so it is resumed

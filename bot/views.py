@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Action = Literal["regen", "vary", "music", "details"]
+Action = Literal["regen", "vary", "music", "details", "delete", "cancel"]
 ACTIONS: tuple[Action, ...] = get_args(Action)
 JOB_ID = r"(?P<job_id>[0-9a-f]{8,32})"
 
@@ -34,7 +34,11 @@ BUTTONS: dict[Action, tuple[str, str, discord.ButtonStyle]] = {
     "vary": ("Vary", "🎲", discord.ButtonStyle.secondary),
     "music": ("Soundtrack", "🎵", discord.ButtonStyle.secondary),
     "details": ("Details", "🔎", discord.ButtonStyle.secondary),
+    "delete": ("Delete", "🗑️", discord.ButtonStyle.danger),  # the owner, or members with Manage Messages
+    "cancel": ("Cancel", "✖️", discord.ButtonStyle.danger),  # on the progress message; the owner only
 }
+RESULT_ACTIONS: tuple[Action, ...] = ("regen", "vary", "music", "details", "delete")
+GRID_ACTIONS: tuple[Action, ...] = ("regen", "music", "details", "delete")  # under U1–U4 / V1–V4
 
 Button = discord.ui.Button[discord.ui.View]
 FollowUp = Literal["regenerate", "vary", "soundtrack"]
@@ -60,6 +64,10 @@ class JobButton(discord.ui.DynamicItem[Button], template=rf"voxcanvas:(?P<action
         runner = cast("VoxCanvasBot", interaction.client).runner
         if self.action == "details":
             await runner.show_details(interaction, self.job_id)
+        elif self.action == "cancel":
+            await runner.cancel_from_button(interaction, self.job_id)
+        elif self.action == "delete":
+            await runner.delete_from_button(interaction, self.job_id)
         else:
             await runner.start_follow_up(interaction, self.job_id, kind=FOLLOW_UPS[self.action])
 
@@ -114,24 +122,31 @@ def candidate_custom_id(action: CandidateAction, job_id: str, number: int) -> st
     return f"voxcanvas:{action}:{job_id}:{number}"
 
 
+def progress_view(job_id: str) -> discord.ui.View:
+    """Under a job that waits or renders: Cancel (its owner only)."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(JobButton("cancel", job_id))
+    return view
+
+
 def result_view(job_id: str, *, candidates: int = 1, kind: str = "text") -> discord.ui.View:
     """The buttons under a picture. Several candidates: U1–U4, V1–V4, then Regenerate, Soundtrack,
     Details. One: Regenerate, Vary, Upscale, Soundtrack, Details. An upscaled picture: Vary, Details."""
     view = discord.ui.View(timeout=None)
     if kind == "upscale":
-        view.add_item(JobButton("vary", job_id))
-        view.add_item(JobButton("details", job_id))
+        for plain in ("vary", "details", "delete"):
+            view.add_item(JobButton(plain, job_id))
         return view
     if candidates > 1:
         for action in ("up", "var"):
             for number in range(1, candidates + 1):
                 view.add_item(CandidateButton(action, job_id, number))
-        for plain in ("regen", "music", "details"):
+        for plain in GRID_ACTIONS:
             button = JobButton(plain, job_id)
             button.item.row = 2
             view.add_item(button)
         return view
-    for action in ACTIONS:
+    for action in RESULT_ACTIONS:
         view.add_item(JobButton(action, job_id))
         if action == "vary":
             view.add_item(CandidateButton("up", job_id, 1, single=True))

@@ -94,6 +94,7 @@ async def test_imagine_end_to_end(start_bot, fake_discord, secret_log):
         f"voxcanvas:up:{job_id}:1",
         f"voxcanvas:music:{job_id}",
         f"voxcanvas:details:{job_id}",
+        f"voxcanvas:delete:{job_id}",
     ]
     assert "/100" in field(message, "Alignment")
     assert field(message, "Prompt") and field(message, "Palette").count("#") >= 3

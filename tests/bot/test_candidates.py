@@ -100,8 +100,9 @@ async def test_u_and_v_buttons_work_after_a_restart(start_bot, fake_discord, bot
         f"voxcanvas:regen:{job_id}",
         f"voxcanvas:music:{job_id}",
         f"voxcanvas:details:{job_id}",
+        f"voxcanvas:delete:{job_id}",
     ]
-    assert [len(row["components"]) for row in grid["components"]] == [4, 4, 3]
+    assert [len(row["components"]) for row in grid["components"]] == [4, 4, 4]
     parent = Result.model_validate_json((await first.bot.store.get(job_id)).result_json)
     third = await first.bot.store.read_candidate(job_id, 2)
     second_candidate = await first.bot.store.read_candidate(job_id, 1)
@@ -123,7 +124,11 @@ async def test_u_and_v_buttons_work_after_a_restart(start_bot, fake_discord, bot
     assert round_.seed == parent.candidates[2].seed and round_.prompt == parent.rounds[0].prompt
     assert picture_size(uploaded(fake, "image.png")) == (128, 128)  # the hires fix doubled the size
     assert picture_size(await harness.bot.store.read_image(up_id)) == (128, 128)
-    assert custom_ids(upscaled_message) == [f"voxcanvas:vary:{up_id}", f"voxcanvas:details:{up_id}"]
+    assert custom_ids(upscaled_message) == [
+        f"voxcanvas:vary:{up_id}",
+        f"voxcanvas:details:{up_id}",
+        f"voxcanvas:delete:{up_id}",
+    ]
 
     click = await fake.click_button(grid["id"], f"voxcanvas:var:{job_id}:2")
     await fake.wait_for_response(click)
@@ -150,6 +155,7 @@ async def test_single_candidate_upscale_button_and_the_size_limit(start_bot, fak
         f"voxcanvas:up:{job_id}:1",
         f"voxcanvas:music:{job_id}",
         f"voxcanvas:details:{job_id}",
+        f"voxcanvas:delete:{job_id}",
     ]
     assert [c.get("label") for row in message["components"] for c in row["components"]][2] == "Upscale"
     # 1536 wide: ×2 would pass MAX_SIDE (2048): refused in words, after the acknowledgement.
