@@ -30,16 +30,17 @@ from PIL import Image
 from pipeline.errors import BadRequest, JobCancelled, ModelUnavailable, VoxCanvasError
 from pipeline.executor import Executor, Job, ProgressEvent
 from pipeline.images import check_image_bytes, inspect_init_image
-from pipeline.limits import RESULT_SAVE_ATTEMPTS, RESULT_SAVE_RETRY_DELAY_S
+from pipeline.limits import MAX_SEED, RESULT_SAVE_ATTEMPTS, RESULT_SAVE_RETRY_DELAY_S
 from pipeline.music import wav_to_ogg_opus
 from pipeline.studio import Idea, MusicOutput, MusicResult, Output, Result, Studio, new_job_id
+from pipeline.styles import check_style
 
 from . import render
 from .progress import ProgressReporter
 from .store import JobKind, JobNotFound, JobRecord, JobStateError, JobStore, StoreError
 from .store.records import EndState
 from .surfaces import ChannelSurface, InteractionSurface, MessageParts, RecordingSurface, Surface
-from .views import progress_view, result_view
+from .views import RemixModal, progress_view, result_view
 
 if TYPE_CHECKING:
     from .api_jobs import ApiJobs
@@ -258,6 +259,77 @@ class JobRunner:
         result = Result.model_validate_json(record.result_json)
         await interaction.response.send_message(render.details_text(result), ephemeral=True)
 
+    async def open_remix(self, interaction: discord.Interaction, job_id: str) -> None:
+        """The Remix button: a modal prefilled from the stored job (answered at once: type 9)."""
+        parent = await self.store.get(job_id)
+        if parent is None or not parent.result_json:
+            await interaction.response.send_message(PICTURE_GONE, ephemeral=True)
+            return
+        if parent.is_music:
+            await interaction.response.send_message(NOT_A_PICTURE, ephemeral=True)
+            return
+        result = Result.model_validate_json(parent.result_json)
+        best = result.best
+        seed = result.candidates[0].seed if result.candidates else best.seed
+        modal = RemixModal(
+            job_id,
+            prompt=best.correction_prompt or best.prompt,
+            negative_prompt=best.negative_prompt,
+            style=result.style or "",
+            seed=seed,
+        )
+        await interaction.response.send_modal(modal)
+
+    async def start_remix(
+        self,
+        interaction: discord.Interaction,
+        parent_id: str,
+        *,
+        prompt: str,
+        negative_prompt: str,
+        style: str,
+        seed: str,
+    ) -> None:
+        """The Remix modal was submitted: a new job (the submitter's) with the edited text."""
+        parent = await self.store.get(parent_id)
+        if parent is None or not parent.result_json:
+            await interaction.response.send_message(PICTURE_GONE, ephemeral=True)
+            return
+        previous = Result.model_validate_json(parent.result_json)
+        try:
+            seed_value = int(seed.strip()) if seed.strip() else None
+            if seed_value is not None and not 0 <= seed_value <= MAX_SEED:
+                raise ValueError(seed)
+        except ValueError:
+            await interaction.response.send_message(
+                f"🚫 The seed must be a whole number from 0 to {MAX_SEED}.", ephemeral=True
+            )
+            return
+        try:
+            check_style(style or None)
+        except BadRequest as exc:
+            await interaction.response.send_message(f"🚫 {exc.user_message}", ephemeral=True)
+            return
+        if not prompt.strip():
+            await interaction.response.send_message("🚫 The prompt is empty — tell me what to draw.", ephemeral=True)
+            return
+        idea = replace(
+            idea_from_record(parent),
+            text=prompt.strip(),
+            negative_prompt=negative_prompt.strip() or None,
+            style=style.strip() or None,
+            seed=seed_value,
+            remix=True,
+            candidates=None,
+            candidate=None,
+            upscale=False,
+        )
+
+        async def request() -> JobRequest:
+            return JobRequest("vary", idea, previous)
+
+        await self._start_from_interaction(interaction, request)
+
     async def cancel_from_button(self, interaction: discord.Interaction, job_id: str) -> None:
         """The Cancel button (its owner only): a queued job leaves the queue at once, a running
         render stops at its next step; the job's message then says "Cancelled"."""
@@ -431,6 +503,15 @@ class JobRunner:
             return parent_gone
         if request.kind == "soundtrack":
             return lambda job: self.studio.soundtrack(job, previous, seconds=idea.seconds, seed=idea.seed)
+        if request.kind == "vary" and idea.remix:
+            return lambda job: self.studio.remix(
+                job,
+                previous,
+                prompt=idea.text or "",
+                negative_prompt=idea.negative_prompt,
+                style=idea.style,
+                seed=idea.seed,
+            )
         if request.kind == "vary" and idea.upscale:
             return lambda job: self.studio.upscale(job, previous, init_image=idea.init_image, candidate=idea.candidate)
         if request.kind == "vary" and idea.candidate is not None:

@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 import discord
 
+from pipeline import limits
+
 if TYPE_CHECKING:
     from .client import VoxCanvasBot
 
 log = logging.getLogger(__name__)
 
-Action = Literal["regen", "vary", "music", "details", "delete", "cancel"]
+Action = Literal["regen", "vary", "remix", "music", "details", "delete", "cancel"]
 ACTIONS: tuple[Action, ...] = get_args(Action)
 JOB_ID = r"(?P<job_id>[0-9a-f]{8,32})"
 
@@ -32,13 +34,14 @@ JOB_ID = r"(?P<job_id>[0-9a-f]{8,32})"
 BUTTONS: dict[Action, tuple[str, str, discord.ButtonStyle]] = {
     "regen": ("Regenerate", "🔁", discord.ButtonStyle.primary),
     "vary": ("Vary", "🎲", discord.ButtonStyle.secondary),
+    "remix": ("Remix", "🎛️", discord.ButtonStyle.secondary),  # a modal: edit the prompt, then a new job
     "music": ("Soundtrack", "🎵", discord.ButtonStyle.secondary),
     "details": ("Details", "🔎", discord.ButtonStyle.secondary),
     "delete": ("Delete", "🗑️", discord.ButtonStyle.danger),  # the owner, or members with Manage Messages
     "cancel": ("Cancel", "✖️", discord.ButtonStyle.danger),  # on the progress message; the owner only
 }
-RESULT_ACTIONS: tuple[Action, ...] = ("regen", "vary", "music", "details", "delete")
-GRID_ACTIONS: tuple[Action, ...] = ("regen", "music", "details", "delete")  # under U1–U4 / V1–V4
+RESULT_ACTIONS: tuple[Action, ...] = ("regen", "vary", "remix", "music", "details", "delete")
+GRID_ACTIONS: tuple[Action, ...] = ("regen", "remix", "music", "details", "delete")  # under U1–U4 / V1–V4
 
 Button = discord.ui.Button[discord.ui.View]
 FollowUp = Literal["regenerate", "vary", "soundtrack"]
@@ -68,6 +71,8 @@ class JobButton(discord.ui.DynamicItem[Button], template=rf"voxcanvas:(?P<action
             await runner.cancel_from_button(interaction, self.job_id)
         elif self.action == "delete":
             await runner.delete_from_button(interaction, self.job_id)
+        elif self.action == "remix":
+            await runner.open_remix(interaction, self.job_id)
         else:
             await runner.start_follow_up(interaction, self.job_id, kind=FOLLOW_UPS[self.action])
 
@@ -108,6 +113,49 @@ class CandidateButton(
         runner = cast("VoxCanvasBot", interaction.client).runner
         await runner.start_follow_up(
             interaction, self.job_id, kind="vary", candidate=self.number - 1, upscale=self.action == "up"
+        )
+
+
+class RemixModal(discord.ui.Modal):
+    """Remix: the job's prompt (the critic's correction when it wrote one), negative prompt, style
+    and seed, prefilled; submitting starts a new job with the edited text."""
+
+    def __init__(self, job_id: str, *, prompt: str, negative_prompt: str, style: str, seed: int) -> None:
+        super().__init__(title="Remix", custom_id=f"voxcanvas:remix-modal:{job_id}", timeout=15 * 60)
+        self.job_id = job_id
+        self.prompt: discord.ui.TextInput[RemixModal] = discord.ui.TextInput(
+            label="Prompt",
+            style=discord.TextStyle.paragraph,
+            default=prompt[: limits.MAX_PROMPT_CHARS],
+            max_length=min(4000, limits.MAX_PROMPT_CHARS),
+            custom_id="prompt",
+        )
+        self.negative: discord.ui.TextInput[RemixModal] = discord.ui.TextInput(
+            label="Negative prompt",
+            style=discord.TextStyle.paragraph,
+            default=negative_prompt[: limits.MAX_NEGATIVE_PROMPT_CHARS] or None,
+            required=False,
+            max_length=limits.MAX_NEGATIVE_PROMPT_CHARS,
+            custom_id="negative",
+        )
+        self.style: discord.ui.TextInput[RemixModal] = discord.ui.TextInput(
+            label="Style", default=style or None, required=False, max_length=40, custom_id="style"
+        )
+        self.seed: discord.ui.TextInput[RemixModal] = discord.ui.TextInput(
+            label="Seed", default=str(seed), required=False, max_length=10, custom_id="seed"
+        )
+        for item in (self.prompt, self.negative, self.style, self.seed):
+            self.add_item(item)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        runner = cast("VoxCanvasBot", interaction.client).runner
+        await runner.start_remix(
+            interaction,
+            self.job_id,
+            prompt=self.prompt.value,
+            negative_prompt=self.negative.value,
+            style=self.style.value,
+            seed=self.seed.value,
         )
 
 

@@ -36,6 +36,7 @@ from .music import Music, MusicRequest, encode_ogg_opus, encode_wav
 from .palette import extract_palette, swatch_png
 from .scene import Scene
 from .settings import Settings
+from .styles import STYLES, check_style
 from .synthesis import RenderedImage, RenderRequest, image_to_png, random_seed
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class Idea:
     candidates: int | None = None  # pictures in the first render, all scored (1-4); None: CANDIDATES
     candidate: int | None = None  # U/V buttons: which candidate (0-based) of the parent job
     upscale: bool = False  # a U button's job: the candidate (the init image) upscaled ×2
+    remix: bool = False  # a Remix job: ``text`` is the edited diffusion prompt of the parent, used as is
 
     @property
     def kind(self) -> str:
@@ -384,6 +386,42 @@ class Studio:
         )
         count = max(1, len(previous.candidates))
         return await self._follow_up(job, previous, request, kind="vary", count=count)
+
+    async def remix(
+        self,
+        job: Job,
+        previous: Result,
+        *,
+        prompt: str,
+        negative_prompt: str | None,
+        style: str | None,
+        seed: int | None,
+    ) -> Output:
+        """The Remix modal: the parent's settings with the prompt, negative prompt and style as the
+        user edited them, and its seed unless they changed it; as many candidates as the parent."""
+        best = previous.best
+        style_key = check_style(style)
+        text = prompt.strip()
+        if style_key is not None and style_key != check_style(previous.style):
+            template = STYLES[style_key]
+            text = ", ".join([text, template.medium, *template.modifiers])
+        first_seed = previous.candidates[0].seed if previous.candidates else best.seed
+        request = replace(
+            _request_like(best, prompt=text, guidance=best.guidance, init_image=None),
+            negative_prompt=(negative_prompt or "").strip(),
+            seed=first_seed if seed is None else seed,
+        )
+        provenance = previous.follow_up("remix", parent_job_id=previous.job_id)
+        if style_key is not None:
+            provenance.style = style_key
+        return await self._render_and_correct(
+            job,
+            request,
+            provenance,
+            timings={},
+            started=time.perf_counter(),
+            count=max(1, len(previous.candidates)),
+        )
 
     async def upscale(self, job: Job, previous: Result, *, init_image: bytes | None, candidate: int | None) -> Output:
         """A U button: candidate ``candidate``'s picture (``init_image``) enlarged ×2 with Lanczos,

@@ -92,6 +92,7 @@ async def test_imagine_end_to_end(start_bot, fake_discord, secret_log):
         f"voxcanvas:regen:{job_id}",
         f"voxcanvas:vary:{job_id}",
         f"voxcanvas:up:{job_id}:1",
+        f"voxcanvas:remix:{job_id}",
         f"voxcanvas:music:{job_id}",
         f"voxcanvas:details:{job_id}",
         f"voxcanvas:delete:{job_id}",

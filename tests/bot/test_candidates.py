@@ -98,11 +98,12 @@ async def test_u_and_v_buttons_work_after_a_restart(start_bot, fake_discord, bot
         *(f"voxcanvas:up:{job_id}:{n}" for n in range(1, 5)),
         *(f"voxcanvas:var:{job_id}:{n}" for n in range(1, 5)),
         f"voxcanvas:regen:{job_id}",
+        f"voxcanvas:remix:{job_id}",
         f"voxcanvas:music:{job_id}",
         f"voxcanvas:details:{job_id}",
         f"voxcanvas:delete:{job_id}",
     ]
-    assert [len(row["components"]) for row in grid["components"]] == [4, 4, 4]
+    assert [len(row["components"]) for row in grid["components"]] == [4, 4, 5]
     parent = Result.model_validate_json((await first.bot.store.get(job_id)).result_json)
     third = await first.bot.store.read_candidate(job_id, 2)
     second_candidate = await first.bot.store.read_candidate(job_id, 1)
@@ -153,6 +154,7 @@ async def test_single_candidate_upscale_button_and_the_size_limit(start_bot, fak
         f"voxcanvas:regen:{job_id}",
         f"voxcanvas:vary:{job_id}",
         f"voxcanvas:up:{job_id}:1",
+        f"voxcanvas:remix:{job_id}",
         f"voxcanvas:music:{job_id}",
         f"voxcanvas:details:{job_id}",
         f"voxcanvas:delete:{job_id}",
