@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     WHISPER_MODEL: str = "openai/whisper-large-v3-turbo"
     DIFFUSION_MODEL: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     CLIP_MODEL: str = "openai/clip-vit-large-patch14"
+    # /describe without Gemini: a BLIP image-captioning checkpoint (loaded on first use).
+    CAPTION_MODEL: str = "Salesforce/blip-image-captioning-base"
     DEVICE: Literal["auto", "cuda", "cpu"] = "auto"
     SAFETY_CHECKER: bool = True
     MUSIC_MODEL: str = "facebook/musicgen-small"

@@ -26,12 +26,14 @@ from pydantic import BaseModel, Field
 from . import families, limits
 from .audio import SAMPLE_RATE, decode_audio
 from .critic import GeminiCritic, QAReport, build_correction_prompt
+from .describe import Captioner, Described, GeminiDescriber
 from .directors import GeminiDirector, LocalDirector, music_idea, music_prompt_for
 from .errors import BadAudio, BadRequest, ProviderError
 from .executor import Executor, Job, ProgressEvent, Stage
 from .families import FamilyProfile
 from .gemini import make_client
 from .grid import make_grid
+from .images import decode_init_image
 from .music import Music, MusicRequest, encode_ogg_opus, encode_wav
 from .palette import extract_palette, swatch_png
 from .scene import Scene
@@ -256,6 +258,7 @@ class Studio:
         self.gemini_critic: GeminiCritic | None = None
         self._own_client = False
         self._gemini_client: genai.Client | None = None
+        self._captioner: Captioner | None = None
         if settings.gemini_enabled:
             if gemini_client is None:
                 gemini_client = make_client(settings)
@@ -265,6 +268,28 @@ class Studio:
             # exactly once it is loaded, a conservative estimate is used before.
             self.gemini_director = GeminiDirector(settings, client=gemini_client, count_tokens=executor.count_tokens)
             self.gemini_critic = GeminiCritic(settings, client=gemini_client, count_tokens=executor.count_tokens)
+
+    async def describe(self, image_bytes: bytes, count: int = limits.MAX_CANDIDATES) -> Described:
+        """/describe: 1–4 prompts that would draw the picture, and its palette. Gemini when a key
+        is set (the local captioner if it fails), else ``CAPTION_MODEL``. Raises :class:`BadRequest`
+        for an image that is not PNG/JPEG/WebP, too large, or corrupt."""
+        count = self.candidate_count(count)
+        image = await asyncio.to_thread(decode_init_image, image_bytes)
+        palette = await asyncio.to_thread(extract_palette, image, 5)
+        reason = None
+        if self._gemini_client is not None:
+            describer = GeminiDescriber(self.settings, client=self._gemini_client)
+            try:
+                png = await asyncio.to_thread(image_to_png, image)
+                prompts = await describer.describe(png, count)
+                return Described(prompts=prompts, palette=palette, source="gemini")
+            except ProviderError as exc:
+                log.warning("Gemini describer failed, using the local captioner: %s", exc)
+                reason = str(exc)
+        if self._captioner is None:
+            self._captioner = Captioner(self.settings.CAPTION_MODEL, self.settings.DEVICE)
+        prompts = await self.executor.call(None, "tool", self._captioner.captions, image, count)
+        return Described(prompts=list(prompts), palette=palette, source="local", fallback=reason)
 
     async def aclose(self) -> None:
         """Close the Gemini client's connections (when this Studio created it)."""

@@ -173,7 +173,7 @@ def _default_report() -> dict:
 class FakeGemini:
     """The fake server. ``async with FakeGemini() as fake:`` starts it on an ephemeral port."""
 
-    PURPOSES = ("director", "critic")
+    PURPOSES = ("director", "critic", "describe")
 
     def __init__(self) -> None:
         self.requests: list[RecordedRequest] = []
@@ -181,6 +181,12 @@ class FakeGemini:
         self.permanent: dict[str, Any] = {}
         self.default_scene: dict = _default_scene()
         self.default_report: dict = _default_report()
+        self.default_description: dict = {
+            "prompts": [
+                "a red apple on a wooden table, still life, oil painting, soft window light",
+                "close-up of a glossy red apple, rustic wooden table, warm light, shallow depth of field",
+            ]
+        }
         self.url: str = ""
         self._runner: web.AppRunner | None = None
 
@@ -291,6 +297,8 @@ class FakeGemini:
             return "critic"
         if schema.get("title") == "Scene":
             return "director"
+        if schema.get("title") == "ImageDescription":
+            return "describe"
         for content in body.get("contents", []):
             for part in content.get("parts", []):
                 if "inlineData" in part or "inline_data" in part:
@@ -302,7 +310,8 @@ class FakeGemini:
             await asyncio.sleep(entry.seconds)
             entry = entry.then
         if entry is None:
-            entry = self.default_scene if purpose == "director" else self.default_report
+            defaults = {"director": self.default_scene, "critic": self.default_report}
+            entry = defaults.get(purpose, self.default_description)
         if reviews is not None:
             if hasattr(entry, "model_dump"):
                 entry = entry.model_dump()
