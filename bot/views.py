@@ -159,7 +159,48 @@ class RemixModal(discord.ui.Modal):
         )
 
 
-DYNAMIC_ITEMS = (JobButton, CandidateButton)
+class SuggestionButton(discord.ui.DynamicItem[Button], template=r"voxcanvas:suggest:(?P<number>[1-4])"):
+    """ "Imagine n" under a /describe answer: a new /imagine job from suggestion n, read back from
+    the message's embed (field "n"), so it needs no state and works after a restart."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=f"Imagine {number}",
+                emoji="🎨",
+                style=discord.ButtonStyle.primary,
+                custom_id=f"voxcanvas:suggest:{number}",
+            )
+        )
+        self.number = number
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> SuggestionButton:
+        return cls(int(match["number"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        from pipeline.studio import Idea
+
+        message = interaction.message
+        fields = message.embeds[0].fields if message is not None and message.embeds else []
+        prompt = next((f.value for f in fields if f.name == str(self.number)), None)
+        if not prompt:
+            await interaction.response.send_message("That suggestion is gone.", ephemeral=True)
+            return
+        runner = cast("VoxCanvasBot", interaction.client).runner
+        await runner.start_imagine(interaction, Idea(text=prompt[: limits.MAX_IDEA_CHARS]))
+
+
+def suggestion_view(count: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for number in range(1, count + 1):
+        view.add_item(SuggestionButton(number))
+    return view
+
+
+DYNAMIC_ITEMS = (JobButton, CandidateButton, SuggestionButton)
 
 
 def custom_id(action: Action, job_id: str) -> str:
