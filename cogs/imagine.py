@@ -169,12 +169,25 @@ class Imagine(commands.Cog):
     @app_commands.describe(job="The job id shown in /history or under the picture")
     async def forget(self, interaction: discord.Interaction, job: app_commands.Range[str, 4, 40]) -> None:
         job_id = job.strip().removeprefix("job ").strip()
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        record = await self.bot.store.get(job_id)
         deleted = await self.bot.store.delete(job_id, user_id=interaction.user.id)
         if deleted:
-            text = f"🗑️ Deleted `{job_id}` — its record and images are gone. Buttons on that picture will say so."
+            text = f"🗑️ Deleted `{job_id}` — its record, images and post are gone."
+            if record is not None and record.delivered_message_id and record.delivered_channel_id:
+                post = self.bot.get_partial_messageable(record.delivered_channel_id).get_partial_message(
+                    record.delivered_message_id
+                )
+                try:
+                    await post.delete()
+                except discord.NotFound:
+                    pass
+                except discord.HTTPException as exc:
+                    log.info("job %s: could not delete its post: %s", job_id, exc)
+                    text = f"🗑️ Deleted `{job_id}` — its record and images are gone (I couldn't remove the post)."
         else:
             text = f"I couldn't find a picture `{job_id}` of yours."
-        await interaction.response.send_message(text, ephemeral=True)
+        await interaction.followup.send(text, ephemeral=True)
 
 
 def _image_problem(image: discord.Attachment) -> str | None:
