@@ -38,7 +38,7 @@ from .views import DYNAMIC_ITEMS
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine", "cogs.voice", "cogs.compose")
+EXTENSIONS = ("cogs.imagine", "cogs.voice", "cogs.compose", "cogs.describe")
 SHUTDOWN_GRACE_S = 30.0
 
 

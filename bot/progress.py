@@ -31,8 +31,10 @@ class ProgressReporter:
         surface: Surface,
         interval_s: float = PROGRESS_INTERVAL_S,
         first_delay_s: float = FIRST_PROGRESS_DELAY_S,
+        view: discord.ui.View | None = None,
     ) -> None:
         self.surface = surface
+        self.view = view  # shown under every progress line (Cancel)
         self.interval_s = interval_s
         self.first_delay_s = first_delay_s
         self._latest: str | None = None
@@ -52,7 +54,7 @@ class ProgressReporter:
             text = self._latest
             if text is not None and text != self._shown:
                 try:
-                    await self.surface.show(MessageParts(text))
+                    await self.surface.show(MessageParts(text, view=self.view))
                     self._shown = text
                 except discord.HTTPException as exc:
                     log.info("progress edit failed: %s", exc)

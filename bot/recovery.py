@@ -146,7 +146,7 @@ class Recovery:
             elif record.state == "done" and record.result_json:
                 result = Result.model_validate_json(record.result_json)
                 try:
-                    image_png = await self.store.read_image(record.id)
+                    image_png = await self.store.read_grid(record.id) or await self.store.read_image(record.id)
                     palette_png = await self.store.read_palette(record.id)
                 except VoxCanvasError as exc:
                     await self.runner.deliver_text(record.id, surface, f"⚠️ {exc}", nonce=nonce)

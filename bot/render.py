@@ -52,6 +52,7 @@ HEARD_FIELD = "🎙️ Heard"
 MISSING_FIELD = "Missing"
 PROMPT_FIELD = "Prompt"
 TAGS_FIELD = "Tags"
+CANDIDATES_FIELD = "Candidates"
 #: :func:`fit_embed`'s names for the embed's own texts.
 DESCRIPTION = "description"
 TITLE = "title"
@@ -123,6 +124,8 @@ def result_embed(result: Result) -> discord.Embed:
     elif len(result.rounds) > 1:
         alignment += f"\n{len(result.rounds) - 1} correction round(s) tried; showing the best."
     embed.add_field(name="Alignment", value=alignment, inline=True)
+    if len(result.candidates) > 1:
+        embed.add_field(name=CANDIDATES_FIELD, value=candidates_text(result), inline=False)
     embed.add_field(
         name="Settings",
         value=f"seed `{best.seed}`\n{best.width}×{best.height} · {best.steps} steps · guidance {best.guidance:g}"
@@ -151,6 +154,16 @@ def result_embed(result: Result) -> discord.Embed:
     embed.set_image(url=f"attachment://{IMAGE_NAME}")
     embed.set_footer(text=f"job {result.job_id}")
     return fit_embed(embed, RESULT_SHRINK_ORDER)
+
+
+def candidates_text(result: Result) -> str:
+    """Each candidate's score, the best one marked: "1 · 72  **2 · 91 ★**  3 · 64  4 · 80"."""
+    parts = []
+    for c in result.candidates:
+        score = "–" if c.score is None else str(c.score)
+        text = f"{c.index + 1} · {score}" + (" (corrected)" if c.corrected else "")
+        parts.append(f"**{text} ★**" if c.index == result.best_candidate else text)
+    return "  ".join(parts)
 
 
 def music_embed(result: MusicResult) -> discord.Embed:
@@ -414,7 +427,7 @@ STAGE_LINES = {
 }
 
 
-def progress_line(event: ProgressEvent, *, corrections: int = 0) -> str:
+def progress_line(event: ProgressEvent, *, corrections: int = 0, candidates: int = 1) -> str:
     if event.stage == "queued":
         if event.position is None:
             return "⏳ Starting…"
@@ -426,8 +439,12 @@ def progress_line(event: ProgressEvent, *, corrections: int = 0) -> str:
             filled = round(bar_len * event.step / event.total)
             bar = "█" * filled + "░" * (bar_len - filled)
             verb = "Correcting" if corrections else "Rendering"
+            if candidates > 1 and not corrections:
+                verb = f"Rendering {candidates} candidates"
             return f"🎨 {verb} {bar} {event.step}/{event.total}"
-        return "🎨 Rendering…"
+        return f"🎨 Rendering {candidates} candidates…" if candidates > 1 and not corrections else "🎨 Rendering…"
+    if event.stage == "review" and candidates > 1 and not corrections:
+        return f"🔍 Reviewing {candidates} candidates…"
     if event.stage == "music":
         if event.total:
             filled = round(10 * event.step / event.total)

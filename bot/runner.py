@@ -27,19 +27,20 @@ from typing import TYPE_CHECKING, Any, Literal
 import discord
 from PIL import Image
 
-from pipeline.errors import BadRequest, ModelUnavailable, VoxCanvasError
+from pipeline.errors import BadRequest, JobCancelled, ModelUnavailable, VoxCanvasError
 from pipeline.executor import Executor, Job, ProgressEvent
 from pipeline.images import check_image_bytes, inspect_init_image
-from pipeline.limits import RESULT_SAVE_ATTEMPTS, RESULT_SAVE_RETRY_DELAY_S
+from pipeline.limits import MAX_SEED, RESULT_SAVE_ATTEMPTS, RESULT_SAVE_RETRY_DELAY_S
 from pipeline.music import wav_to_ogg_opus
 from pipeline.studio import Idea, MusicOutput, MusicResult, Output, Result, Studio, new_job_id
+from pipeline.styles import check_style
 
 from . import render
 from .progress import ProgressReporter
 from .store import JobKind, JobNotFound, JobRecord, JobStateError, JobStore, StoreError
 from .store.records import EndState
 from .surfaces import ChannelSurface, InteractionSurface, MessageParts, RecordingSurface, Surface
-from .views import result_view
+from .views import RemixModal, progress_view, result_view
 
 if TYPE_CHECKING:
     from .api_jobs import ApiJobs
@@ -50,6 +51,15 @@ PICTURE_GONE = (
     "🗑️ That picture is no longer in my history (it was deleted or has expired), so I can't rework it. "
     "Start a new one with /imagine."
 )
+CANCELLED = "🛑 Cancelled."
+CANCEL_NOT_YOURS = "🚫 Only the person who asked for this can cancel it."
+CANCEL_TOO_LATE = "That job has already finished — there's nothing to cancel."
+CANCELLING = "🛑 Cancelling…"
+DELETE_NOT_YOURS = "🚫 Only the person who asked for this picture, or a member who can manage messages, can delete it."
+DELETE_GONE = "That picture is already gone."
+DELETE_RUNNING = "That job is still in progress — cancel it first."
+DELETED = "🗑️ Deleted: the post, its pictures and its record are gone."
+NO_SUCH_CANDIDATE = "🤔 That picture has no such candidate."
 NOT_A_PICTURE = "🎵 That's a piece of music, not a picture — there's nothing to rework."
 PICTURE_GONE_DETAILS = "🗑️ That picture is no longer in my history (it was deleted or has expired)."
 PARENT_GONE = "The picture this was based on has been deleted, so I can't rework it."
@@ -179,8 +189,13 @@ class JobRunner:
         parent_id: str,
         *,
         kind: Literal["regenerate", "vary", "soundtrack"],
+        candidate: int | None = None,
+        upscale: bool = False,
     ) -> None:
-        """Regenerate / Vary / Soundtrack buttons: a new job for whoever pressed, from a stored job."""
+        """Regenerate / Vary / Soundtrack buttons: a new job for whoever pressed, from a stored job.
+        U/V buttons (``candidate``, 0-based; ``upscale`` for U): a "vary" job whose idea names the
+        candidate, started from that candidate's stored picture (stored as the new job's start
+        image, so a restart resumes it)."""
         parent = await self.store.get(parent_id)
         if parent is None or not parent.result_json:
             await interaction.response.send_message(PICTURE_GONE, ephemeral=True)
@@ -189,8 +204,15 @@ class JobRunner:
             await interaction.response.send_message(NOT_A_PICTURE, ephemeral=True)
             return
         previous = Result.model_validate_json(parent.result_json)
+        if candidate is not None and not 0 <= candidate < max(1, len(previous.candidates)):
+            await interaction.response.send_message(NO_SUCH_CANDIDATE, ephemeral=True)
+            return
 
         async def request() -> JobRequest:
+            if candidate is not None:
+                idea = replace(idea_from_record(parent), candidate=candidate, upscale=upscale, candidates=None)
+                idea.init_image = await self.store.read_candidate(parent_id, candidate)
+                return JobRequest("vary", idea, previous)
             if kind == "soundtrack":  # from the picture's scene; no start image, the default length
                 return JobRequest(kind, Idea(), previous)
             idea = idea_from_record(parent)
@@ -236,6 +258,123 @@ class JobRunner:
             return
         result = Result.model_validate_json(record.result_json)
         await interaction.response.send_message(render.details_text(result), ephemeral=True)
+
+    async def open_remix(self, interaction: discord.Interaction, job_id: str) -> None:
+        """The Remix button: a modal prefilled from the stored job (answered at once: type 9)."""
+        parent = await self.store.get(job_id)
+        if parent is None or not parent.result_json:
+            await interaction.response.send_message(PICTURE_GONE, ephemeral=True)
+            return
+        if parent.is_music:
+            await interaction.response.send_message(NOT_A_PICTURE, ephemeral=True)
+            return
+        result = Result.model_validate_json(parent.result_json)
+        best = result.best
+        seed = result.candidates[0].seed if result.candidates else best.seed
+        modal = RemixModal(
+            job_id,
+            prompt=best.correction_prompt or best.prompt,
+            negative_prompt=best.negative_prompt,
+            style=result.style or "",
+            seed=seed,
+        )
+        await interaction.response.send_modal(modal)
+
+    async def start_remix(
+        self,
+        interaction: discord.Interaction,
+        parent_id: str,
+        *,
+        prompt: str,
+        negative_prompt: str,
+        style: str,
+        seed: str,
+    ) -> None:
+        """The Remix modal was submitted: a new job (the submitter's) with the edited text."""
+        parent = await self.store.get(parent_id)
+        if parent is None or not parent.result_json:
+            await interaction.response.send_message(PICTURE_GONE, ephemeral=True)
+            return
+        previous = Result.model_validate_json(parent.result_json)
+        try:
+            seed_value = int(seed.strip()) if seed.strip() else None
+            if seed_value is not None and not 0 <= seed_value <= MAX_SEED:
+                raise ValueError(seed)
+        except ValueError:
+            await interaction.response.send_message(
+                f"🚫 The seed must be a whole number from 0 to {MAX_SEED}.", ephemeral=True
+            )
+            return
+        try:
+            check_style(style or None)
+        except BadRequest as exc:
+            await interaction.response.send_message(f"🚫 {exc.user_message}", ephemeral=True)
+            return
+        if not prompt.strip():
+            await interaction.response.send_message("🚫 The prompt is empty — tell me what to draw.", ephemeral=True)
+            return
+        idea = replace(
+            idea_from_record(parent),
+            text=prompt.strip(),
+            negative_prompt=negative_prompt.strip() or None,
+            style=style.strip() or None,
+            seed=seed_value,
+            remix=True,
+            candidates=None,
+            candidate=None,
+            upscale=False,
+        )
+
+        async def request() -> JobRequest:
+            return JobRequest("vary", idea, previous)
+
+        await self._start_from_interaction(interaction, request)
+
+    async def cancel_from_button(self, interaction: discord.Interaction, job_id: str) -> None:
+        """The Cancel button (its owner only): a queued job leaves the queue at once, a running
+        render stops at its next step; the job's message then says "Cancelled"."""
+        record = await self.store.get(job_id)
+        if record is None or not record.active:
+            await interaction.response.send_message(CANCEL_TOO_LATE, ephemeral=True)
+            return
+        if record.user_id != interaction.user.id:
+            await interaction.response.send_message(CANCEL_NOT_YOURS, ephemeral=True)
+            return
+        job = self.executor.get_job(job_id)
+        if job is None or job.finished:
+            await interaction.response.send_message(CANCEL_TOO_LATE, ephemeral=True)
+            return
+        job.cancel()
+        log.info("job %s: cancelled by its owner", job_id)
+        await interaction.response.send_message(CANCELLING, ephemeral=True)
+
+    async def delete_from_button(self, interaction: discord.Interaction, job_id: str) -> None:
+        """The Delete button (the owner, or members with Manage Messages): the post, the job's
+        files and its record go."""
+        record = await self.store.get(job_id)
+        if record is None:
+            await interaction.response.send_message(DELETE_GONE, ephemeral=True)
+            return
+        moderator = interaction.guild is not None and interaction.permissions.manage_messages
+        if record.user_id != interaction.user.id and not moderator:
+            await interaction.response.send_message(DELETE_NOT_YOURS, ephemeral=True)
+            return
+        if record.active:
+            await interaction.response.send_message(DELETE_RUNNING, ephemeral=True)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        if interaction.message is not None:
+            try:
+                await interaction.message.delete()
+            except discord.NotFound:
+                pass
+            except discord.HTTPException as exc:
+                log.warning("job %s: could not delete its post: %s", job_id, exc)
+        await self.store.delete(job_id, user_id=record.user_id)
+        log.info(
+            "job %s: deleted by %s", job_id, "its owner" if record.user_id == interaction.user.id else "a moderator"
+        )
+        await interaction.followup.send(DELETED, ephemeral=True)
 
     # --- admission: the one path every new job takes -----------------------------------------
     async def _start_from_interaction(
@@ -364,6 +503,19 @@ class JobRunner:
             return parent_gone
         if request.kind == "soundtrack":
             return lambda job: self.studio.soundtrack(job, previous, seconds=idea.seconds, seed=idea.seed)
+        if request.kind == "vary" and idea.remix:
+            return lambda job: self.studio.remix(
+                job,
+                previous,
+                prompt=idea.text or "",
+                negative_prompt=idea.negative_prompt,
+                style=idea.style,
+                seed=idea.seed,
+            )
+        if request.kind == "vary" and idea.upscale:
+            return lambda job: self.studio.upscale(job, previous, init_image=idea.init_image, candidate=idea.candidate)
+        if request.kind == "vary" and idea.candidate is not None:
+            return lambda job: self.studio.vary(job, previous, init_image=idea.init_image, candidate=idea.candidate)
         rework = self.studio.regenerate if request.kind == "regenerate" else self.studio.vary
         return lambda job: rework(job, previous, init_image=idea.init_image)
 
@@ -372,14 +524,14 @@ class JobRunner:
         studio, saving the picture, the store, or Discord refusing the result."""
         job, surface, nonce = admitted.job, admitted.surface, admitted.record.delivery_nonce
         work = self._work(admitted.request)
-        reporter = ProgressReporter(surface)
+        reporter = ProgressReporter(surface, view=progress_view(job.id))
         corrections = 0
 
         def on_progress(event: ProgressEvent) -> None:
             nonlocal corrections
             if event.stage == "correct":
                 corrections += 1
-            reporter.push(render.progress_line(event, corrections=corrections))
+            reporter.push(render.progress_line(event, corrections=corrections, candidates=job.candidates))
 
         job.listener = on_progress
         on_progress(ProgressEvent(job.id, "queued", position=job.position(), eta_s=job.eta_s()))
@@ -389,14 +541,15 @@ class JobRunner:
                 output = await work(job)
             except VoxCanvasError as exc:
                 outcome: EndState = "cancelled" if job.cancelled else "failed"
-                text = user_error_text(exc, job.id)
+                text = CANCELLED if isinstance(exc, JobCancelled) and job.cancelled else user_error_text(exc, job.id)
                 if isinstance(exc, ModelUnavailable):  # the operator's problem: the details go to the log
                     log.error("job %s failed: %s", job.id, exc)
                 else:
                     log.info("job %s refused: %s", job.id, exc)
                 job.finish(outcome)
                 await reporter.close()
-                await self._end_without_picture(job.id, surface, nonce, f"⚠️ {text}", error=text, state=outcome)
+                shown = text if text == CANCELLED else f"⚠️ {text}"
+                await self._end_without_picture(job.id, surface, nonce, shown, error=text, state=outcome)
                 return
             except asyncio.CancelledError:
                 raise  # shutting down: the store still says queued/running, so it is resumed
@@ -421,7 +574,7 @@ class JobRunner:
                     return
                 log.warning("job %s: delivering its picture from memory; it could not be saved", job.id)
             await self.deliver_result(
-                job.id, surface, output.result, output.image_png, output.palette_png, nonce=nonce, saved=bool(saved)
+                job.id, surface, output.result, output.shown_png, output.palette_png, nonce=nonce, saved=bool(saved)
             )
         finally:
             job.listener = None
@@ -442,6 +595,8 @@ class JobRunner:
                     title=output.result.scene.title,
                     image_png=output.image_png,
                     palette_png=output.palette_png,
+                    candidate_pngs=output.candidate_pngs,
+                    grid_png=output.grid_png,
                 )
                 return True
             except (JobStateError, JobNotFound) as exc:
@@ -546,7 +701,7 @@ class JobRunner:
         no palette, the picture as JPEG), then an apology; the store's ``error`` says which was
         shown and why. Unsaved (``saved=False``): no buttons, and the user is told why."""
         content = render.result_content(result)  # a channel surface adds the user's mention itself
-        view: discord.ui.View | None = result_view(job_id)
+        view: discord.ui.View | None = result_view(job_id, candidates=len(result.candidates), kind=result.kind)
         if not saved:
             content, view = f"{UNSAVED_NOTE}\n{content}", None
         full = MessageParts(

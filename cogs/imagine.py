@@ -50,6 +50,7 @@ class Imagine(commands.Cog):
         lora="A LoRA (a style or subject add-on) by name",
         weight=f"The LoRA's weight ({limits.MIN_LORA_WEIGHT:g} – {limits.MAX_LORA_WEIGHT:g}); "
         f"default {limits.DEFAULT_LORA_WEIGHT:g}",
+        count=f"How many candidates to render and score (1 – {limits.MAX_CANDIDATES}); the best is marked",
     )
     @app_commands.choices(style=STYLE_CHOICES, aspect=ASPECT_CHOICES)
     async def imagine(
@@ -67,6 +68,7 @@ class Imagine(commands.Cog):
         model: app_commands.Range[str, 1, 40] | None = None,
         lora: app_commands.Range[str, 1, 64] | None = None,
         weight: app_commands.Range[float, limits.MIN_LORA_WEIGHT, limits.MAX_LORA_WEIGHT] = limits.DEFAULT_LORA_WEIGHT,
+        count: app_commands.Range[int, 1, limits.MAX_CANDIDATES] | None = None,
     ) -> None:
         if not prompt.strip():
             await interaction.response.send_message("🚫 The prompt is empty — tell me what to draw.", ephemeral=True)
@@ -98,6 +100,7 @@ class Imagine(commands.Cog):
             aspect=aspect.value if aspect else None,
             model=model,
             loras=((lora, weight),) if lora else (),
+            candidates=count,
         )
         # The runner downloads the image only after acknowledging: Discord's 3 s are not spent on the CDN.
         await self.bot.runner.start_imagine(interaction, idea, image=image)
@@ -166,12 +169,25 @@ class Imagine(commands.Cog):
     @app_commands.describe(job="The job id shown in /history or under the picture")
     async def forget(self, interaction: discord.Interaction, job: app_commands.Range[str, 4, 40]) -> None:
         job_id = job.strip().removeprefix("job ").strip()
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        record = await self.bot.store.get(job_id)
         deleted = await self.bot.store.delete(job_id, user_id=interaction.user.id)
         if deleted:
-            text = f"🗑️ Deleted `{job_id}` — its record and images are gone. Buttons on that picture will say so."
+            text = f"🗑️ Deleted `{job_id}` — its record, images and post are gone."
+            if record is not None and record.delivered_message_id and record.delivered_channel_id:
+                post = self.bot.get_partial_messageable(record.delivered_channel_id).get_partial_message(
+                    record.delivered_message_id
+                )
+                try:
+                    await post.delete()
+                except discord.NotFound:
+                    pass
+                except discord.HTTPException as exc:
+                    log.info("job %s: could not delete its post: %s", job_id, exc)
+                    text = f"🗑️ Deleted `{job_id}` — its record and images are gone (I couldn't remove the post)."
         else:
             text = f"I couldn't find a picture `{job_id}` of yours."
-        await interaction.response.send_message(text, ephemeral=True)
+        await interaction.followup.send(text, ephemeral=True)
 
 
 def _image_problem(image: discord.Attachment) -> str | None:

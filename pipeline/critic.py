@@ -24,7 +24,7 @@ from typing import Annotated, Any
 import torch
 from pydantic import AfterValidator, BaseModel, Field, field_validator
 
-from . import families
+from . import families, limits
 from .errors import ProviderError
 from .families import FamilyProfile
 from .gemini import GeminiProvider, delimit
@@ -263,6 +263,42 @@ class ClipCritic(TransformersModel):
         img = img / img.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return (text @ img[0]).cpu().tolist()
 
+    def similarities_many(self, images: Sequence[Any], texts: Sequence[str]) -> list[list[float]]:
+        """Cosine similarity of each image to each text, in one batched pass (candidates)."""
+        tokenizer = self.processor.tokenizer
+        max_length = int(min(getattr(tokenizer, "model_max_length", 77) or 77, 77))
+        inputs = self.processor(
+            text=list(texts),
+            images=[image.convert("RGB") for image in images],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+        )
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        with torch.inference_mode():
+            out = self.model(**inputs)
+        text = out.text_embeds.float()
+        img = out.image_embeds.float()
+        text = text / text.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        img = img / img.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return (img @ text.T).cpu().tolist()
+
+    def review_many(self, images: Sequence[Any], scene: Scene, prompt: str) -> list[QAReport]:
+        """:meth:`review` for several pictures of one prompt (a job's candidates): one CLIP pass."""
+        texts = [prompt] + [ELEMENT_TEMPLATE.format(element=e) for e in scene.elements]
+        return [
+            score_from_similarities(
+                sims[0],
+                list(zip(scene.elements, sims[1:], strict=True)),
+                prompt,
+                calibration=self.calibration,
+                count_tokens=self.count_tokens,
+            )
+            for sims in self.similarities_many(images, texts)
+        ]
+
     def review(self, image: Any, scene: Scene, prompt: str) -> QAReport:
         """Score ``image`` (a PIL image) against ``prompt`` and ``scene.elements``."""
         texts = [prompt] + [ELEMENT_TEMPLATE.format(element=e) for e in scene.elements]
@@ -301,6 +337,12 @@ elements first, described prominently and concretely (e.g. 'prominent red apple,
 visible'), then the rest of the original prompt.
 - notes: one short sentence explaining the score.
 """
+
+
+class CandidateReviews(BaseModel):
+    """The Gemini critic's answer for several candidates: one report per picture, in order."""
+
+    reviews: list[QAReport] = Field(min_length=1, max_length=limits.MAX_CANDIDATES)
 
 
 class GeminiCritic(GeminiProvider):
@@ -343,6 +385,30 @@ class GeminiCritic(GeminiProvider):
             raise ProviderError("The critic needs the picture as PNG bytes.")
         report = await self.generate(self.request_parts(bytes(image_png), scene, prompt, family), QAReport)
         return self.finish(report, scene, prompt, family)
+
+    async def review_many(
+        self, images_png: Sequence[bytes], scene: Scene, prompt: str, family: FamilyProfile | None = None
+    ) -> list[QAReport]:
+        """Several candidates of one prompt in one call: the pictures in order, then the plan; the
+        answer is one report per picture (:class:`CandidateReviews`). A wrong count is a failure."""
+        if len(images_png) == 1:
+            return [await self.review(images_png[0], scene, prompt, family)]
+        if not all(isinstance(p, (bytes, bytearray)) and bytes(p[:8]) == PNG_MAGIC for p in images_png):
+            raise ProviderError("The critic needs the pictures as PNG bytes.")
+        from google.genai import types
+
+        parts = self.request_parts(bytes(images_png[0]), scene, prompt, family)
+        pictures = [types.Part.from_bytes(data=bytes(p), mime_type="image/png") for p in images_png]
+        note = types.Part.from_text(
+            text=f"There are {len(images_png)} candidate pictures above, numbered 1 to {len(images_png)} in order. "
+            "Review each one separately and answer with one review per picture, in the same order."
+        )
+        answer = await self.generate([*pictures, note, *parts[1:]], CandidateReviews)
+        if len(answer.reviews) != len(images_png):
+            raise ProviderError(
+                f"Gemini reviewed {len(answer.reviews)} pictures, not the {len(images_png)} candidates it was shown."
+            )
+        return [self.finish(report, scene, prompt, family) for report in answer.reviews]
 
     def finish(self, report: QAReport, scene: Scene, prompt: str, family: FamilyProfile | None = None) -> QAReport:
         """Spell missing elements as the scene does, and make the correction prompt usable:

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     WHISPER_MODEL: str = "openai/whisper-large-v3-turbo"
     DIFFUSION_MODEL: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     CLIP_MODEL: str = "openai/clip-vit-large-patch14"
+    # /describe without Gemini: a BLIP image-captioning checkpoint (loaded on first use).
+    CAPTION_MODEL: str = "Salesforce/blip-image-captioning-base"
     DEVICE: Literal["auto", "cuda", "cpu"] = "auto"
     SAFETY_CHECKER: bool = True
     MUSIC_MODEL: str = "facebook/musicgen-small"
@@ -63,6 +65,8 @@ class Settings(BaseSettings):
     # --- self-correction ---
     QA_THRESHOLD: int = Field(85, ge=0, le=100)
     QA_MAX_ROUNDS: int = Field(1, ge=0, le=5)
+    # Pictures rendered per job in one batch, all scored by the critic (1-4); empty: 4 on CUDA, 1 on CPU.
+    CANDIDATES: int | None = Field(None, ge=1, le=limits.MAX_CANDIDATES)
 
     # --- queue ---
     MAX_AUDIO_SECONDS: float = Field(120, gt=0)
@@ -166,7 +170,7 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("STEPS", "GUIDANCE", "WIDTH", "HEIGHT", "LORA_DIR", mode="before")
+    @field_validator("STEPS", "GUIDANCE", "WIDTH", "HEIGHT", "LORA_DIR", "CANDIDATES", mode="before")
     @classmethod
     def _blank_is_default(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -25,16 +26,20 @@ from pydantic import BaseModel, Field
 from . import families, limits
 from .audio import SAMPLE_RATE, decode_audio
 from .critic import GeminiCritic, QAReport, build_correction_prompt
+from .describe import Captioner, Described, GeminiDescriber
 from .directors import GeminiDirector, LocalDirector, music_idea, music_prompt_for
 from .errors import BadAudio, BadRequest, ProviderError
 from .executor import Executor, Job, ProgressEvent, Stage
 from .families import FamilyProfile
 from .gemini import make_client
+from .grid import make_grid
+from .images import decode_init_image
 from .music import Music, MusicRequest, encode_ogg_opus, encode_wav
 from .palette import extract_palette, swatch_png
 from .scene import Scene
 from .settings import Settings
-from .synthesis import RenderedImage, RenderRequest, image_to_png
+from .styles import STYLES, check_style
+from .synthesis import RenderedImage, RenderRequest, image_to_png, random_seed
 from .tags import tags_for
 
 if TYPE_CHECKING:
@@ -71,6 +76,10 @@ class Idea:
     aspect: str | None = None  # "16:9" ...: the model's native pixel budget at that ratio
     model: str | None = None  # a MODELS name; None: DIFFUSION_MODEL
     loras: tuple[tuple[str, float], ...] = ()  # (name, weight) from LORA_DIR
+    candidates: int | None = None  # pictures in the first render, all scored (1-4); None: CANDIDATES
+    candidate: int | None = None  # U/V buttons: which candidate (0-based) of the parent job
+    upscale: bool = False  # a U button's job: the candidate (the init image) upscaled ×2
+    remix: bool = False  # a Remix job: ``text`` is the edited diffusion prompt of the parent, used as is
 
     @property
     def kind(self) -> str:
@@ -118,6 +127,16 @@ class Round(BaseModel):
     review_s: float = 0.0
 
 
+class Candidate(BaseModel):
+    """One of a job's candidates (a cell of its grid): its seed and the critic's score. The best
+    one's cell shows the job's final picture (its correction when one scored higher)."""
+
+    index: int  # 0-based; shown as index + 1
+    seed: int
+    score: int | None = None
+    corrected: bool = False  # this cell shows the correction round's picture
+
+
 class Provenance(BaseModel):
     """Where a picture's idea came from: what was asked or said, what was heard, and the scene
     the director made of it. Regenerate and Vary carry their parent's provenance unchanged."""
@@ -155,6 +174,8 @@ class Result(Provenance):
     critic_fallback: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
     total_s: float = 0.0
+    candidates: list[Candidate] = Field(default_factory=list)  # empty: one picture (older jobs too)
+    best_candidate: int = 0
 
     @property
     def best(self) -> Round:
@@ -175,6 +196,14 @@ class Output:
     result: Result
     image_png: bytes = field(repr=False)
     palette_png: bytes = field(repr=False)
+    # Several candidates: each one's PNG (the best cell holds image_png) and the labelled grid.
+    candidate_pngs: list[bytes] = field(default_factory=list, repr=False)
+    grid_png: bytes | None = field(default=None, repr=False)
+
+    @property
+    def shown_png(self) -> bytes:
+        """What a reply shows: the grid of candidates, or the picture."""
+        return self.grid_png or self.image_png
 
 
 class MusicResult(BaseModel):
@@ -233,6 +262,7 @@ class Studio:
         self.gemini_critic: GeminiCritic | None = None
         self._own_client = False
         self._gemini_client: genai.Client | None = None
+        self._captioner: Captioner | None = None
         if settings.gemini_enabled:
             if gemini_client is None:
                 gemini_client = make_client(settings)
@@ -242,6 +272,28 @@ class Studio:
             # exactly once it is loaded, a conservative estimate is used before.
             self.gemini_director = GeminiDirector(settings, client=gemini_client, count_tokens=executor.count_tokens)
             self.gemini_critic = GeminiCritic(settings, client=gemini_client, count_tokens=executor.count_tokens)
+
+    async def describe(self, image_bytes: bytes, count: int = limits.MAX_CANDIDATES) -> Described:
+        """/describe: 1–4 prompts that would draw the picture, and its palette. Gemini when a key
+        is set (the local captioner if it fails), else ``CAPTION_MODEL``. Raises :class:`BadRequest`
+        for an image that is not PNG/JPEG/WebP, too large, or corrupt."""
+        count = self.candidate_count(count)
+        image = await asyncio.to_thread(decode_init_image, image_bytes)
+        palette = await asyncio.to_thread(extract_palette, image, 5)
+        reason = None
+        if self._gemini_client is not None:
+            describer = GeminiDescriber(self.settings, client=self._gemini_client)
+            try:
+                png = await asyncio.to_thread(image_to_png, image)
+                prompts = await describer.describe(png, count)
+                return Described(prompts=prompts, palette=palette, source="gemini")
+            except ProviderError as exc:
+                log.warning("Gemini describer failed, using the local captioner: %s", exc)
+                reason = str(exc)
+        if self._captioner is None:
+            self._captioner = Captioner(self.settings.CAPTION_MODEL, self.settings.DEVICE)
+        prompts = await self.executor.call(None, "tool", self._captioner.captions, image, count)
+        return Described(prompts=list(prompts), palette=palette, source="local", fallback=reason)
 
     async def aclose(self) -> None:
         """Close the Gemini client's connections (when this Studio created it)."""
@@ -314,7 +366,22 @@ class Studio:
             director=director,
             director_fallback=director_fallback,
         )
-        return await self._render_and_correct(job, first, provenance, timings=timings, started=started)
+        count = self.candidate_count(idea.candidates)
+        return await self._render_and_correct(job, first, provenance, timings=timings, started=started, count=count)
+
+    def candidate_count(self, asked: int | None) -> int:
+        """``asked`` (1-4), else ``CANDIDATES``, else 4 on CUDA and 1 on CPU."""
+        if asked is not None:
+            if not 1 <= int(asked) <= limits.MAX_CANDIDATES:
+                raise BadRequest(f"Ask for 1 to {limits.MAX_CANDIDATES} candidates (got {asked}).")
+            return int(asked)
+        if self.settings.CANDIDATES is not None:
+            return self.settings.CANDIDATES
+        if self.settings.DEVICE == "cpu":
+            return 1
+        import torch
+
+        return limits.MAX_CANDIDATES if torch.cuda.is_available() else 1
 
     async def regenerate(self, job: Job, previous: Result, *, init_image: bytes | None = None) -> Output:
         """The Regenerate button: the last correction prompt (or the prompt), a new seed,
@@ -328,11 +395,91 @@ class Studio:
         )
         return await self._follow_up(job, previous, request, kind="regenerate")
 
-    async def vary(self, job: Job, previous: Result, *, init_image: bytes | None = None) -> Output:
-        """The Vary button: the shown picture's prompt and settings with a new seed."""
+    async def vary(
+        self, job: Job, previous: Result, *, init_image: bytes | None = None, candidate: int | None = None
+    ) -> Output:
+        """The Vary button: the shown picture's prompt and settings with a new seed. A V button
+        (``candidate`` n, ``init_image`` that candidate's picture): variations of it, as many as
+        the parent had candidates, image-to-image at VARY_STRENGTH with new seeds."""
+        if candidate is None:
+            best = previous.best
+            request = _request_like(best, prompt=best.prompt, guidance=best.guidance, init_image=init_image)
+            return await self._follow_up(job, previous, request, kind="vary")
+        if init_image is None:
+            raise BadRequest("There's no picture to vary.")
+        round_ = candidate_round(previous, candidate)
+        request = replace(
+            _request_like(round_, prompt=round_.prompt, guidance=round_.guidance, init_image=init_image),
+            strength=limits.VARY_STRENGTH,
+            steps=max(round_.steps, math.ceil(1 / limits.VARY_STRENGTH)),
+        )
+        count = max(1, len(previous.candidates))
+        return await self._follow_up(job, previous, request, kind="vary", count=count)
+
+    async def remix(
+        self,
+        job: Job,
+        previous: Result,
+        *,
+        prompt: str,
+        negative_prompt: str | None,
+        style: str | None,
+        seed: int | None,
+    ) -> Output:
+        """The Remix modal: the parent's settings with the prompt, negative prompt and style as the
+        user edited them, and its seed unless they changed it; as many candidates as the parent."""
         best = previous.best
-        request = _request_like(best, prompt=best.prompt, guidance=best.guidance, init_image=init_image)
-        return await self._follow_up(job, previous, request, kind="vary")
+        style_key = check_style(style)
+        text = prompt.strip()
+        if style_key is not None and style_key != check_style(previous.style):
+            template = STYLES[style_key]
+            text = ", ".join([text, template.medium, *template.modifiers])
+        first_seed = previous.candidates[0].seed if previous.candidates else best.seed
+        request = replace(
+            _request_like(best, prompt=text, guidance=best.guidance, init_image=None),
+            negative_prompt=(negative_prompt or "").strip(),
+            seed=first_seed if seed is None else seed,
+        )
+        provenance = previous.follow_up("remix", parent_job_id=previous.job_id)
+        if style_key is not None:
+            provenance.style = style_key
+        return await self._render_and_correct(
+            job,
+            request,
+            provenance,
+            timings={},
+            started=time.perf_counter(),
+            count=max(1, len(previous.candidates)),
+        )
+
+    async def upscale(self, job: Job, previous: Result, *, init_image: bytes | None, candidate: int | None) -> Output:
+        """A U button: candidate ``candidate``'s picture (``init_image``) enlarged ×2 with Lanczos,
+        then refined by image-to-image with the same model, prompt and seed at a low strength (a
+        "hires fix": no extra weights). Refused politely past :data:`limits.MAX_SIDE`. Reviewed,
+        never corrected (a correction would draw a new picture, not this one larger)."""
+        if init_image is None:
+            raise BadRequest("There's no picture to upscale.")
+        round_ = candidate_round(previous, candidate)
+        width, height = round_.width * limits.UPSCALE_FACTOR, round_.height * limits.UPSCALE_FACTOR
+        if max(width, height) > limits.MAX_SIDE:
+            raise BadRequest(
+                f"That picture is {round_.width}×{round_.height}; twice that would pass my limit of "
+                f"{limits.MAX_SIDE} pixels a side, so I can't upscale it further."
+            )
+        request = RenderRequest(
+            prompt=round_.prompt,
+            negative_prompt=round_.negative_prompt,
+            seed=round_.seed,
+            steps=max(round_.steps, math.ceil(1 / limits.UPSCALE_STRENGTH)),
+            guidance=round_.guidance,
+            width=width,
+            height=height,
+            init_image=init_image,  # resized to width × height with Lanczos (RenderRequest.sized_init_image)
+            strength=limits.UPSCALE_STRENGTH,
+            model=round_.model,
+            loras=tuple((name, weight) for name, weight in round_.loras),
+        )
+        return await self._follow_up(job, previous, request, kind="upscale", corrections=0)
 
     # --- music -----------------------------------------------------------------------------------
     async def compose(
@@ -473,9 +620,20 @@ class Studio:
         return MusicOutput(result=result, wav=wav, ogg=ogg_bytes)
 
     # --- internals -------------------------------------------------------------------------------
-    async def _follow_up(self, job: Job, previous: Result, request: RenderRequest, *, kind: str) -> Output:
+    async def _follow_up(
+        self,
+        job: Job,
+        previous: Result,
+        request: RenderRequest,
+        *,
+        kind: str,
+        count: int = 1,
+        corrections: int | None = None,
+    ) -> Output:
         provenance = previous.follow_up(kind, parent_job_id=previous.job_id)
-        return await self._render_and_correct(job, request, provenance, timings={}, started=time.perf_counter())
+        return await self._render_and_correct(
+            job, request, provenance, timings={}, started=time.perf_counter(), count=count, corrections=corrections
+        )
 
     async def _render_and_correct(
         self,
@@ -485,23 +643,44 @@ class Studio:
         *,
         timings: dict[str, float],
         started: float,
+        count: int = 1,
+        corrections: int | None = None,
     ) -> Output:
         scene = provenance.scene
+        max_corrections = self.settings.QA_MAX_ROUNDS if corrections is None else corrections
         rounds: list[Round] = []
         images: list[RenderedImage] = []
         critic_used = "local"
         critic_fallback: str | None = None
+        job.candidates = count
+        candidates: list[RenderedImage] = []
+        candidate_reports: list[QAReport] = []
+        best_candidate = 0
         while True:
             if rounds:
                 self._stage(job, "correct", step=len(rounds), total=self.settings.QA_MAX_ROUNDS)
             t0 = time.perf_counter()
-            rendered = await self.executor.render(job, request)
-            render_s = time.perf_counter() - t0
-            timings["render"] = timings.get("render", 0.0) + render_s
+            if not rounds and count > 1:
+                # One batch: the executor puts the candidates' renders in one pipeline call (same
+                # batch key, each with its own seed and generator).
+                requests = _candidate_requests(request, count)
+                candidates = list(await asyncio.gather(*(self.executor.render(job, r) for r in requests)))
+                render_s = time.perf_counter() - t0
+                timings["render"] = timings.get("render", 0.0) + render_s
+                self._stage(job, "review", total=count)
+                t0 = time.perf_counter()
+                candidate_reports, critic_used, fallback = await self._review_many(job, candidates, scene)
+                # The best-scored candidate (the earliest wins a tie) goes on; correction starts from it.
+                best_candidate = max(range(count), key=lambda i: (candidate_reports[i].alignment_score, -i))
+                rendered, report = candidates[best_candidate], candidate_reports[best_candidate]
+            else:
+                rendered = await self.executor.render(job, request)
+                render_s = time.perf_counter() - t0
+                timings["render"] = timings.get("render", 0.0) + render_s
 
-            self._stage(job, "review")
-            t0 = time.perf_counter()
-            report, critic_used, fallback = await self._review(job, rendered, scene)
+                self._stage(job, "review")
+                t0 = time.perf_counter()
+                report, critic_used, fallback = await self._review(job, rendered, scene)
             critic_fallback = critic_fallback or fallback
             review_s = time.perf_counter() - t0
             timings["review"] = timings.get("review", 0.0) + review_s
@@ -536,7 +715,7 @@ class Studio:
             )
             images.append(rendered)
             corrections_done = len(rounds) - 1
-            if report.alignment_score >= self.settings.QA_THRESHOLD or corrections_done >= self.settings.QA_MAX_ROUNDS:
+            if report.alignment_score >= self.settings.QA_THRESHOLD or corrections_done >= max_corrections:
                 break
             # Below the threshold: the critic's correction, more guidance and steps as the model's
             # family takes them (a Turbo model at guidance 0 gets one more step, no guidance), a new seed.
@@ -561,6 +740,19 @@ class Studio:
         # PNG encoding and palette work take tens of ms at 512²: off the event loop.
         palette, palette_source = await asyncio.to_thread(_palette_for, scene, best_image)
         image_png, palette_png = await asyncio.to_thread(_encode_outputs, best_image, palette)
+        shown: list[Candidate] = []
+        candidate_pngs: list[bytes] = []
+        grid_png: bytes | None = None
+        if candidates:
+            for i, (picture, review) in enumerate(zip(candidates, candidate_reports, strict=True)):
+                shown.append(Candidate(index=i, seed=picture.seed, score=review.alignment_score))
+            if best > 0:  # the correction won: it takes the best candidate's cell
+                shown[best_candidate] = Candidate(
+                    index=best_candidate, seed=rounds[best].seed, score=rounds[best].score, corrected=True
+                )
+            cells = [c.image for c in candidates]
+            cells[best_candidate] = best_image
+            candidate_pngs, grid_png = await asyncio.to_thread(_encode_candidates, cells, best_candidate, image_png)
         result = Result(
             **dict(provenance),
             job_id=job.id,
@@ -574,8 +766,16 @@ class Studio:
             critic_fallback=critic_fallback,
             timings={k: round(v, 4) for k, v in timings.items()},
             total_s=round(time.perf_counter() - started, 4),
+            candidates=shown,
+            best_candidate=best_candidate,
         )
-        return Output(result=result, image_png=image_png, palette_png=palette_png)
+        return Output(
+            result=result,
+            image_png=image_png,
+            palette_png=palette_png,
+            candidate_pngs=candidate_pngs,
+            grid_png=grid_png,
+        )
 
     async def _direct(
         self, text: str, style: str | None, language: str, family: FamilyProfile | None = None
@@ -618,6 +818,37 @@ class Studio:
             report = report.model_copy(update={"correction_prompt": correction})
         return report, "local", reason
 
+    async def _review_many(
+        self, job: Job, rendered: list[RenderedImage], scene: Scene
+    ) -> tuple[list[QAReport], str, str | None]:
+        """Every candidate scored: Gemini in one call with all pictures, else CLIP in one pass."""
+        reason = None
+        prompt = rendered[0].prompt
+        family = rendered[0].family
+        if self.gemini_critic is not None:
+            try:
+                pngs = await asyncio.to_thread(lambda: [r.png_bytes() for r in rendered])
+                reports = await self.gemini_critic.review_many(pngs, scene, prompt, family)
+                return reports, "gemini", None
+            except ProviderError as exc:
+                log.warning("Gemini critic failed on %d candidates, using the CLIP critic: %s", len(rendered), exc)
+                reason = str(exc)
+            except Exception as exc:
+                log.exception("Gemini critic crashed, using the CLIP critic")
+                reason = f"{type(exc).__name__}: {exc}"
+        reports = await self.executor.review_many(job, [r.image for r in rendered], scene, prompt)
+        if family is not None and family.max_prompt_tokens is not None:
+            limit = families.prompt_token_limit(family)
+            reports = [
+                r.model_copy(
+                    update={"correction_prompt": build_correction_prompt(prompt, r.missing_elements, limit=limit)}
+                )
+                if r.missing_elements
+                else r
+                for r in reports
+            ]
+        return reports, "local", reason
+
     @staticmethod
     def _stage(job: Job, stage: Stage, step: int = 0, total: int = 0) -> None:
         job.stage = stage
@@ -626,6 +857,22 @@ class Studio:
                 job.listener(ProgressEvent(job.id, stage, step, total))
             except Exception:
                 log.exception("progress listener failed")
+
+
+def candidate_round(previous: Result, candidate: int | None) -> Round:
+    """The round that made candidate ``candidate`` (0-based) of ``previous``, with that candidate's
+    seed and score; the shown picture's round for a job with one picture (or ``None``)."""
+    if candidate is None or not previous.candidates:
+        if candidate not in (None, 0):
+            raise BadRequest("That picture has only one candidate.")
+        return previous.best
+    if not 0 <= candidate < len(previous.candidates):
+        raise BadRequest(f"That picture has {len(previous.candidates)} candidates, not {candidate + 1}.")
+    cell = previous.candidates[candidate]
+    if cell.corrected:
+        return previous.best
+    first = previous.rounds[0]
+    return first.model_copy(update={"seed": cell.seed, "score": cell.score})
 
 
 def _request_like(round_: Round, *, prompt: str, guidance: float, init_image: bytes | None) -> RenderRequest:
@@ -643,6 +890,18 @@ def _request_like(round_: Round, *, prompt: str, guidance: float, init_image: by
         model=round_.model,  # Regenerate and Vary stay on the job's model and LoRAs
         loras=tuple((name, weight) for name, weight in round_.loras),
     )
+
+
+def _candidate_requests(request: RenderRequest, count: int) -> list[RenderRequest]:
+    """``count`` copies of ``request`` with consecutive seeds from its own (or a random one), so a
+    job's candidates can be rendered again one by one (U/V buttons) from their recorded seeds."""
+    base = random_seed() if request.seed is None else int(request.seed)
+    return [replace(request, seed=(base + i) % (limits.MAX_SEED + 1)) for i in range(count)]
+
+
+def _encode_candidates(cells: list[Image.Image], best: int, best_png: bytes) -> tuple[list[bytes], bytes]:
+    pngs = [best_png if i == best else image_to_png(cell) for i, cell in enumerate(cells)]
+    return pngs, image_to_png(make_grid(cells, best=best))
 
 
 def _join_negative(scene_negative: str, user_negative: str | None) -> str:

@@ -31,6 +31,11 @@ def tiny_clip_dir(models_dir: Path) -> Path:
     return builders.build_tiny_clip(models_dir / "tiny-clip")
 
 
+@pytest.fixture(scope="session")
+def tiny_blip_dir(models_dir: Path) -> Path:
+    return builders.build_tiny_blip(models_dir / "tiny-blip")
+
+
 @pytest.fixture
 def make_settings(tmp_path: Path, tiny_sd_dir: Path, tiny_clip_dir: Path):
     """Settings pointing at the tiny models, no Gemini key, data in a temporary directory."""

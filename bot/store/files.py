@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -19,7 +20,7 @@ import secrets
 import shutil
 import stat
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -41,6 +42,15 @@ PALETTE_FILE: Final = "palette.png"
 INIT_IMAGE_FILE: Final = "init.png"
 RESULT_MARKER: Final = "result.json"  # written last by complete(): the picture files are whole
 RESULT_FILES: Final = (IMAGE_FILE, PALETTE_FILE, RESULT_MARKER)
+GRID_FILE: Final = "grid.png"  # a job's candidates as one labelled picture (several candidates only)
+
+
+def candidate_file(index: int) -> str:
+    """The file of candidate ``index`` (0-based) of a job with several candidates."""
+    return f"candidate-{int(index) + 1}.png"
+
+
+CANDIDATE_FILES: Final = tuple(candidate_file(i) for i in range(4)) + (GRID_FILE,)
 MUSIC_FILE: Final = "music.ogg"  # a composed piece as Discord plays it (OGG/Opus)
 MUSIC_WAV_FILE: Final = "music.wav"  # the same piece as 16-bit PCM WAV, lossless (the HTTP API's file)
 MUSIC_RESULT_FILES: Final = (MUSIC_FILE, MUSIC_WAV_FILE, RESULT_MARKER)
@@ -118,9 +128,18 @@ def write_files(directory: Path, files: Iterable[tuple[str, bytes]], *, durable:
             fsync_dir(directory.parent)
 
 
-def write_result_files(directory: Path, image_png: bytes, palette_png: bytes, marker: bytes, *, durable: bool) -> None:
-    """The picture and palette first, then :data:`RESULT_MARKER`: its presence means both are whole."""
-    write_files(directory, [(IMAGE_FILE, image_png), (PALETTE_FILE, palette_png)], durable=durable)
+def write_result_files(
+    directory: Path,
+    image_png: bytes,
+    palette_png: bytes,
+    marker: bytes,
+    *,
+    durable: bool,
+    extra: Sequence[tuple[str, bytes]] = (),
+) -> None:
+    """The picture, palette (and ``extra``: candidates, grid) first, then :data:`RESULT_MARKER`:
+    its presence means they are all whole."""
+    write_files(directory, [(IMAGE_FILE, image_png), (PALETTE_FILE, palette_png), *extra], durable=durable)
     write_files(directory, [(RESULT_MARKER, marker)], durable=durable)
 
 
@@ -275,11 +294,22 @@ class JobFiles:
             log.error("job %s: can't save its input files: %s", job_id, exc)
             raise StoreError() from exc
 
-    async def save_result(self, job_id: str, image_png: bytes, palette_png: bytes, marker: bytes) -> None:
+    async def save_result(
+        self,
+        job_id: str,
+        image_png: bytes,
+        palette_png: bytes,
+        marker: bytes,
+        extra: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
         """See :func:`write_result_files`."""
         try:
             await asyncio.to_thread(
-                write_result_files, self.job_dir(job_id), image_png, palette_png, marker, durable=self.durable
+                functools.partial(write_result_files, durable=self.durable, extra=tuple(extra)),
+                self.job_dir(job_id),
+                image_png,
+                palette_png,
+                marker,
             )
         except OSError as exc:
             log.error("job %s: can't save its picture: %s", job_id, exc)

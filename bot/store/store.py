@@ -10,7 +10,7 @@ import secrets
 import sqlite3
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,7 +21,9 @@ from .backup import backup_database
 from .database import Database
 from .errors import JobNotFound, JobStateError
 from .files import (
+    CANDIDATE_FILES,
     DB_NAME,
+    GRID_FILE,
     IMAGE_FILE,
     JOBS_DIR,
     MUSIC_FILE,
@@ -32,6 +34,7 @@ from .files import (
     RESULT_MARKER,
     JobFiles,
     JobInputs,
+    candidate_file,
 )
 from .records import (
     ACTIVE_SQL,
@@ -263,6 +266,24 @@ class JobStore:
     async def read_image(self, job_id: str) -> bytes:
         return await self._read_result_file(job_id, lambda record: record.image_file)
 
+    async def read_candidate(self, job_id: str, index: int) -> bytes:
+        """Candidate ``index`` (0-based) of a finished job with several candidates; its picture
+        for index 0 of a job with one."""
+        record = await self._require(job_id)
+        if record.image_file is None:
+            raise JobNotFound("That picture isn't finished — or it was deleted.")
+        name = candidate_file(index)
+        if index == 0 and not await asyncio.to_thread((self._files.job_dir(job_id) / name).exists):
+            return await self.read_image(job_id)  # a job with one picture
+        return await self._files.read(job_id, name)
+
+    async def read_grid(self, job_id: str) -> bytes | None:
+        """The labelled grid of a finished job's candidates; None when it had one picture."""
+        record = await self._require(job_id)
+        if record.image_file is None or not await asyncio.to_thread((self._files.job_dir(job_id) / GRID_FILE).exists):
+            return None
+        return await self._files.read(job_id, GRID_FILE)
+
     async def read_palette(self, job_id: str) -> bytes:
         return await self._read_result_file(job_id, lambda record: record.palette_file)
 
@@ -323,14 +344,20 @@ class JobStore:
         title: str | None,
         image_png: bytes,
         palette_png: bytes,
+        candidate_pngs: Sequence[bytes] = (),
+        grid_png: bytes | None = None,
     ) -> JobRecord:
-        """→ done. Files first (image, palette, then ``result.json`` as marker), row second."""
+        """→ done. Files first (image, palette, the candidates and their grid, then ``result.json``
+        as marker), row second."""
         json.loads(result_json)  # must be JSON: it is read back by /history and buttons
         record = await self._require(job_id)
         if not record.active:
             raise JobStateError.for_state(record.state)
         marker = json.dumps({"result_json": result_json, "score": score, "title": title}).encode()
-        await self._files.save_result(job_id, image_png, palette_png, marker)
+        extra = [(candidate_file(i), png) for i, png in enumerate(candidate_pngs)]
+        if grid_png is not None:
+            extra.append((GRID_FILE, grid_png))
+        await self._files.save_result(job_id, image_png, palette_png, marker, extra)
         try:
             return await self._finish_row(job_id, result_json, score, title)
         except JobNotFound:  # deleted while rendering: don't leave its files behind
@@ -339,7 +366,7 @@ class JobStore:
         except JobStateError:  # cancelled/failed while rendering: drop the unused picture
             current = await self.get(job_id)
             if current is not None and current.image_file is None:
-                await self._files.unlink(job_id, RESULT_FILES)
+                await self._files.unlink(job_id, (*RESULT_FILES, *CANDIDATE_FILES))
             raise
 
     async def complete_music(

@@ -4,7 +4,7 @@ make its decisions with the same :mod:`~.policy`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -63,6 +63,10 @@ class Executor(Protocol):
     async def render(self, job: Job, request: RenderRequest) -> RenderedImage: ...
 
     async def review(self, job: Job, image: Image.Image, scene: Scene, prompt: str) -> QAReport: ...
+
+    async def review_many(self, job: Job, images: Sequence[Image.Image], scene: Scene, prompt: str) -> list[QAReport]:
+        """The CLIP critic on several candidates of one prompt, as one work item (one batched pass)."""
+        ...
 
     async def compose(self, job: Job, request: MusicRequest) -> Music:
         """Compose music (one work item of kind "music", never batched); progress in decoder

@@ -50,6 +50,7 @@ class Job:
         self.finished = False
         self.listener: Callable[[ProgressEvent], None] | None = None
         self.stage: Stage = "queued"
+        self.candidates = 1  # pictures its first render makes (the studio sets it; progress says so)
 
     # --- for the caller ---
     def position(self) -> int | None:

@@ -35,7 +35,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ExecutorFailure, JobCancelled, OutOfMemory, ShuttingDown, StageTimeout
@@ -230,6 +230,12 @@ class GPUExecutor:
             job, "review", functools.partial(self.engine.clip_critic.review, image, scene, prompt)
         )
         return report
+
+    async def review_many(self, job: Job, images: Sequence[Image.Image], scene: Scene, prompt: str) -> list[QAReport]:
+        reports: list[QAReport] = await self._submit(
+            job, "review", functools.partial(self.engine.clip_critic.review_many, list(images), scene, prompt)
+        )
+        return reports
 
     async def compose(self, job: Job, request: MusicRequest) -> Music:
         """Compose on the GPU thread as one work item of kind "music". It is scheduled like any

@@ -91,8 +91,11 @@ async def test_imagine_end_to_end(start_bot, fake_discord, secret_log):
     assert custom_ids(message) == [
         f"voxcanvas:regen:{job_id}",
         f"voxcanvas:vary:{job_id}",
+        f"voxcanvas:up:{job_id}:1",
+        f"voxcanvas:remix:{job_id}",
         f"voxcanvas:music:{job_id}",
         f"voxcanvas:details:{job_id}",
+        f"voxcanvas:delete:{job_id}",
     ]
     assert "/100" in field(message, "Alignment")
     assert field(message, "Prompt") and field(message, "Palette").count("#") >= 3
@@ -368,17 +371,18 @@ async def test_queue_and_history_commands(start_bot, fake_discord):
     text = history.response_body["data"]["content"]
     assert job_id in text and "/100" in text and f"/{message['id']})" in text
 
-    other = await fake.slash_command("forget", {"job": job_id}, user=fake.other_user)
-    await fake.wait_for_response(other)
-    assert "couldn't find" in other.response_body["data"]["content"]
-    mine = await fake.slash_command("forget", {"job": job_id})
-    await fake.wait_for_response(mine)
-    assert "Deleted" in mine.response_body["data"]["content"]
-    assert await harness.bot.store.get(job_id) is None
+    async def answer(interaction) -> str:
+        await fake.wait_for_response(interaction)
+        assert interaction.ephemeral and interaction.ack_latency < 3.0
+        return (await fake.wait_until(lambda: fake.followups(interaction) or None, 10, "the answer"))[0]["content"]
 
-    click = await fake.click_button(message["id"], f"voxcanvas:regen:{job_id}")
-    await fake.wait_for_response(click)
-    assert click.ephemeral and "no longer" in click.response_body["data"]["content"]
+    other = await fake.slash_command("forget", {"job": job_id}, user=fake.other_user)
+    assert "couldn't find" in await answer(other)
+    assert int(message["id"]) in fake.world.messages
+    mine = await fake.slash_command("forget", {"job": job_id})
+    assert "Deleted" in await answer(mine)
+    assert await harness.bot.store.get(job_id) is None
+    assert int(message["id"]) not in fake.world.messages  # the post went too
 
 
 async def run_bot_process(env: dict, timeout: float = 60) -> tuple[int, str]:

@@ -119,6 +119,53 @@ def build_tiny_clip(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
+#: The tiny BLIP captioner's words (BERT WordPiece vocabulary after the special tokens).
+BLIP_WORDS = (
+    "a the red apple on wooden table fox snow castle hill night lighthouse cliff painting of with "
+    "and in photo bowl blue green sky sea"
+).split()
+
+
+def build_tiny_blip(directory: Path, seed: int = 0) -> Path:
+    """A tiny BLIP image-captioning model + processor (32 px images, a 30-word BERT vocabulary)."""
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *BLIP_WORDS]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer(str(directory / "vocab.txt"))
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer)
+    torch.manual_seed(seed)
+    config = BlipConfig(
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            encoder_hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+            bos_token_id=5,
+            pad_token_id=0,
+            sep_token_id=3,
+            eos_token_id=3,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            image_size=32,
+            patch_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=37,
+        ),
+        projection_dim=32,
+    )
+    BlipForConditionalGeneration(config).eval().save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
 #: stable-diffusion-v1-5's noise schedule (the product switches the scheduler class to Euler).
 SD15_SCHEDULER = dict(
     beta_start=0.00085,

@@ -6,7 +6,9 @@ Point the SDK at it with ``GOOGLE_GEMINI_BASE_URL`` (``fake.url``) and any API k
 ``GOOGLE_GENAI_API_VERSION=beta``) and records every request, decoded.
 
 Scripting — one queue of answers per purpose, ``"director"`` and ``"critic"`` (a request is a
-critic request when it carries an image part or asks for the ``QAReport`` schema)::
+critic request when it carries an image part or asks for the ``QAReport`` schema). A critic request
+for several candidates (the ``CandidateReviews`` schema, one image part each) is answered with
+``{"reviews": [...]}``: script that shape, or a single report (then every picture gets it)::
 
     fake.script("director", Status(429), Status(503), {"title": ...})   # two errors, then JSON
     fake.script("critic", Delay(2.0))        # answer late (the default answer, after 2 s)
@@ -171,7 +173,7 @@ def _default_report() -> dict:
 class FakeGemini:
     """The fake server. ``async with FakeGemini() as fake:`` starts it on an ephemeral port."""
 
-    PURPOSES = ("director", "critic")
+    PURPOSES = ("director", "critic", "describe")
 
     def __init__(self) -> None:
         self.requests: list[RecordedRequest] = []
@@ -179,6 +181,12 @@ class FakeGemini:
         self.permanent: dict[str, Any] = {}
         self.default_scene: dict = _default_scene()
         self.default_report: dict = _default_report()
+        self.default_description: dict = {
+            "prompts": [
+                "a red apple on a wooden table, still life, oil painting, soft window light",
+                "close-up of a glossy red apple, rustic wooden table, warm light, shallow depth of field",
+            ]
+        }
         self.url: str = ""
         self._runner: web.AppRunner | None = None
 
@@ -264,28 +272,52 @@ class FakeGemini:
             entry = self.queues[purpose].popleft()
         else:
             entry = self.permanent.get(purpose)
-        return await self._answer(entry, purpose)
+        return await self._answer(entry, purpose, reviews=self._reviews_wanted(body))
+
+    @staticmethod
+    def _reviews_wanted(body: dict) -> int | None:
+        """The number of pictures of a several-candidates critic request (``CandidateReviews``
+        schema), else None."""
+        cfg = body.get("generationConfig") or {}
+        schema = cfg.get("responseSchema") or cfg.get("responseJsonSchema") or {}
+        if schema.get("title") != "CandidateReviews":
+            return None
+        return sum(
+            1
+            for content in body.get("contents", [])
+            for part in content.get("parts", [])
+            if "inlineData" in part or "inline_data" in part
+        )
 
     @staticmethod
     def _purpose(body: dict) -> str:
         cfg = body.get("generationConfig") or {}
         schema = cfg.get("responseSchema") or cfg.get("responseJsonSchema") or {}
-        if schema.get("title") == "QAReport":
+        if schema.get("title") in ("QAReport", "CandidateReviews"):
             return "critic"
         if schema.get("title") == "Scene":
             return "director"
+        if schema.get("title") == "ImageDescription":
+            return "describe"
         for content in body.get("contents", []):
             for part in content.get("parts", []):
                 if "inlineData" in part or "inline_data" in part:
                     return "critic"
         return "director"
 
-    async def _answer(self, entry: Any, purpose: str) -> web.Response:
+    async def _answer(self, entry: Any, purpose: str, *, reviews: int | None = None) -> web.Response:
         if isinstance(entry, Delay):
             await asyncio.sleep(entry.seconds)
             entry = entry.then
         if entry is None:
-            entry = self.default_scene if purpose == "director" else self.default_report
+            defaults = {"director": self.default_scene, "critic": self.default_report}
+            entry = defaults.get(purpose, self.default_description)
+        if reviews is not None:
+            if hasattr(entry, "model_dump"):
+                entry = entry.model_dump()
+            if isinstance(entry, dict) and "reviews" not in entry:
+                # A single report scripted for a several-candidates request: every picture gets it.
+                entry = {"reviews": [entry] * reviews}
         if isinstance(entry, Status):
             name = _STATUS_NAMES.get(entry.code, "UNKNOWN")
             return _json(

@@ -290,7 +290,7 @@ async def test_cli_bad_input_one_line_error(cli_env, tmp_path):
 RESULT_KEYS = {
     "job_id", "kind", "parent_job_id", "idea", "transcript", "language", "translated", "audio_seconds", "style",
     "scene", "palette", "palette_source", "tags", "rounds", "best_round", "threshold", "director",
-    "director_fallback", "critic", "critic_fallback", "timings", "total_s",
+    "director_fallback", "critic", "critic_fallback", "timings", "total_s", "candidates", "best_candidate",
 }  # fmt: skip
 
 

@@ -128,6 +128,7 @@ class Interactions:
         locale: str,
         app_permissions: int | None,
         message: Mapping[str, Any] | None = None,
+        member_permissions: int | None = None,
     ) -> FakeInteraction:
         world = self._world
         iid = world.ids.next()
@@ -155,7 +156,8 @@ class Interactions:
             payload["guild_id"] = str(guild.id)
             payload["guild"] = {"id": str(guild.id), "locale": guild.preferred_locale, "features": []}
             payload["guild_locale"] = guild.preferred_locale
-            payload["member"] = {**world.member_payload(guild.id, user_id), "permissions": str(DEFAULT_PERMISSIONS)}
+            member_perms = DEFAULT_PERMISSIONS if member_permissions is None else member_permissions
+            payload["member"] = {**world.member_payload(guild.id, user_id), "permissions": str(member_perms)}
             payload["authorizing_integration_owners"] = {"0": str(guild.id)}
             payload["context"] = 0
         else:
@@ -236,10 +238,12 @@ class Interactions:
         values: Sequence[str] | None = None,
         locale: str = "en-US",
         app_permissions: int | None = None,
+        member_permissions: int | None = None,
     ) -> FakeInteraction:
         """A user clicks the component ``custom_id`` on a stored message (a message id, payload or
         any object with ``.id`` such as a discord.py Message): INTERACTION_CREATE type 3.
-        For select menus pass ``values``."""
+        For select menus pass ``values``; ``member_permissions`` (a bit field, e.g. with
+        MANAGE_MESSAGES ``1 << 13``) replaces the member's default permissions in the channel."""
         if isinstance(message, Mapping):
             mid = int(message["id"])
         elif isinstance(message, (int, str)):
@@ -272,6 +276,7 @@ class Interactions:
             locale=locale,
             app_permissions=app_permissions,
             message=msg,
+            member_permissions=member_permissions,
         )
         inter.custom_id = custom_id
         inter.message_id = mid
