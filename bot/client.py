@@ -30,6 +30,7 @@ from pipeline.settings import Settings
 from pipeline.studio import Studio
 
 from .api_jobs import ApiJobs
+from .ops import RestErrors
 from .recovery import Recovery
 from .runner import JobRunner
 from .store import JobStore
@@ -90,6 +91,8 @@ class VoxCanvasBot(commands.Bot):
         services: Sequence[Service] = (),
         **client_options: Any,
     ) -> None:
+        rest_errors = RestErrors()  # Discord REST errors for /metrics, counted on discord.py's own session
+        client_options.setdefault("http_trace", rest_errors.trace_config())
         super().__init__(
             **client_options,
             command_prefix=commands.when_mentioned,
@@ -99,6 +102,7 @@ class VoxCanvasBot(commands.Bot):
             max_messages=None,
         )
         self.settings = settings
+        self.rest_errors = rest_errors
         self.executor = executor or GPUExecutor(settings)
         self._store = store
         self._gemini_client = gemini_client

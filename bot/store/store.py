@@ -306,6 +306,30 @@ class JobStore:
         return int(found[0][0])
 
     # --- state transitions ---------------------------------------------------------------------
+    async def job_counts(self) -> list[tuple[str, str, int]]:
+        """``(kind, state, count)`` of every stored job (for ``/metrics``)."""
+        rows = await self._db.read("SELECT kind, state, COUNT(*) FROM jobs GROUP BY kind, state")
+        return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+    async def fallback_counts(self) -> list[tuple[str, str, int]]:
+        """``(role, reason, count)``: stored results whose director or critic fell back (Gemini → local)."""
+        rows = await self._db.read(
+            "SELECT 'director', json_extract(result_json, '$.director_fallback') AS r, COUNT(*) FROM jobs "
+            "WHERE r IS NOT NULL GROUP BY r "
+            "UNION ALL SELECT 'critic', json_extract(result_json, '$.critic_fallback') AS r, COUNT(*) FROM jobs "
+            "WHERE r IS NOT NULL GROUP BY r"
+        )
+        return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+    async def check_writable(self) -> None:
+        """Write to the database (its header's schema version, rewritten as it is) in a transaction:
+        raises :class:`StoreError` if the file, its journal or its lock cannot be written."""
+
+        async def body(conn: aiosqlite.Connection) -> None:
+            await conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION}")
+
+        await self._db.write(body)
+
     async def mark_running(self, job_id: str) -> JobRecord:
         """queued/running → running; ``attempts`` + 1 (a re-run after a crash counts again)."""
         return await self._update(job_id, "state = 'running', attempts = attempts + 1", ())
