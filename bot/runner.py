@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import discord
 from PIL import Image
 
+from pipeline import moderation
 from pipeline.errors import BadRequest, ModelUnavailable, VoxCanvasError
 from pipeline.executor import Executor, Job, ProgressEvent
 from pipeline.images import check_image_bytes, inspect_init_image
@@ -35,6 +36,7 @@ from pipeline.music import wav_to_ogg_opus
 from pipeline.studio import Idea, MusicOutput, MusicResult, Output, Result, Studio, new_job_id
 
 from . import render
+from .guilds import GuildConfig, Guilds
 from .progress import ProgressReporter
 from .store import JobKind, JobNotFound, JobRecord, JobStateError, JobStore, StoreError
 from .store.records import EndState
@@ -143,6 +145,7 @@ class JobRunner:
         self.studio = studio
         self.tasks: set[asyncio.Task[None]] = set()
         self.api: ApiJobs | None = None
+        self.guilds = Guilds(store, daily_quota=studio.settings.DAILY_QUOTA)  # server settings, quotas
 
     @property
     def client(self) -> discord.Client:
@@ -273,6 +276,15 @@ class JobRunner:
             await refuse(exc)
             return None
         try:
+            voice = origin.interaction is None and origin.source_message_id is not None
+            await self.guilds.admit(
+                user_id=origin.user_id, guild_id=origin.guild_id, channel_id=origin.channel_id, voice=voice
+            )
+        except VoxCanvasError as exc:
+            job.finish("failed")
+            await refuse(exc)
+            return None
+        try:
             acknowledged = await acknowledge(job)
             if acknowledged is None:
                 job.finish("failed")
@@ -331,7 +343,17 @@ class JobRunner:
     def spawn(self, admitted: AdmittedJob) -> None:
         """Run the job in the background (tracked, so shutdown can drain it)."""
         run = self.api.run(admitted) if self.api is not None and self.api.owns(admitted) else self._run(admitted)
-        self.track(asyncio.create_task(run, name=f"job-{admitted.job.id}"))
+        self.track(asyncio.create_task(self._moderated(admitted, run), name=f"job-{admitted.job.id}"))
+
+    async def _moderated(self, admitted: AdmittedJob, run: Awaitable[None]) -> None:
+        """Run the job under its server's blocklist (the default list plus the server's entries)."""
+        try:
+            config = await self.guilds.get(admitted.record.guild_id)
+        except Exception:
+            log.warning("job %s: server settings unreadable; the default blocklist applies", admitted.job.id)
+            config = GuildConfig()
+        with moderation.job_rules(config.blocklist):
+            await run
 
     def track(self, task: asyncio.Task[None]) -> None:
         """Keep ``task`` (named after its job) until it ends; its exception, if any, is retrieved
