@@ -39,7 +39,7 @@ from .views import DYNAMIC_ITEMS
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine", "cogs.voice", "cogs.compose")
+EXTENSIONS = ("cogs.imagine", "cogs.voice", "cogs.compose", "cogs.settings")
 SHUTDOWN_GRACE_S = 30.0
 
 
@@ -227,6 +227,8 @@ class VoxCanvasBot(commands.Bot):
             text = f"🚫 {original}"
         elif isinstance(error, app_commands.TransformerError):
             text = f"🚫 I couldn't read the option `{error.value}` — please check it and try again."
+        elif isinstance(error, app_commands.MissingPermissions):
+            text = "🚫 Only members with the Manage Server permission can do that."
         elif isinstance(error, app_commands.CheckFailure):
             text = "🚫 You can't use that command here."
         else:

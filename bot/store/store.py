@@ -399,6 +399,18 @@ class JobStore:
 
         return await self._write(body)
 
+    async def guild_stats(self, guild_id: int, since: float) -> tuple[int, int, float | None, int]:
+        """Since ``since`` (epoch s) in a server: ``(jobs, done, average score, corrected)``; a job was
+        corrected when its picture took more than one round."""
+        rows = await self._db.read(
+            "SELECT COUNT(*), SUM(state = 'done'), AVG(CASE WHEN state = 'done' THEN score END), "
+            "SUM(state = 'done' AND COALESCE(json_array_length(result_json, '$.rounds'), 0) > 1) "
+            "FROM jobs WHERE guild_id = ? AND created_at >= ?",
+            (guild_id, since),
+        )
+        jobs, done, average, corrected = rows[0]
+        return int(jobs or 0), int(done or 0), float(average) if average is not None else None, int(corrected or 0)
+
     async def usage_today(self, day: str, *, guild_id: int | None = None) -> int:
         """Jobs admitted on ``day`` (in one server, or everywhere)."""
         sql = "SELECT COALESCE(SUM(jobs), 0) FROM usage WHERE day = ?"

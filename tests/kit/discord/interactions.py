@@ -155,7 +155,10 @@ class Interactions:
             payload["guild_id"] = str(guild.id)
             payload["guild"] = {"id": str(guild.id), "locale": guild.preferred_locale, "features": []}
             payload["guild_locale"] = guild.preferred_locale
-            payload["member"] = {**world.member_payload(guild.id, user_id), "permissions": str(DEFAULT_PERMISSIONS)}
+            payload["member"] = {
+                **world.member_payload(guild.id, user_id),
+                "permissions": str(world.member_permissions(guild.id, user_id)),
+            }
             payload["authorizing_integration_owners"] = {"0": str(guild.id)}
             payload["context"] = 0
         else:
