@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 from collections.abc import Awaitable, Callable
@@ -352,8 +353,27 @@ class JobRunner:
         except Exception:
             log.warning("job %s: server settings unreadable; the default blocklist applies", admitted.job.id)
             config = GuildConfig()
-        with moderation.job_rules(config.blocklist):
+        with moderation.job_rules(config.blocklist, functools.partial(self._log_refusal, admitted, config)):
             await run
+
+    def _log_refusal(self, admitted: AdmittedJob, config: GuildConfig, refusal: moderation.PromptBlocked) -> None:
+        """Tell the server's moderation log channel (who, which rule, the job id; never the words)."""
+        record = admitted.record
+        if config.modlog_channel is None or self._client is None:
+            return
+        text = (
+            f"🛡️ Refused job `{record.id}` from <@{record.user_id}> in <#{record.channel_id}>: the "
+            f"{refusal.where} broke the rule “{refusal.rule}”."
+        )
+        self.track(asyncio.create_task(self._post_modlog(config.modlog_channel, text), name=f"modlog-{record.id}"))
+
+    async def _post_modlog(self, channel_id: int, text: str) -> None:
+        try:
+            channel = self.client.get_channel(channel_id) or await self.client.fetch_channel(channel_id)
+            if isinstance(channel, discord.abc.Messageable):
+                await channel.send(text, allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException:
+            log.warning("could not post to the moderation log channel %d", channel_id, exc_info=True)
 
     def track(self, task: asyncio.Task[None]) -> None:
         """Keep ``task`` (named after its job) until it ends; its exception, if any, is retrieved

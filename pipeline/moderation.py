@@ -21,7 +21,7 @@ import contextvars
 import functools
 import logging
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Final
@@ -143,18 +143,23 @@ class Blocklist:
         return None
 
 
-_job_blocklist: contextvars.ContextVar[Blocklist | None] = contextvars.ContextVar("job_blocklist", default=None)
+OnRefusal = Callable[[PromptBlocked], None]
+_job_blocklist: contextvars.ContextVar[tuple[Blocklist, OnRefusal | None] | None] = contextvars.ContextVar(
+    "job_blocklist", default=None
+)
 
 
 def active() -> Blocklist:
     """The blocklist for the current job: its server's (see :func:`job_rules`) or the default."""
-    return _job_blocklist.get() or Blocklist.default()
+    current = _job_blocklist.get()
+    return current[0] if current is not None else Blocklist.default()
 
 
 @contextlib.contextmanager
-def job_rules(entries: Sequence[str]) -> Iterator[Blocklist]:
-    """Within this block (and the tasks it starts), :func:`screen` uses the default list plus ``entries``.
-    An entry that can't be compiled is skipped (it was validated when the admin added it)."""
+def job_rules(entries: Sequence[str], on_refusal: OnRefusal | None = None) -> Iterator[Blocklist]:
+    """Within this block (and the tasks it starts), :func:`screen` uses the default list plus ``entries``
+    and tells ``on_refusal`` (the moderation log) before it raises. An entry that can't be compiled
+    is skipped (it was validated when the admin added it)."""
     rules = []
     for i, entry in enumerate(entries[:MAX_GUILD_RULES], 1):
         try:
@@ -162,7 +167,7 @@ def job_rules(entries: Sequence[str]) -> Iterator[Blocklist]:
         except BadRule:
             log.warning("moderation: server rule #%d is invalid; skipped", i)
     blocklist = Blocklist([*Blocklist.default().rules, *rules])
-    token = _job_blocklist.set(blocklist)
+    token = _job_blocklist.set((blocklist, on_refusal))
     try:
         yield blocklist
     finally:
@@ -176,4 +181,11 @@ def screen(text: str | None, where: str) -> None:
     rule = active().find(text)
     if rule is not None:
         log.info("moderation: %s refused by %s", where, rule.label)
-        raise PromptBlocked(rule.label, where)
+        refusal = PromptBlocked(rule.label, where)
+        current = _job_blocklist.get()
+        if current is not None and current[1] is not None:
+            try:
+                current[1](refusal)
+            except Exception:
+                log.exception("moderation: the refusal could not be logged")
+        raise refusal

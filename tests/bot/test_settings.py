@@ -59,8 +59,16 @@ async def test_admin_settings_apply_to_jobs(start_bot, fake_discord):
     assert "Saved" in await answer(fake, saved)
     bad = await settings(fake, "blocklist", {"action": "add", "entry": "re:(unclosed"})
     assert "doesn't compile" in await answer(fake, bad)
+    modlog = await fake.add_channel(fake.guild.id, "mod-log")
+    await answer(fake, await settings(fake, "modlog", {"channel": modlog}))
     message = await wait_result(fake, await imagine(fake, {"prompt": "two clowns on a unicycle"}))
     assert "server rule #1" in message["content"] and "clown" not in message["content"].lower()
+    # The moderation log channel is told: who, which rule, the job id — not the words.
+    logged = await fake.wait_until(
+        lambda: next(iter(fake.find_messages(channel_id=modlog.id, from_bot=True)), None), 10, "the modlog entry"
+    )
+    assert f"<@{fake.user.id}>" in logged["content"] and "server rule #1" in logged["content"]
+    assert "clown" not in logged["content"].lower() and "Refused job `" in logged["content"]
 
     # Channels: only #art — /imagine elsewhere is refused privately.
     art = await fake.add_channel(fake.guild.id, "art")
