@@ -39,7 +39,7 @@ from .views import DYNAMIC_ITEMS
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine", "cogs.voice", "cogs.compose", "cogs.settings")
+EXTENSIONS = ("cogs.imagine", "cogs.voice", "cogs.compose", "cogs.settings", "cogs.preferences")
 SHUTDOWN_GRACE_S = 30.0
 
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from dataclasses import replace
 from typing import Final, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
 from pipeline.errors import BadRequest, TooManyJobs
 from pipeline.moderation import MAX_GUILD_RULES
+from pipeline.studio import Idea
 
 from .store import JobStore
 
@@ -42,6 +44,29 @@ class GuildConfig(BaseModel):
     modlog_channel: int | None = None
 
     model_config = {"extra": "ignore"}
+
+
+class Preferences(BaseModel):
+    """A user's personal defaults (/preferences); ``None``: not set."""
+
+    style: str | None = None
+    aspect: str | None = None
+    candidates: int | None = Field(None, ge=1, le=4)
+    private: bool = False
+    language: str | None = Field(None, max_length=10)
+
+    model_config = {"extra": "ignore"}
+
+
+def with_defaults(idea: Idea, config: GuildConfig, prefs: Preferences) -> Idea:
+    """``idea`` with what the user left empty filled in: their preferences first, then the server's
+    defaults (style, model). Options the user gave stay as they are."""
+    return replace(
+        idea,
+        style=idea.style or prefs.style or config.style,
+        aspect=idea.aspect or prefs.aspect,
+        model=idea.model or config.model,
+    )
 
 
 class QuotaExceeded(TooManyJobs):
@@ -94,6 +119,27 @@ class Guilds:
         self.store = store
         self.daily_quota = daily_quota
         self._cache: dict[int, GuildConfig] = {}
+        self._prefs: dict[int, Preferences] = {}
+
+    async def preferences(self, user_id: int) -> Preferences:
+        cached = self._prefs.get(user_id)
+        if cached is not None:
+            return cached
+        raw = await self.store.preferences(user_id)
+        prefs = Preferences()
+        if raw is not None:
+            try:
+                prefs = Preferences.model_validate_json(raw)
+            except ValidationError:
+                log.warning("user %d: stored preferences are invalid; using none", user_id)
+        self._prefs[user_id] = prefs
+        return prefs
+
+    async def set_preferences(self, user_id: int, prefs: Preferences) -> Preferences:
+        prefs = Preferences.model_validate(prefs.model_dump())
+        await self.store.set_preferences(user_id, prefs.model_dump_json())
+        self._prefs[user_id] = prefs
+        return prefs
 
     async def get(self, guild_id: int | None) -> GuildConfig:
         if guild_id is None:
@@ -147,9 +193,11 @@ __all__ = [
     "GuildConfig",
     "Guilds",
     "NsfwPolicy",
+    "Preferences",
     "QuotaExceeded",
     "VoiceNotesOff",
     "next_reset",
     "quota_message",
     "utc_day",
+    "with_defaults",
 ]

@@ -37,7 +37,7 @@ from pipeline.music import wav_to_ogg_opus
 from pipeline.studio import Idea, MusicOutput, MusicResult, Output, Result, Studio, new_job_id
 
 from . import render
-from .guilds import GuildConfig, Guilds
+from .guilds import GuildConfig, Guilds, with_defaults
 from .progress import ProgressReporter
 from .store import JobKind, JobNotFound, JobRecord, JobStateError, JobStore, StoreError
 from .store.records import EndState
@@ -290,6 +290,12 @@ class JobRunner:
             if acknowledged is None:
                 job.finish("failed")
                 return None
+            if acknowledged.request.kind in ("text", "voice"):  # personal and server defaults
+                request = acknowledged.request
+                idea = with_defaults(
+                    request.idea, await self.guilds.get(origin.guild_id), await self.guilds.preferences(origin.user_id)
+                )
+                acknowledged = replace(acknowledged, request=replace(request, idea=idea))
             record = await self._store_new(job, origin, acknowledged)
         except BaseException:
             job.finish("failed")
