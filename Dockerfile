@@ -37,8 +37,9 @@ VOLUME ["/data", "/cache/huggingface"]
 # API_HOST=0.0.0.0, which needs API_KEYS (an open API is served on loopback only).
 EXPOSE 8080
 
-# Healthy while the process runs and its job store answers.
+# Healthy while GET /healthz answers 200: the Discord gateway connected and heartbeating, the model
+# thread alive, the store writable (bot/healthcheck.py; with API_PORT empty only the store is seen).
 HEALTHCHECK --interval=60s --timeout=10s --start-period=300s --retries=3 \
-  CMD python -c "import sqlite3,os; sqlite3.connect(os.path.join(os.environ['DATA_DIR'],'voxcanvas.db'), timeout=5).execute('select 1')" || exit 1
+  CMD python -m bot.healthcheck || exit 1
 
 CMD ["python", "-m", "bot"]

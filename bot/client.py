@@ -30,6 +30,7 @@ from pipeline.settings import Settings
 from pipeline.studio import Studio
 
 from .api_jobs import ApiJobs
+from .ops import RestErrors
 from .recovery import Recovery
 from .runner import JobRunner
 from .store import JobStore
@@ -38,7 +39,14 @@ from .views import DYNAMIC_ITEMS
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine", "cogs.voice", "cogs.compose", "cogs.describe")
+EXTENSIONS = (
+    "cogs.imagine",
+    "cogs.voice",
+    "cogs.compose",
+    "cogs.describe",
+    "cogs.settings",
+    "cogs.preferences",
+)
 SHUTDOWN_GRACE_S = 30.0
 
 
@@ -90,6 +98,8 @@ class VoxCanvasBot(commands.Bot):
         services: Sequence[Service] = (),
         **client_options: Any,
     ) -> None:
+        rest_errors = RestErrors()  # Discord REST errors for /metrics, counted on discord.py's own session
+        client_options.setdefault("http_trace", rest_errors.trace_config())
         super().__init__(
             **client_options,
             command_prefix=commands.when_mentioned,
@@ -99,6 +109,7 @@ class VoxCanvasBot(commands.Bot):
             max_messages=None,
         )
         self.settings = settings
+        self.rest_errors = rest_errors
         self.executor = executor or GPUExecutor(settings)
         self._store = store
         self._gemini_client = gemini_client
@@ -223,6 +234,8 @@ class VoxCanvasBot(commands.Bot):
             text = f"🚫 {original}"
         elif isinstance(error, app_commands.TransformerError):
             text = f"🚫 I couldn't read the option `{error.value}` — please check it and try again."
+        elif isinstance(error, app_commands.MissingPermissions):
+            text = "🚫 Only members with the Manage Server permission can do that."
         elif isinstance(error, app_commands.CheckFailure):
             text = "🚫 You can't use that command here."
         else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import discord
 from PIL import Image
 
+from pipeline import moderation
 from pipeline.errors import BadRequest, JobCancelled, ModelUnavailable, VoxCanvasError
 from pipeline.executor import Executor, Job, ProgressEvent
 from pipeline.images import check_image_bytes, inspect_init_image
@@ -36,6 +38,7 @@ from pipeline.studio import Idea, MusicOutput, MusicResult, Output, Result, Stud
 from pipeline.styles import check_style
 
 from . import render
+from .guilds import GuildConfig, Guilds, with_defaults
 from .progress import ProgressReporter
 from .store import JobKind, JobNotFound, JobRecord, JobStateError, JobStore, StoreError
 from .store.records import EndState
@@ -153,6 +156,7 @@ class JobRunner:
         self.studio = studio
         self.tasks: set[asyncio.Task[None]] = set()
         self.api: ApiJobs | None = None
+        self.guilds = Guilds(store, daily_quota=studio.settings.DAILY_QUOTA)  # server settings, quotas
 
     @property
     def client(self) -> discord.Client:
@@ -412,10 +416,25 @@ class JobRunner:
             await refuse(exc)
             return None
         try:
+            voice = origin.interaction is None and origin.source_message_id is not None
+            await self.guilds.admit(
+                user_id=origin.user_id, guild_id=origin.guild_id, channel_id=origin.channel_id, voice=voice
+            )
+        except VoxCanvasError as exc:
+            job.finish("failed")
+            await refuse(exc)
+            return None
+        try:
             acknowledged = await acknowledge(job)
             if acknowledged is None:
                 job.finish("failed")
                 return None
+            if acknowledged.request.kind in ("text", "voice"):  # personal and server defaults
+                request = acknowledged.request
+                idea = with_defaults(
+                    request.idea, await self.guilds.get(origin.guild_id), await self.guilds.preferences(origin.user_id)
+                )
+                acknowledged = replace(acknowledged, request=replace(request, idea=idea))
             record = await self._store_new(job, origin, acknowledged)
         except BaseException:
             job.finish("failed")
@@ -470,7 +489,36 @@ class JobRunner:
     def spawn(self, admitted: AdmittedJob) -> None:
         """Run the job in the background (tracked, so shutdown can drain it)."""
         run = self.api.run(admitted) if self.api is not None and self.api.owns(admitted) else self._run(admitted)
-        self.track(asyncio.create_task(run, name=f"job-{admitted.job.id}"))
+        self.track(asyncio.create_task(self._moderated(admitted, run), name=f"job-{admitted.job.id}"))
+
+    async def _moderated(self, admitted: AdmittedJob, run: Awaitable[None]) -> None:
+        """Run the job under its server's blocklist (the default list plus the server's entries)."""
+        try:
+            config = await self.guilds.get(admitted.record.guild_id)
+        except Exception:
+            log.warning("job %s: server settings unreadable; the default blocklist applies", admitted.job.id)
+            config = GuildConfig()
+        with moderation.job_rules(config.blocklist, functools.partial(self._log_refusal, admitted, config)):
+            await run
+
+    def _log_refusal(self, admitted: AdmittedJob, config: GuildConfig, refusal: moderation.PromptBlocked) -> None:
+        """Tell the server's moderation log channel (who, which rule, the job id; never the words)."""
+        record = admitted.record
+        if config.modlog_channel is None or self._client is None:
+            return
+        text = (
+            f"🛡️ Refused job `{record.id}` from <@{record.user_id}> in <#{record.channel_id}>: the "
+            f"{refusal.where} broke the rule “{refusal.rule}”."
+        )
+        self.track(asyncio.create_task(self._post_modlog(config.modlog_channel, text), name=f"modlog-{record.id}"))
+
+    async def _post_modlog(self, channel_id: int, text: str) -> None:
+        try:
+            channel = self.client.get_channel(channel_id) or await self.client.fetch_channel(channel_id)
+            if isinstance(channel, discord.abc.Messageable):
+                await channel.send(text, allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException:
+            log.warning("could not post to the moderation log channel %d", channel_id, exc_info=True)
 
     def track(self, task: asyncio.Task[None]) -> None:
         """Keep ``task`` (named after its job) until it ends; its exception, if any, is retrieved

@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     MAX_AUDIO_SECONDS: float = Field(120, gt=0)
     MAX_AUDIO_BYTES: int = Field(limits.MAX_AUDIO_BYTES, gt=0)
     MAX_JOBS_PER_USER: int = Field(2, ge=1)
+    DAILY_QUOTA: int = Field(0, ge=0)  # jobs per user per UTC day, all servers and the API together; 0: no limit
     MAX_QUEUE: int = Field(100, ge=1)
     DYNAMIC_BATCHING: bool = True
     MAX_BATCH: int = Field(4, ge=1, le=16)

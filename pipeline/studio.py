@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from . import families, limits
+from . import families, limits, moderation
 from .audio import SAMPLE_RATE, decode_audio
 from .critic import GeminiCritic, QAReport, build_correction_prompt
 from .describe import Captioner, Described, GeminiDescriber
@@ -331,12 +331,14 @@ class Studio:
             text = (idea.text or "").strip()
         if not text.strip():
             raise BadRequest("There's nothing to draw yet — describe your idea in a few words.")
+        moderation.screen(text, "spoken idea" if transcript is not None else "typed idea")
 
         self._stage(job, "direct")
         t0 = time.perf_counter()
         family = self.executor.family(idea.model)  # the model's profile when it is loaded
         scene, director, director_fallback = await self._direct(text, idea.style, language or "en", family)
         timings["direct"] = time.perf_counter() - t0
+        moderation.screen(scene.diffusion_prompt, "director's prompt")
 
         # Left empty, steps, guidance and size are the model's: its MODELS options, else the
         # STEPS/GUIDANCE/WIDTH/HEIGHT settings, else its family's (pipeline.registry, .families).
@@ -569,6 +571,7 @@ class Studio:
         timings["transcribe"] = time.perf_counter() - t0
         if not heard.text.strip():
             raise BadRequest("There's nothing to go on yet — say your idea in a few words.")
+        moderation.screen(heard.text, "spoken idea")
         info = {
             "transcript": heard.text,
             "language": heard.language,
@@ -716,6 +719,9 @@ class Studio:
             images.append(rendered)
             corrections_done = len(rounds) - 1
             if report.alignment_score >= self.settings.QA_THRESHOLD or corrections_done >= max_corrections:
+                break
+            if report.correction_prompt and moderation.active().find(report.correction_prompt) is not None:
+                log.info("moderation: the critic's correction prompt broke a rule; no correction round")
                 break
             # Below the threshold: the critic's correction, more guidance and steps as the model's
             # family takes them (a Turbo model at guidance 0 gets one more step, no guidance), a new seed.

@@ -34,6 +34,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bot.api_jobs import ApiJobs, api_user_id
+from bot.ops import CONTENT_TYPE as OPS_CONTENT_TYPE
+from bot.ops import Ops
 from bot.runner import JobRequest
 from bot.store import JobRecord, StoreError
 from pipeline import limits
@@ -378,6 +380,21 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
             "max_audio_seconds": settings.MAX_AUDIO_SECONDS,
             "max_idea_chars": limits.MAX_IDEA_CHARS,
         }
+
+    # --- operators: Prometheus metrics and the health check (bot.ops) --------------------------
+    ops = app.state.ops = Ops(api.runner)
+
+    @app.get("/metrics", response_class=Response, tags=["operators"])
+    async def metrics() -> Response:
+        """Prometheus text format: jobs, stage latencies, queue depth, batch sizes, GPU memory,
+        Gemini fallbacks, Discord REST errors."""
+        return Response(await ops.metrics(), media_type=OPS_CONTENT_TYPE)
+
+    @app.get("/healthz", tags=["operators"], responses={503: {"description": "A check failed"}})
+    async def healthz() -> JSONResponse:
+        """200 when the gateway (if Discord runs), the model thread and the store are healthy; else 503."""
+        health = await ops.health()
+        return JSONResponse(health.as_dict(), status_code=200 if health.ok else 503)
 
     # --- the pipeline orchestrator's endpoint --------------------------------------------------
     @app.post(

@@ -156,6 +156,41 @@ MIGRATIONS += (
         ),
     ),
 )
+MIGRATIONS += (
+    Migration(
+        4,
+        "servers and members: per-server settings, personal preferences, daily usage (quotas)",
+        (
+            """
+            CREATE TABLE guild_settings (
+                guild_id      INTEGER PRIMARY KEY,
+                settings_json TEXT NOT NULL,
+                updated_by    INTEGER,
+                updated_at    REAL NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE user_preferences (
+                user_id    INTEGER PRIMARY KEY,
+                prefs_json TEXT NOT NULL,
+                updated_at REAL NOT NULL
+            )
+            """,
+            # Jobs admitted per UTC day, user and server (0: DMs and the API). Counted at admission,
+            # so deleting a job gives nothing back; old days are swept.
+            """
+            CREATE TABLE usage (
+                day      TEXT NOT NULL,
+                user_id  INTEGER NOT NULL,
+                guild_id INTEGER NOT NULL DEFAULT 0,
+                jobs     INTEGER NOT NULL DEFAULT 0,
+                last_at  REAL NOT NULL,
+                PRIMARY KEY (day, user_id, guild_id)
+            ) WITHOUT ROWID
+            """,
+        ),
+    ),
+)
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
 

@@ -328,6 +328,121 @@ class JobStore:
         return int(found[0][0])
 
     # --- state transitions ---------------------------------------------------------------------
+    async def job_counts(self) -> list[tuple[str, str, int]]:
+        """``(kind, state, count)`` of every stored job (for ``/metrics``)."""
+        rows = await self._db.read("SELECT kind, state, COUNT(*) FROM jobs GROUP BY kind, state")
+        return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+    async def fallback_counts(self) -> list[tuple[str, str, int]]:
+        """``(role, reason, count)``: stored results whose director or critic fell back (Gemini → local)."""
+        rows = await self._db.read(
+            "SELECT 'director', json_extract(result_json, '$.director_fallback') AS r, COUNT(*) FROM jobs "
+            "WHERE r IS NOT NULL GROUP BY r "
+            "UNION ALL SELECT 'critic', json_extract(result_json, '$.critic_fallback') AS r, COUNT(*) FROM jobs "
+            "WHERE r IS NOT NULL GROUP BY r"
+        )
+        return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+    async def check_writable(self) -> None:
+        """Write to the database (its header's schema version, rewritten as it is) in a transaction:
+        raises :class:`StoreError` if the file, its journal or its lock cannot be written."""
+
+        async def body(conn: aiosqlite.Connection) -> None:
+            await conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION}")
+
+        await self._db.write(body)
+
+    # --- servers, members and usage (quotas) ---------------------------------------------------
+    async def guild_settings(self, guild_id: int) -> str | None:
+        """A server's settings (JSON, see :mod:`bot.guilds`), or ``None`` if never set."""
+        rows = await self._db.read("SELECT settings_json FROM guild_settings WHERE guild_id = ?", (guild_id,))
+        return str(rows[0][0]) if rows else None
+
+    async def set_guild_settings(self, guild_id: int, settings_json: str, *, updated_by: int | None) -> None:
+        async def body(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO guild_settings (guild_id, settings_json, updated_by, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (guild_id) DO UPDATE SET settings_json = excluded.settings_json, "
+                "updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+                (guild_id, settings_json, updated_by, time.time()),
+            )
+
+        await self._write(body)
+
+    async def preferences(self, user_id: int) -> str | None:
+        rows = await self._db.read("SELECT prefs_json FROM user_preferences WHERE user_id = ?", (user_id,))
+        return str(rows[0][0]) if rows else None
+
+    async def set_preferences(self, user_id: int, prefs_json: str) -> None:
+        async def body(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO user_preferences (user_id, prefs_json, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (user_id) DO UPDATE SET "
+                "prefs_json = excluded.prefs_json, updated_at = excluded.updated_at",
+                (user_id, prefs_json, time.time()),
+            )
+
+        await self._write(body)
+
+    async def take_quota(
+        self, *, day: str, user_id: int, guild_id: int | None, user_limit: int, member_limit: int, cooldown_s: float
+    ) -> tuple[str, float] | None:
+        """Count one job for ``user_id`` on ``day`` (UTC, ``YYYY-MM-DD``) in ``guild_id``, unless
+        that would pass ``user_limit`` (all servers; 0: none), ``member_limit`` (this server; 0:
+        none) or come within ``cooldown_s`` of the user's last job here. Check and count are one
+        transaction. Returns ``None`` when counted, else ``(scope, value)``: ``("user", limit)``,
+        ``("member", limit)`` or ``("cooldown", seconds left)``."""
+        guild = guild_id or 0
+
+        async def body(conn: aiosqlite.Connection) -> tuple[str, float] | None:
+            now = time.time()
+            async with conn.execute(
+                "SELECT COALESCE(SUM(jobs), 0) FROM usage WHERE day = ? AND user_id = ?", (day, user_id)
+            ) as cur:
+                total = int((await cur.fetchone() or (0,))[0])
+            async with conn.execute(
+                "SELECT jobs, last_at FROM usage WHERE day = ? AND user_id = ? AND guild_id = ?", (day, user_id, guild)
+            ) as cur:
+                row = await cur.fetchone()
+            here, last_at = (int(row[0]), float(row[1])) if row else (0, 0.0)
+            if user_limit and total >= user_limit:
+                return ("user", float(user_limit))
+            if member_limit and here >= member_limit:
+                return ("member", float(member_limit))
+            if cooldown_s and row is not None and now - last_at < cooldown_s:
+                return ("cooldown", cooldown_s - (now - last_at))
+            await conn.execute(
+                "INSERT INTO usage (day, user_id, guild_id, jobs, last_at) VALUES (?, ?, ?, 1, ?) "
+                "ON CONFLICT (day, user_id, guild_id) DO UPDATE SET jobs = jobs + 1, last_at = excluded.last_at",
+                (day, user_id, guild, now),
+            )
+            await conn.execute("DELETE FROM usage WHERE day < date(?, '-7 days')", (day,))
+            return None
+
+        return await self._write(body)
+
+    async def guild_stats(self, guild_id: int, since: float) -> tuple[int, int, float | None, int]:
+        """Since ``since`` (epoch s) in a server: ``(jobs, done, average score, corrected)``; a job was
+        corrected when its picture took more than one round."""
+        rows = await self._db.read(
+            "SELECT COUNT(*), SUM(state = 'done'), AVG(CASE WHEN state = 'done' THEN score END), "
+            "SUM(state = 'done' AND COALESCE(json_array_length(result_json, '$.rounds'), 0) > 1) "
+            "FROM jobs WHERE guild_id = ? AND created_at >= ?",
+            (guild_id, since),
+        )
+        jobs, done, average, corrected = rows[0]
+        return int(jobs or 0), int(done or 0), float(average) if average is not None else None, int(corrected or 0)
+
+    async def usage_today(self, day: str, *, guild_id: int | None = None) -> int:
+        """Jobs admitted on ``day`` (in one server, or everywhere)."""
+        sql = "SELECT COALESCE(SUM(jobs), 0) FROM usage WHERE day = ?"
+        rows = await (
+            self._db.read(sql, (day,))
+            if guild_id is None
+            else self._db.read(f"{sql} AND guild_id = ?", (day, guild_id))
+        )
+        return int(rows[0][0])
+
     async def mark_running(self, job_id: str) -> JobRecord:
         """queued/running → running; ``attempts`` + 1 (a re-run after a crash counts again)."""
         return await self._update(job_id, "state = 'running', attempts = attempts + 1", ())

@@ -204,6 +204,11 @@ class GPUExecutor:
             mean_batch_size=self._metrics.mean_batch_size(),
         )
 
+    @property
+    def recorder(self) -> MetricsRecorder:
+        """The live measurements (for ``/metrics``)."""
+        return self._metrics
+
     def metrics(self) -> MetricsSnapshot:
         active = [j for j in self._jobs.values() if not j.finished]
         return self._metrics.snapshot(
@@ -302,9 +307,9 @@ class GPUExecutor:
             self._notify_positions_threadsafe()
             started = time.monotonic()
             for it in batch:
-                self._metrics.waits.append(started - it.enqueued_at)
+                self._metrics.observe_wait(started - it.enqueued_at)
             self._execute(batch)
-            self._metrics.stage_times[batch[0].kind].append(time.monotonic() - started)
+            self._metrics.observe_stage(batch[0].kind, time.monotonic() - started)
             with self._cond:
                 self._running = [it for it in self._running if it not in batch]
             return time.monotonic() - began
@@ -404,13 +409,13 @@ class GPUExecutor:
                 self._notify_positions_threadsafe()
                 began = time.monotonic()
                 for it in batch:
-                    self._metrics.waits.append(began - it.enqueued_at)
+                    self._metrics.observe_wait(began - it.enqueued_at)
                 self._interleaved_s = 0.0
                 self._execute(batch)
                 elapsed = time.monotonic() - began
                 self._metrics.busy_s += elapsed
                 # Work run between a piece's steps was timed as its own stage already.
-                self._metrics.stage_times[batch[0].kind].append(elapsed - self._interleaved_s)
+                self._metrics.observe_stage(batch[0].kind, elapsed - self._interleaved_s)
                 with self._cond:
                     self._running = []
         except BaseException as exc:
@@ -542,7 +547,7 @@ class GPUExecutor:
 
     def _execute_render(self, batch: list[WorkItem]) -> None:
         requests = [it.request for it in batch if it.request is not None]
-        self._metrics.batch_sizes[len(batch)] += 1
+        self._metrics.observe_batch(len(batch))
         for it, req in zip(batch, requests, strict=True):
             if it.job is not None:
                 self._emit(it.job, ProgressEvent(it.job.id, "render", 0, req.steps or 0))

@@ -8,7 +8,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Counter, Histogram
+
 from .jobs import WorkKind
+
+# Latency buckets (seconds) from a fast CLIP review on a GPU to a slow CPU render.
+STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, float("inf"))
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, float("inf"))
 
 
 @dataclass
@@ -33,7 +39,11 @@ class MetricsSnapshot:
 
 class MetricsRecorder:
     """Counters and recent samples. Appends come from the model thread and the event loop; each is
-    a single GIL-atomic operation, so no lock is needed."""
+    a single GIL-atomic operation, so no lock is needed.
+
+    The histograms and counters (prometheus-client, thread-safe) are not registered anywhere: the
+    process's ``/metrics`` (:mod:`bot.ops`) collects them into its own registry, so several
+    executors (tests) never clash in a global one."""
 
     def __init__(self) -> None:
         self.started_at = time.monotonic()
@@ -46,15 +56,49 @@ class MetricsRecorder:
         self.batch_sizes: collections.Counter[int] = collections.Counter()
         self.done = self.failed = self.cancelled = 0
         self.restarts = 0
+        self.stage_hist = Histogram(
+            "voxcanvas_stage_seconds",
+            "Wall time of work on the model thread, by stage",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=None,
+        )
+        self.wait_hist = Histogram(
+            "voxcanvas_queue_wait_seconds", "Enqueue to start of a work item", buckets=STAGE_BUCKETS, registry=None
+        )
+        self.batch_hist = Histogram(
+            "voxcanvas_render_batch_size", "Images per diffusion pipeline call", buckets=BATCH_BUCKETS, registry=None
+        )
+        self.jobs_total = Counter(
+            "voxcanvas_executor_jobs", "Jobs the executor finished, by outcome", ["outcome"], registry=None
+        )
+
+    def collectors(self) -> tuple[Histogram | Counter, ...]:
+        return (self.stage_hist, self.wait_hist, self.batch_hist, self.jobs_total)
+
+    def observe_wait(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.wait_hist.observe(seconds)
+
+    def observe_stage(self, kind: WorkKind, seconds: float) -> None:
+        self.stage_times[kind].append(seconds)
+        self.stage_hist.labels(stage=kind).observe(seconds)
+
+    def observe_batch(self, size: int) -> None:
+        self.batch_sizes[size] += 1
+        self.batch_hist.observe(size)
 
     def job_finished(self, seconds: float, outcome: str, *, cancelled: bool) -> None:
         self.job_times.append(seconds)
         if cancelled or outcome == "cancelled":
             self.cancelled += 1
+            self.jobs_total.labels(outcome="cancelled").inc()
         elif outcome == "done":
             self.done += 1
+            self.jobs_total.labels(outcome="done").inc()
         else:
             self.failed += 1
+            self.jobs_total.labels(outcome="failed").inc()
 
     def stage_means(self) -> dict[str, float]:
         return {kind: statistics.fmean(times) for kind, times in self.stage_times.items() if times}

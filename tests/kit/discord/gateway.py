@@ -108,6 +108,7 @@ class Gateway:
         self.received: list[dict[str, Any]] = []  # every payload the client sent
         self.queries: list[dict[str, str]] = []  # query string of every ws connection
         self.connections: set[GatewayConnection] = set()
+        self.refusing = False  # while True, new websocket connections get HTTP 503 (see cut())
 
     # ------------------------------------------------------------------ sessions and dispatch
 
@@ -175,6 +176,16 @@ class Gateway:
                 conn.session.invalidated = True
             await conn.send({"op": OP_INVALID_SESSION, "d": resumable})
 
+    async def cut(self) -> None:
+        """An outage: every connection is told to reconnect (op 7; the session stays resumable)
+        and new connections are refused (HTTP 503 on the upgrade) until :meth:`restore`."""
+        self.refusing = True
+        await self.request_reconnect()
+
+    def restore(self) -> None:
+        """End the outage: the client's next attempt connects (and RESUMEs)."""
+        self.refusing = False
+
     async def close_all(self) -> None:
         for conn in list(self.connections):
             with contextlib.suppress(Exception):
@@ -199,6 +210,8 @@ class Gateway:
         """The aiohttp handler for the gateway URL (a plain GET there is an unknown route)."""
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return await self._router.handle_unknown(request)
+        if self.refusing:
+            return web.Response(status=503, text="fake Discord outage")
         ws = web.WebSocketResponse(autoping=True, heartbeat=None, max_msg_size=0)
         await ws.prepare(request)
         conn = GatewayConnection(ws, request.query)

@@ -156,7 +156,9 @@ class Interactions:
             payload["guild_id"] = str(guild.id)
             payload["guild"] = {"id": str(guild.id), "locale": guild.preferred_locale, "features": []}
             payload["guild_locale"] = guild.preferred_locale
-            member_perms = DEFAULT_PERMISSIONS if member_permissions is None else member_permissions
+            member_perms = (
+                world.member_permissions(guild.id, user_id) if member_permissions is None else member_permissions
+            )
             payload["member"] = {**world.member_payload(guild.id, user_id), "permissions": str(member_perms)}
             payload["authorizing_integration_owners"] = {"0": str(guild.id)}
             payload["context"] = 0

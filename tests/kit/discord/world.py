@@ -140,6 +140,9 @@ class FakeGuild:
     joined_at: str = field(default_factory=iso)
 
 
+ALL_PERMISSIONS = (1 << 51) - 1
+
+
 def _everyone_role(guild_id: int) -> dict[str, Any]:
     return {
         "id": str(guild_id),
@@ -325,6 +328,11 @@ class World:
 
     def user_payload(self, user_id: int) -> dict[str, Any]:
         return self.users[user_id].to_payload()
+
+    def member_permissions(self, guild_id: int, user_id: int) -> int:
+        """A member's permissions in the guild, as Discord computes them for interactions: the
+        owner has them all (Manage Server included); everyone else has @everyone's."""
+        return ALL_PERMISSIONS if self.guilds[guild_id].owner_id == user_id else DEFAULT_PERMISSIONS
 
     def member_payload(self, guild_id: int, user_id: int, *, with_user: bool = True) -> dict[str, Any]:
         guild = self.guilds[guild_id]

@@ -1,0 +1,90 @@
+"""/preferences: a user's personal defaults (style, aspect, candidates, private replies, language),
+stored per user (:class:`bot.guilds.Preferences`). Style and aspect fill in what a new /imagine or
+voice note leaves empty (before the server's defaults); candidates, private replies and the reply
+language are stored and shown but not yet applied (see the README)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.guilds import Preferences
+from pipeline.families import ASPECTS
+from pipeline.styles import STYLES
+
+if TYPE_CHECKING:
+    from bot.client import VoxCanvasBot
+
+log = logging.getLogger(__name__)
+
+STYLE_CHOICES = [app_commands.Choice(name=name, value=name) for name in list(STYLES)[:25]]
+ASPECT_CHOICES = [app_commands.Choice(name=aspect, value=aspect) for aspect in ASPECTS]
+LANGUAGES = {"en": "English", "de": "Deutsch", "es": "Español", "fr": "Français", "ja": "日本語"}
+LANGUAGE_CHOICES = [app_commands.Choice(name=name, value=code) for code, name in LANGUAGES.items()]
+
+
+def describe(prefs: Preferences) -> str:
+    return "\n".join(
+        [
+            "**Your VoxCanvas preferences**",
+            f"• Style: {prefs.style or '— (picked from your words)'}",
+            f"• Aspect: {prefs.aspect or '— (the model’s native frame)'}",
+            f"• Candidates: {prefs.candidates or '—'}",
+            f"• Private replies: {'on' if prefs.private else 'off'}",
+            f"• Language of replies: {LANGUAGES.get(prefs.language or '', '— (your Discord language)')}",
+        ]
+    )
+
+
+class UserPreferences(commands.GroupCog, group_name="preferences", group_description="Your personal defaults"):
+    def __init__(self, bot: VoxCanvasBot) -> None:
+        self.bot = bot
+        super().__init__()
+
+    @app_commands.command(name="show", description="Show your preferences")
+    async def show(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        prefs = await self.bot.runner.guilds.preferences(interaction.user.id)
+        await interaction.followup.send(describe(prefs), ephemeral=True)
+
+    @app_commands.command(name="set", description="Set your defaults (options left empty stay as they are)")
+    @app_commands.choices(style=STYLE_CHOICES, aspect=ASPECT_CHOICES, language=LANGUAGE_CHOICES)
+    async def set_(
+        self,
+        interaction: discord.Interaction,
+        style: app_commands.Choice[str] | None = None,
+        aspect: app_commands.Choice[str] | None = None,
+        candidates: app_commands.Range[int, 1, 4] | None = None,
+        private: bool | None = None,
+        language: app_commands.Choice[str] | None = None,
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        guilds = self.bot.runner.guilds
+        prefs = await guilds.preferences(interaction.user.id)
+        changes: dict[str, object] = {}
+        if style is not None:
+            changes["style"] = style.value
+        if aspect is not None:
+            changes["aspect"] = aspect.value
+        if candidates is not None:
+            changes["candidates"] = candidates
+        if private is not None:
+            changes["private"] = private
+        if language is not None:
+            changes["language"] = language.value
+        prefs = await guilds.set_preferences(interaction.user.id, prefs.model_copy(update=changes))
+        await interaction.followup.send("✅ Saved.\n" + describe(prefs), ephemeral=True)
+
+    @app_commands.command(name="clear", description="Forget all your preferences")
+    async def clear(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        prefs = await self.bot.runner.guilds.set_preferences(interaction.user.id, Preferences())
+        await interaction.followup.send("✅ Cleared.\n" + describe(prefs), ephemeral=True)
+
+
+async def setup(bot: VoxCanvasBot) -> None:
+    await bot.add_cog(UserPreferences(bot))
