@@ -60,8 +60,8 @@ def test_openapi_schema_holds_for_generated_requests(threaded_api):
     ]
     operations = [result.ok() for result in schema.get_all_operations()]
     paths = {op.path for op in operations}
-    assert {"/api/generate", "/api/jobs", "/api/jobs/{job_id}", "/generate/tags", "/generate/image/image"}
-    assert {"/generate/sound", "/api/jobs/{job_id}/soundtrack", "/api/jobs/{job_id}/music.wav"} <= paths <= paths
+    assert {"/api/generate", "/api/jobs", "/api/jobs/{job_id}", "/generate/tags", "/generate/image/image"} <= paths
+    assert {"/generate/sound", "/api/jobs/{job_id}/soundtrack", "/api/jobs/{job_id}/music.wav"} <= paths
     tried = 0
     for operation in operations:
 
@@ -79,7 +79,11 @@ def test_openapi_schema_holds_for_generated_requests(threaded_api):
             response = case.call(base_url=threaded_api, timeout=30)
             if response.status_code == 503:  # documented: queue full / a sync wait ran out
                 assert response.headers.get("retry-after")
-            case.validate_response(response, checks=chosen)
+                assert response.json()["status"] == "error"
+                # a documented 503 is not a bug; everything else about it must still conform
+                case.validate_response(response, checks=[c for c in chosen if c is not checks.not_a_server_error])
+            else:
+                case.validate_response(response, checks=chosen)
 
         check()
     assert tried >= len(operations)

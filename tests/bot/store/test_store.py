@@ -337,9 +337,12 @@ async def test_200_concurrent_jobs_land_without_blocking_the_loop(store: JobStor
     assert [await store.read_image(ids[i]) for i in (0, 99, 199)] == [b"img0", b"img99", b"img199"]
     assert await store.count_active() == 0
     print(f"200 jobs in {elapsed:.2f}s, {len(lags)} ticks, max lag {max(lags) * 1e3:.1f} ms")
-    # loose bounds for a busy CI box; SQL or file I/O on the loop would stall it for the batch
+    # loose bounds for a busy CI box; SQL or file I/O on the loop would stall it for the batch —
+    # tick after tick, not once: one late tick is the scheduler starting 200 coroutines (or a
+    # neighbour on a shared CPU), so the bound is on the 95th percentile, with a loose maximum
     assert len(lags) >= elapsed / 0.05, "the heartbeat should tick all the way through"
-    assert max(lags) < 0.25
+    assert sorted(lags)[int(len(lags) * 0.95)] < 0.1
+    assert max(lags) < 1.0
 
 
 async def test_cancelled_caller_leaves_no_open_transaction(store: JobStore) -> None:
