@@ -29,7 +29,7 @@ import discord
 from PIL import Image
 
 from pipeline import moderation
-from pipeline.errors import BadRequest, JobCancelled, ModelUnavailable, VoxCanvasError
+from pipeline.errors import BadRequest, JobCancelled, ModelUnavailable, UnsafeImage, VoxCanvasError
 from pipeline.executor import Executor, Job, ProgressEvent
 from pipeline.images import check_image_bytes, inspect_init_image
 from pipeline.limits import MAX_SEED, RESULT_SAVE_ATTEMPTS, RESULT_SAVE_RETRY_DELAY_S
@@ -37,7 +37,7 @@ from pipeline.music import wav_to_ogg_opus
 from pipeline.studio import Idea, MusicOutput, MusicResult, Output, Result, Studio, new_job_id
 from pipeline.styles import check_style
 
-from . import render
+from . import render, safety
 from .guilds import GuildConfig, Guilds, with_defaults
 from .progress import ProgressReporter
 from .store import JobKind, JobNotFound, JobRecord, JobStateError, JobStore, StoreError
@@ -73,6 +73,12 @@ UNSAVED_NOTE = "⚠️ I couldn't save this picture, so its buttons won't work �
 RESULT_REFUSED = (
     "😵 Your picture is ready, but Discord refused to show it (job `{job_id}`). I've logged it; please try again."
 )
+WITHHELD = (
+    "🙈 The safety checker flagged this picture, so I'm not showing it here. Try rephrasing your idea "
+    "(a server can allow such pictures behind a spoiler in age-restricted channels: /settings nsfw)."
+)
+PARTLY_WITHHELD = "🙈 The safety checker flagged some of these pictures; they are blacked out."
+SPOILERED = "⚠️ The safety checker flagged this picture; it is behind a spoiler."
 REDUCED_IMAGE_NAME = "image.jpg"
 JPEG_QUALITY = 90
 MUSIC_REFUSED = (
@@ -96,18 +102,31 @@ class JobOrigin:
     guild_id: int | None
     source_message_id: int | None = None
     interaction: discord.Interaction | None = None
+    age_restricted: bool = False  # Discord marks the channel age-restricted (NSFW policy: bot.safety)
 
     @classmethod
     def of_interaction(cls, interaction: discord.Interaction) -> JobOrigin:
         if interaction.channel_id is None:  # slash commands and buttons always come from a channel
             raise BadRequest("I can't tell which channel this came from.")
         guild_id = interaction.guild.id if interaction.guild is not None else None
-        return cls(interaction.user.id, interaction.channel_id, guild_id, interaction=interaction)
+        return cls(
+            interaction.user.id,
+            interaction.channel_id,
+            guild_id,
+            interaction=interaction,
+            age_restricted=safety.age_restricted(interaction.channel),
+        )
 
     @classmethod
     def of_message(cls, message: discord.Message) -> JobOrigin:
         guild_id = message.guild.id if message.guild is not None else None
-        return cls(message.author.id, message.channel.id, guild_id, source_message_id=message.id)
+        return cls(
+            message.author.id,
+            message.channel.id,
+            guild_id,
+            source_message_id=message.id,
+            age_restricted=safety.age_restricted(message.channel),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,7 +436,7 @@ class JobRunner:
             return None
         try:
             voice = origin.interaction is None and origin.source_message_id is not None
-            await self.guilds.admit(
+            config = await self.guilds.admit(
                 user_id=origin.user_id, guild_id=origin.guild_id, channel_id=origin.channel_id, voice=voice
             )
         except VoxCanvasError as exc:
@@ -435,6 +454,11 @@ class JobRunner:
                     request.idea, await self.guilds.get(origin.guild_id), await self.guilds.preferences(origin.user_id)
                 )
                 acknowledged = replace(acknowledged, request=replace(request, idea=idea))
+            keep = safety.keeps_flagged(config, guild_id=origin.guild_id, age_restricted=origin.age_restricted)
+            request = acknowledged.request
+            acknowledged = replace(
+                acknowledged, request=replace(request, idea=replace(request.idea, keep_flagged=keep))
+            )
             record = await self._store_new(job, origin, acknowledged)
         except BaseException:
             job.finish("failed")
@@ -520,6 +544,25 @@ class JobRunner:
         except discord.HTTPException:
             log.warning("could not post to the moderation log channel %d", channel_id, exc_info=True)
 
+    async def _safety_modlog(self, admitted: AdmittedJob, flagged: Result | None) -> None:
+        """Log ``flagged``'s withheld / spoilered pictures (``None``: a refused start image) to the
+        server's moderation log channel."""
+        record = admitted.record
+        if record.guild_id is None or self._client is None:
+            return
+        try:
+            config = await self.guilds.get(record.guild_id)
+        except Exception:
+            log.warning("job %s: server settings unreadable; no moderation log entry", record.id)
+            return
+        if config.modlog_channel is None:
+            return
+        if flagged is None:
+            text = safety.modlog_refused(record.id, user_id=record.user_id, channel_id=record.channel_id)
+        else:
+            text = safety.modlog_flagged(flagged, user_id=record.user_id, channel_id=record.channel_id)
+        await self._post_modlog(config.modlog_channel, text)
+
     def track(self, task: asyncio.Task[None]) -> None:
         """Keep ``task`` (named after its job) until it ends; its exception, if any, is retrieved
         and logged with that name, never left for asyncio's "never retrieved" warning."""
@@ -582,6 +625,7 @@ class JobRunner:
             reporter.push(render.progress_line(event, corrections=corrections, candidates=job.candidates))
 
         job.listener = on_progress
+        job.keep_flagged = admitted.request.idea.keep_flagged
         on_progress(ProgressEvent(job.id, "queued", position=job.position(), eta_s=job.eta_s()))
         try:
             try:
@@ -594,6 +638,8 @@ class JobRunner:
                     log.error("job %s failed: %s", job.id, exc)
                 else:
                     log.info("job %s refused: %s", job.id, exc)
+                if isinstance(exc, UnsafeImage):
+                    await self._safety_modlog(admitted, None)
                 job.finish(outcome)
                 await reporter.close()
                 shown = text if text == CANCELLED else f"⚠️ {text}"
@@ -624,6 +670,8 @@ class JobRunner:
             await self.deliver_result(
                 job.id, surface, output.result, output.shown_png, output.palette_png, nonce=nonce, saved=bool(saved)
             )
+            if output.result.flagged:
+                await self._safety_modlog(admitted, output.result)
         finally:
             job.listener = None
             await reporter.close()
@@ -752,17 +800,25 @@ class JobRunner:
         view: discord.ui.View | None = result_view(job_id, candidates=len(result.candidates), kind=result.kind)
         if not saved:
             content, view = f"{UNSAVED_NOTE}\n{content}", None
-        full = MessageParts(
-            content, embed=render.result_embed(result), files=render.result_files(image_png, palette_png), view=view
-        )
+        embed, files = render.result_embed(result), render.result_files(image_png, palette_png)
+        if result.flagged_kept:  # an age-restricted channel whose server allows it: behind a spoiler
+            content = f"{SPOILERED}\n{content}"
+            embed, files = safety.without_image(embed), safety.spoilered(files)
+        elif safety.withheld_all(result):  # nothing left to show: say so, no picture
+            content = f"{WITHHELD}\n{content}"
+            embed, files = safety.without_image(embed), []
+        elif result.flagged:  # a grid with some cells blacked out
+            content = f"{PARTLY_WITHHELD}\n{content}"
+        full = MessageParts(content, embed=embed, files=files, view=view)
         first_refusal = await self._try_deliver(job_id, surface, full, nonce=nonce)
         if first_refusal is None:
             return
         log.warning("job %s: the result was refused (%s); trying a reduced form", job_id, first_refusal)
         jpeg = await asyncio.to_thread(png_to_jpeg, image_png)
+        reduced_name = (safety.SPOILER_PREFIX if result.flagged_kept else "") + REDUCED_IMAGE_NAME
         reduced = MessageParts(
             reduced_content(result, content),
-            files=[discord.File(io.BytesIO(jpeg), filename=REDUCED_IMAGE_NAME)],
+            files=[] if safety.withheld_all(result) else [discord.File(io.BytesIO(jpeg), filename=reduced_name)],
             view=view,
         )
         note = f"Discord refused the full result ({first_refusal}); a reduced one was shown."

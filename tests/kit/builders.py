@@ -178,8 +178,15 @@ SD15_SCHEDULER = dict(
 )
 
 
-def build_tiny_stable_diffusion(directory: Path, seed: int = 0, safety_checker: bool = True) -> Path:
+def build_tiny_stable_diffusion(
+    directory: Path, seed: int = 0, safety_checker: bool = True, flag_everything: bool = False
+) -> Path:
     """A tiny Stable Diffusion 1.x-shaped pipeline, saved like a hub repository.
+
+    ``flag_everything``: its safety checker flags every picture. The checker flags an image when
+    the cosine similarity of its embedding to a concept embedding exceeds that concept's threshold
+    (``concept_embeds_weights``; ``StableDiffusionSafetyChecker.forward``); a similarity is at most
+    1, so thresholds of -2 make every picture flagged, as a trained checker flags an unsafe one.
 
     UNet, VAE and text encoder have the SD 1.x *structure* (cross-attention conditioned UNet, 4
     latent channels, 8x VAE downsampling, CLIP text encoder with a 77-token window) with widths
@@ -237,6 +244,9 @@ def build_tiny_stable_diffusion(directory: Path, seed: int = 0, safety_checker: 
             )
         )
         feature_extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+        if flag_everything:
+            with torch.no_grad():
+                checker.concept_embeds_weights.fill_(-2.0)
 
     pipe = StableDiffusionPipeline(
         unet=unet,
