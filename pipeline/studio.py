@@ -81,6 +81,7 @@ class Idea:
     upscale: bool = False  # a U button's job: the candidate (the init image) upscaled ×2
     remix: bool = False  # a Remix job: ``text`` is the edited diffusion prompt of the parent, used as is
     keep_flagged: bool = False  # where it was asked, flagged pictures may be shown (behind a spoiler): Job.keep_flagged
+    reply_language: str | None = None  # the bot's replies (bot.i18n); None: the language heard (voice)
 
     @property
     def kind(self) -> str:

@@ -986,3 +986,40 @@ def build_tiny_lora(sd_dir: Path, lora_dir: Path, name: str = "tiny-style", seed
     lora_dir.mkdir(parents=True, exist_ok=True)
     StableDiffusionPipeline.save_lora_weights(lora_dir, unet_lora_layers=layers, weight_name=f"{name}.safetensors")
     return lora_dir / f"{name}.safetensors"
+
+
+def build_tiny_whisper_hearing(directory: Path, source: Path, language: str, word: str = "chat") -> Path:
+    """The tiny multilingual Whisper of ``source`` (:func:`build_tiny_whisper`) changed so that it
+    always detects ``language`` and writes ``word`` over and over, whatever it is played.
+
+    The decoder's final LayerNorm gets weight 0 and bias ``b`` (a fixed unit vector), so its
+    output is ``b`` at every position and the logits are ``W @ b`` (``W``: the output projection,
+    ``proj_out``). The ``<|language|>`` row of ``W`` is set to ``50 b`` and the row of ``word``'s
+    first byte token to ``25 b``: the language probe (one decoder
+    step, no suppression) picks ``language``; generation suppresses every language token (the
+    generation config's ``suppress_tokens``), so the text is ``word``'s first byte repeated —
+    enough to test a reply in the language the voice note was "spoken" in, through the real
+    transcription code."""
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    processor = WhisperProcessor.from_pretrained(source)
+    model = WhisperForConditionalGeneration.from_pretrained(source)
+    generation_config = model.generation_config
+    language_ids = sorted(int(i) for i in generation_config.lang_to_id.values())
+    target = int(generation_config.lang_to_id[f"<|{language}|>"])
+    tokenizer = processor.tokenizer
+    letter = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(word[0]))[0]
+    generator = torch.Generator().manual_seed(0)
+    decoder = model.model.decoder
+    with torch.no_grad():
+        direction = torch.randn(decoder.layer_norm.bias.shape, generator=generator)
+        direction /= direction.norm()
+        decoder.layer_norm.weight.zero_()
+        decoder.layer_norm.bias.copy_(direction)
+        projection = model.proj_out.weight
+        projection[target] = 50 * direction
+        projection[letter] = 25 * direction
+    generation_config.suppress_tokens = sorted({*(generation_config.suppress_tokens or []), *language_ids})
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
