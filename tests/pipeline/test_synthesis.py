@@ -5,11 +5,9 @@ image-to-image, the safety checker and load errors."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from pipeline.errors import BadRequest, ModelUnavailable, UnsafeImage
