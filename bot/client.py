@@ -29,7 +29,9 @@ from pipeline.executor import GPUExecutor
 from pipeline.settings import Settings
 from pipeline.studio import Studio
 
+from . import i18n
 from .api_jobs import ApiJobs
+from .i18n import _
 from .ops import RestErrors
 from .recovery import Recovery
 from .runner import JobRunner
@@ -103,6 +105,7 @@ class VoxCanvasBot(commands.Bot):
         super().__init__(
             **client_options,
             command_prefix=commands.when_mentioned,
+            tree_cls=LocalisedTree,
             intents=bot_intents(),
             help_command=None,
             allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True, replied_user=False),
@@ -157,6 +160,7 @@ class VoxCanvasBot(commands.Bot):
                 log.exception("failed to load extension %s", extension)
                 raise
         self.add_dynamic_items(*DYNAMIC_ITEMS)
+        await self.tree.set_translator(i18n.CommandTranslator())  # name/description localisations
         self.synced = await self.sync_commands_if_changed()
         if self.settings.RETENTION_DAYS:
             await self.purge_expired()
@@ -199,11 +203,19 @@ class VoxCanvasBot(commands.Bot):
             "connected as %s (id %s) to %d guild(s)", self.user, self.user.id if self.user else "?", len(self.guilds)
         )
 
+    async def speak_to(self, interaction: discord.Interaction) -> None:
+        """Every slash command is answered in its user's language (bot.i18n): set before it runs."""
+        if self._runner is not None:
+            await self._runner.speak_to(interaction)
+        else:
+            i18n.use(interaction.locale)
+
     # --- slash-command sync ----------------------------------------------------------------
     def _command_fingerprint(self) -> str:
         payload = sorted((cmd.to_dict(self.tree) for cmd in self.tree.get_commands()), key=lambda c: c["name"])
         scope = sorted(self.settings.DISCORD_GUILD_IDS)
-        blob = json.dumps({"commands": payload, "guilds": scope}, sort_keys=True, default=str)
+        translations = i18n.catalog_fingerprint()  # a changed translation is sent too
+        blob = json.dumps({"commands": payload, "guilds": scope, "i18n": translations}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     async def sync_commands_if_changed(self) -> bool:
@@ -231,17 +243,19 @@ class VoxCanvasBot(commands.Bot):
     async def on_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         original = getattr(error, "original", error)
         if isinstance(original, VoxCanvasError):
-            text = f"🚫 {original}"
+            text = f"🚫 {_(str(original))}"
         elif isinstance(error, app_commands.TransformerError):
-            text = f"🚫 I couldn't read the option `{error.value}` — please check it and try again."
+            text = "🚫 " + _("I couldn't read the option `{value}` — please check it and try again.").format(
+                value=error.value
+            )
         elif isinstance(error, app_commands.MissingPermissions):
-            text = "🚫 Only members with the Manage Server permission can do that."
+            text = _("🚫 Only members with the Manage Server permission can do that.")
         elif isinstance(error, app_commands.CheckFailure):
-            text = "🚫 You can't use that command here."
+            text = _("🚫 You can't use that command here.")
         else:
             command = interaction.command.name if interaction.command else "?"
             log.error("unhandled error in /%s", command, exc_info=original)
-            text = "😵 Sorry — something broke on my side. I've logged it; please try again."
+            text = _("😵 Sorry — something broke on my side. I've logged it; please try again.")
         try:
             if interaction.response.is_done():
                 await interaction.followup.send(text, ephemeral=True)
@@ -287,3 +301,15 @@ class VoxCanvasBot(commands.Bot):
             if self._store is not None:
                 await self._store.close()
             await super().close()
+
+
+class LocalisedTree(app_commands.CommandTree["VoxCanvasBot"]):
+    """The command tree: sets the reply language of each slash command before it runs (its
+    callback runs in the same task, so it and the jobs it starts inherit it)."""
+
+    async def interaction_check(self, interaction: discord.Interaction[VoxCanvasBot], /) -> bool:
+        try:
+            await self.client.speak_to(interaction)
+        except Exception:  # never refuse a command because its language could not be chosen
+            log.warning("could not choose the reply language; English", exc_info=True)
+        return True

@@ -60,12 +60,13 @@ class Preferences(BaseModel):
 
 def with_defaults(idea: Idea, config: GuildConfig, prefs: Preferences) -> Idea:
     """``idea`` with what the user left empty filled in: their preferences first, then the server's
-    defaults (style, model). Options the user gave stay as they are."""
+    defaults (style, model, candidates). Options the user gave stay as they are."""
     return replace(
         idea,
         style=idea.style or prefs.style or config.style,
         aspect=idea.aspect or prefs.aspect,
         model=idea.model or config.model,
+        candidates=idea.candidates or prefs.candidates or config.candidates,
     )
 
 

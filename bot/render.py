@@ -23,6 +23,7 @@ from pipeline.errors import VoxCanvasError
 from pipeline.executor import ProgressEvent
 from pipeline.studio import MusicResult, Result, Round
 
+from .i18n import DEFAULT_LANGUAGE, N_, _, current
 from .limits import (
     BOOSTED_PREMIUM_TIER,
     DEFAULT_UPLOAD_BYTES,
@@ -53,6 +54,7 @@ MISSING_FIELD = "Missing"
 PROMPT_FIELD = "Prompt"
 TAGS_FIELD = "Tags"
 CANDIDATES_FIELD = "Candidates"
+SAFETY_FIELD = "Safety filter"
 #: :func:`fit_embed`'s names for the embed's own texts.
 DESCRIPTION = "description"
 TITLE = "title"
@@ -138,8 +140,10 @@ def result_embed(result: Result) -> discord.Embed:
         embed.add_field(name=MISSING_FIELD, value=_clip(", ".join(best.missing_elements)), inline=False)
     if best.nsfw:
         embed.add_field(
-            name="Safety filter",
-            value="The safety checker withheld this picture. Try rephrasing your idea.",
+            name=SAFETY_FIELD,
+            value=_("The safety checker flagged this picture; it is behind a spoiler.")
+            if result.flagged_kept
+            else _("The safety checker withheld this picture. Try rephrasing your idea."),
             inline=False,
         )
     embed.add_field(name=PROMPT_FIELD, value=_clip(best.prompt), inline=False)
@@ -153,7 +157,37 @@ def result_embed(result: Result) -> discord.Embed:
     embed.add_field(name="Time", value=f"{result.total_s:.1f} s", inline=True)
     embed.set_image(url=f"attachment://{IMAGE_NAME}")
     embed.set_footer(text=f"job {result.job_id}")
-    return fit_embed(embed, RESULT_SHRINK_ORDER)
+    return localised_labels(fit_embed(embed, RESULT_SHRINK_ORDER))
+
+
+#: The result embed's field names, in the catalogs (translated once the embed fits: fit_embed
+#: finds the fields to shorten by their English names).
+FIELD_LABELS = (
+    N_("🎙️ Heard"),
+    N_("Alignment"),
+    N_("Candidates"),
+    N_("Settings"),
+    N_("Missing"),
+    N_("Safety filter"),
+    N_("Prompt"),
+    N_("Tags"),
+    N_("Palette"),
+    N_("Directed by"),
+    N_("Judged by"),
+    N_("Time"),
+)
+
+
+def localised_labels(embed: discord.Embed) -> discord.Embed:
+    """``embed`` with its field names in the language at hand (values are left as they are)."""
+    if current() == DEFAULT_LANGUAGE:
+        return embed
+    for index, embed_field in enumerate(embed.fields):
+        name = embed_field.name or ""
+        embed.set_field_at(
+            index, name=_(name)[:EMBED_FIELD_NAME_CHARS], value=embed_field.value, inline=embed_field.inline
+        )
+    return embed
 
 
 def candidates_text(result: Result) -> str:
@@ -366,10 +400,10 @@ def _encode(picture: Image.Image, image_format: str, quality: int) -> bytes:
 def result_content(result: Result) -> str:
     parts = []
     if result.kind == "regenerate":
-        parts.append("Regenerated with the critic's correction:")
+        parts.append(_("Regenerated with the critic's correction:"))
     elif result.kind == "vary":
-        parts.append("A variation:")
-    parts.append("Palette: " + " ".join(result.palette))
+        parts.append(_("A variation:"))
+    parts.append(_("Palette:") + " " + " ".join(result.palette))
     return _clip(" ".join(parts), MESSAGE_CONTENT_CHARS)
 
 
@@ -420,42 +454,47 @@ def details_text(result: Result) -> str:
 
 
 STAGE_LINES = {
-    "decode": "🎧 Reading your voice note…",
-    "transcribe": "🎙️ Transcribing…",
-    "direct": "🎬 Directing the scene…",
-    "review": "🔍 Reviewing the picture…",
+    "decode": N_("🎧 Reading your voice note…"),
+    "transcribe": N_("🎙️ Transcribing…"),
+    "direct": N_("🎬 Directing the scene…"),
+    "review": N_("🔍 Reviewing the picture…"),
 }
 
 
 def progress_line(event: ProgressEvent, *, corrections: int = 0, candidates: int = 1) -> str:
     if event.stage == "queued":
         if event.position is None:
-            return "⏳ Starting…"
-        eta = f" (about {max(1, round(event.eta_s))} s)" if event.eta_s else ""
-        return f"⏳ In the queue — position {event.position}{eta}"
+            return _("⏳ Starting…")
+        eta = _(" (about {seconds} s)").format(seconds=max(1, round(event.eta_s))) if event.eta_s else ""
+        return _("⏳ In the queue — position {position}").format(position=event.position) + eta
     if event.stage == "render":
         if event.total:
             bar_len = 10
             filled = round(bar_len * event.step / event.total)
             bar = "█" * filled + "░" * (bar_len - filled)
-            verb = "Correcting" if corrections else "Rendering"
+            verb = _("Correcting") if corrections else _("Rendering")
             if candidates > 1 and not corrections:
-                verb = f"Rendering {candidates} candidates"
+                verb = _("Rendering {count} candidates").format(count=candidates)
             return f"🎨 {verb} {bar} {event.step}/{event.total}"
-        return f"🎨 Rendering {candidates} candidates…" if candidates > 1 and not corrections else "🎨 Rendering…"
+        if candidates > 1 and not corrections:
+            return _("🎨 Rendering {count} candidates…").format(count=candidates)
+        return _("🎨 Rendering…")
     if event.stage == "review" and candidates > 1 and not corrections:
-        return f"🔍 Reviewing {candidates} candidates…"
+        return _("🔍 Reviewing {count} candidates…").format(count=candidates)
     if event.stage == "music":
         if event.total:
             filled = round(10 * event.step / event.total)
-            return f"🎵 Composing {'█' * filled}{'░' * (10 - filled)} {event.step}/{event.total}"
-        return "🎵 Composing…"
+            return f"🎵 {_('Composing')} {'█' * filled}{'░' * (10 - filled)} {event.step}/{event.total}"
+        return _("🎵 Composing…")
     if event.stage == "correct":
-        return "🛠️ Score below the bar — correcting…"
+        return _("🛠️ Score below the bar — correcting…")
     if event.stage == "load":
-        return f"📦 Loading {event.detail or 'the model'}…"
-    return STAGE_LINES.get(event.stage, f"{event.stage}…")
+        return _("📦 Loading {what}…").format(what=event.detail or _("the model"))
+    line = STAGE_LINES.get(event.stage)
+    return _(line) if line is not None else f"{event.stage}…"
 
 
 def apology(job_id: str) -> str:
-    return f"😵 Sorry — something broke on my side. I've logged it (job `{job_id}`); please try again."
+    return _("😵 Sorry — something broke on my side. I've logged it (job `{job_id}`); please try again.").format(
+        job_id=job_id
+    )

@@ -29,7 +29,7 @@ import discord
 from PIL import Image
 
 from pipeline import moderation
-from pipeline.errors import BadRequest, JobCancelled, ModelUnavailable, VoxCanvasError
+from pipeline.errors import BadRequest, JobCancelled, ModelUnavailable, UnsafeImage, VoxCanvasError
 from pipeline.executor import Executor, Job, ProgressEvent
 from pipeline.images import check_image_bytes, inspect_init_image
 from pipeline.limits import MAX_SEED, RESULT_SAVE_ATTEMPTS, RESULT_SAVE_RETRY_DELAY_S
@@ -37,8 +37,9 @@ from pipeline.music import wav_to_ogg_opus
 from pipeline.studio import Idea, MusicOutput, MusicResult, Output, Result, Studio, new_job_id
 from pipeline.styles import check_style
 
-from . import render
+from . import i18n, render, safety
 from .guilds import GuildConfig, Guilds, with_defaults
+from .i18n import N_, _
 from .progress import ProgressReporter
 from .store import JobKind, JobNotFound, JobRecord, JobStateError, JobStore, StoreError
 from .store.records import EndState
@@ -50,35 +51,43 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PICTURE_GONE = (
+PICTURE_GONE = N_(
     "🗑️ That picture is no longer in my history (it was deleted or has expired), so I can't rework it. "
     "Start a new one with /imagine."
 )
-CANCELLED = "🛑 Cancelled."
-CANCEL_NOT_YOURS = "🚫 Only the person who asked for this can cancel it."
-CANCEL_TOO_LATE = "That job has already finished — there's nothing to cancel."
-CANCELLING = "🛑 Cancelling…"
-DELETE_NOT_YOURS = "🚫 Only the person who asked for this picture, or a member who can manage messages, can delete it."
-DELETE_GONE = "That picture is already gone."
-DELETE_RUNNING = "That job is still in progress — cancel it first."
-DELETED = "🗑️ Deleted: the post, its pictures and its record are gone."
-NO_SUCH_CANDIDATE = "🤔 That picture has no such candidate."
-NOT_A_PICTURE = "🎵 That's a piece of music, not a picture — there's nothing to rework."
-PICTURE_GONE_DETAILS = "🗑️ That picture is no longer in my history (it was deleted or has expired)."
-PARENT_GONE = "The picture this was based on has been deleted, so I can't rework it."
-DOWNLOAD_FAILED = "📥 I couldn't download that voice note — please send it again."
-IMAGE_DOWNLOAD_FAILED = "I couldn't download that image — please attach it again."
-UNSAVED = "The picture was made but could not be saved (the disk or the database failed)."
-UNSAVED_NOTE = "⚠️ I couldn't save this picture, so its buttons won't work — download it if you want to keep it."
-RESULT_REFUSED = (
+CANCELLED = N_("🛑 Cancelled.")
+CANCEL_NOT_YOURS = N_("🚫 Only the person who asked for this can cancel it.")
+CANCEL_TOO_LATE = N_("That job has already finished — there's nothing to cancel.")
+CANCELLING = N_("🛑 Cancelling…")
+DELETE_NOT_YOURS = N_(
+    "🚫 Only the person who asked for this picture, or a member who can manage messages, can delete it."
+)
+DELETE_GONE = N_("That picture is already gone.")
+DELETE_RUNNING = N_("That job is still in progress — cancel it first.")
+DELETED = N_("🗑️ Deleted: the post, its pictures and its record are gone.")
+NO_SUCH_CANDIDATE = N_("🤔 That picture has no such candidate.")
+NOT_A_PICTURE = N_("🎵 That's a piece of music, not a picture — there's nothing to rework.")
+PICTURE_GONE_DETAILS = N_("🗑️ That picture is no longer in my history (it was deleted or has expired).")
+PARENT_GONE = N_("The picture this was based on has been deleted, so I can't rework it.")
+DOWNLOAD_FAILED = N_("📥 I couldn't download that voice note — please send it again.")
+IMAGE_DOWNLOAD_FAILED = N_("I couldn't download that image — please attach it again.")
+UNSAVED = N_("The picture was made but could not be saved (the disk or the database failed).")
+UNSAVED_NOTE = N_("⚠️ I couldn't save this picture, so its buttons won't work — download it if you want to keep it.")
+RESULT_REFUSED = N_(
     "😵 Your picture is ready, but Discord refused to show it (job `{job_id}`). I've logged it; please try again."
 )
+WITHHELD = N_(
+    "🙈 The safety checker flagged this picture, so I'm not showing it here. Try rephrasing your idea "
+    "(a server can allow such pictures behind a spoiler in age-restricted channels: /settings nsfw)."
+)
+PARTLY_WITHHELD = N_("🙈 The safety checker flagged some of these pictures; they are blacked out.")
+SPOILERED = N_("⚠️ The safety checker flagged this picture; it is behind a spoiler.")
 REDUCED_IMAGE_NAME = "image.jpg"
 JPEG_QUALITY = 90
-MUSIC_REFUSED = (
+MUSIC_REFUSED = N_(
     "😵 Your music is ready, but Discord refused to show it (job `{job_id}`). I've logged it; please try again."
 )
-MODEL_UNAVAILABLE = (
+MODEL_UNAVAILABLE = N_(
     "A model I need couldn't be loaded, so I can't make pictures right now. I've logged the details "
     "for the operator (job `{job_id}`); please try again later."
 )
@@ -96,18 +105,31 @@ class JobOrigin:
     guild_id: int | None
     source_message_id: int | None = None
     interaction: discord.Interaction | None = None
+    age_restricted: bool = False  # Discord marks the channel age-restricted (NSFW policy: bot.safety)
 
     @classmethod
     def of_interaction(cls, interaction: discord.Interaction) -> JobOrigin:
         if interaction.channel_id is None:  # slash commands and buttons always come from a channel
             raise BadRequest("I can't tell which channel this came from.")
         guild_id = interaction.guild.id if interaction.guild is not None else None
-        return cls(interaction.user.id, interaction.channel_id, guild_id, interaction=interaction)
+        return cls(
+            interaction.user.id,
+            interaction.channel_id,
+            guild_id,
+            interaction=interaction,
+            age_restricted=safety.age_restricted(interaction.channel),
+        )
 
     @classmethod
     def of_message(cls, message: discord.Message) -> JobOrigin:
         guild_id = message.guild.id if message.guild is not None else None
-        return cls(message.author.id, message.channel.id, guild_id, source_message_id=message.id)
+        return cls(
+            message.author.id,
+            message.channel.id,
+            guild_id,
+            source_message_id=message.id,
+            age_restricted=safety.age_restricted(message.channel),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,16 +222,17 @@ class JobRunner:
         U/V buttons (``candidate``, 0-based; ``upscale`` for U): a "vary" job whose idea names the
         candidate, started from that candidate's stored picture (stored as the new job's start
         image, so a restart resumes it)."""
+        await self.speak_to(interaction)
         parent = await self.store.get(parent_id)
         if parent is None or not parent.result_json:
-            await interaction.response.send_message(PICTURE_GONE, ephemeral=True)
+            await interaction.response.send_message(_(PICTURE_GONE), ephemeral=True)
             return
         if parent.is_music:
-            await interaction.response.send_message(NOT_A_PICTURE, ephemeral=True)
+            await interaction.response.send_message(_(NOT_A_PICTURE), ephemeral=True)
             return
         previous = Result.model_validate_json(parent.result_json)
         if candidate is not None and not 0 <= candidate < max(1, len(previous.candidates)):
-            await interaction.response.send_message(NO_SUCH_CANDIDATE, ephemeral=True)
+            await interaction.response.send_message(_(NO_SUCH_CANDIDATE), ephemeral=True)
             return
 
         async def request() -> JobRequest:
@@ -230,18 +253,22 @@ class JobRunner:
         acknowledge with 👂 and a "Listening…" reply — which then shows the progress and finally
         becomes the result — download it, then run in the background."""
         origin = JobOrigin.of_message(message)
+        # Their /preferences language, else (until Whisper has heard the language) the server's.
+        prefs = await self.guilds.preferences(origin.user_id)
+        server_locale = message.guild.preferred_locale if message.guild is not None else None
+        i18n.use(i18n.reply_language(prefs.language, locale=server_locale))
 
         async def refuse(exc: VoxCanvasError) -> None:
-            await message.reply(f"🚫 {exc}", mention_author=False)
+            await message.reply(f"🚫 {_(str(exc))}", mention_author=False)
 
         async def acknowledge(job: Job) -> Acknowledged | None:
             with contextlib.suppress(discord.HTTPException):
                 await message.add_reaction("👂")  # no permission to react: the reply is enough
-            reply = await message.reply("👂 Listening…", mention_author=False)
+            reply = await message.reply(_("👂 Listening…"), mention_author=False)
             try:
                 audio = await attachment.read()
             except discord.HTTPException:
-                await reply.edit(content=DOWNLOAD_FAILED)
+                await reply.edit(content=_(DOWNLOAD_FAILED))
                 return None
             surface = self.channel_surface(job.id, origin.channel_id, reply_to=message.id, message_id=reply.id)
             request = JobRequest("voice", Idea(audio=audio, audio_filename=attachment.filename))
@@ -253,24 +280,26 @@ class JobRunner:
 
     async def show_details(self, interaction: discord.Interaction, job_id: str) -> None:
         """The Details button: the full scene and every round, privately."""
+        await self.speak_to(interaction)
         record = await self.store.get(job_id)
         if record is None or not record.result_json:
-            await interaction.response.send_message(PICTURE_GONE_DETAILS, ephemeral=True)
+            await interaction.response.send_message(_(PICTURE_GONE_DETAILS), ephemeral=True)
             return
         if record.is_music:
-            await interaction.response.send_message(NOT_A_PICTURE, ephemeral=True)
+            await interaction.response.send_message(_(NOT_A_PICTURE), ephemeral=True)
             return
         result = Result.model_validate_json(record.result_json)
         await interaction.response.send_message(render.details_text(result), ephemeral=True)
 
     async def open_remix(self, interaction: discord.Interaction, job_id: str) -> None:
         """The Remix button: a modal prefilled from the stored job (answered at once: type 9)."""
+        await self.speak_to(interaction)
         parent = await self.store.get(job_id)
         if parent is None or not parent.result_json:
-            await interaction.response.send_message(PICTURE_GONE, ephemeral=True)
+            await interaction.response.send_message(_(PICTURE_GONE), ephemeral=True)
             return
         if parent.is_music:
-            await interaction.response.send_message(NOT_A_PICTURE, ephemeral=True)
+            await interaction.response.send_message(_(NOT_A_PICTURE), ephemeral=True)
             return
         result = Result.model_validate_json(parent.result_json)
         best = result.best
@@ -295,9 +324,10 @@ class JobRunner:
         seed: str,
     ) -> None:
         """The Remix modal was submitted: a new job (the submitter's) with the edited text."""
+        await self.speak_to(interaction)
         parent = await self.store.get(parent_id)
         if parent is None or not parent.result_json:
-            await interaction.response.send_message(PICTURE_GONE, ephemeral=True)
+            await interaction.response.send_message(_(PICTURE_GONE), ephemeral=True)
             return
         previous = Result.model_validate_json(parent.result_json)
         try:
@@ -312,7 +342,7 @@ class JobRunner:
         try:
             check_style(style or None)
         except BadRequest as exc:
-            await interaction.response.send_message(f"🚫 {exc.user_message}", ephemeral=True)
+            await interaction.response.send_message(f"🚫 {_(exc.user_message)}", ephemeral=True)
             return
         if not prompt.strip():
             await interaction.response.send_message("🚫 The prompt is empty — tell me what to draw.", ephemeral=True)
@@ -337,34 +367,36 @@ class JobRunner:
     async def cancel_from_button(self, interaction: discord.Interaction, job_id: str) -> None:
         """The Cancel button (its owner only): a queued job leaves the queue at once, a running
         render stops at its next step; the job's message then says "Cancelled"."""
+        await self.speak_to(interaction)
         record = await self.store.get(job_id)
         if record is None or not record.active:
-            await interaction.response.send_message(CANCEL_TOO_LATE, ephemeral=True)
+            await interaction.response.send_message(_(CANCEL_TOO_LATE), ephemeral=True)
             return
         if record.user_id != interaction.user.id:
-            await interaction.response.send_message(CANCEL_NOT_YOURS, ephemeral=True)
+            await interaction.response.send_message(_(CANCEL_NOT_YOURS), ephemeral=True)
             return
         job = self.executor.get_job(job_id)
         if job is None or job.finished:
-            await interaction.response.send_message(CANCEL_TOO_LATE, ephemeral=True)
+            await interaction.response.send_message(_(CANCEL_TOO_LATE), ephemeral=True)
             return
         job.cancel()
         log.info("job %s: cancelled by its owner", job_id)
-        await interaction.response.send_message(CANCELLING, ephemeral=True)
+        await interaction.response.send_message(_(CANCELLING), ephemeral=True)
 
     async def delete_from_button(self, interaction: discord.Interaction, job_id: str) -> None:
         """The Delete button (the owner, or members with Manage Messages): the post, the job's
         files and its record go."""
+        await self.speak_to(interaction)
         record = await self.store.get(job_id)
         if record is None:
-            await interaction.response.send_message(DELETE_GONE, ephemeral=True)
+            await interaction.response.send_message(_(DELETE_GONE), ephemeral=True)
             return
         moderator = interaction.guild is not None and interaction.permissions.manage_messages
         if record.user_id != interaction.user.id and not moderator:
-            await interaction.response.send_message(DELETE_NOT_YOURS, ephemeral=True)
+            await interaction.response.send_message(_(DELETE_NOT_YOURS), ephemeral=True)
             return
         if record.active:
-            await interaction.response.send_message(DELETE_RUNNING, ephemeral=True)
+            await interaction.response.send_message(_(DELETE_RUNNING), ephemeral=True)
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         if interaction.message is not None:
@@ -378,7 +410,14 @@ class JobRunner:
         log.info(
             "job %s: deleted by %s", job_id, "its owner" if record.user_id == interaction.user.id else "a moderator"
         )
-        await interaction.followup.send(DELETED, ephemeral=True)
+        await interaction.followup.send(_(DELETED), ephemeral=True)
+
+    # --- languages and preferences ----------------------------------------------------------
+    async def speak_to(self, interaction: discord.Interaction) -> str:
+        """Answer ``interaction`` in its user's language from now on (this task and the jobs it
+        starts): their /preferences language, else their Discord client's (bot.i18n)."""
+        prefs = await self.guilds.preferences(interaction.user.id)
+        return i18n.use(i18n.reply_language(prefs.language, locale=interaction.locale))
 
     # --- admission: the one path every new job takes -----------------------------------------
     async def _start_from_interaction(
@@ -386,17 +425,22 @@ class JobRunner:
     ) -> None:
         """A slash command or a button: refuse privately, or defer ("thinking…") and run; the
         result goes into the interaction's response, or to the channel once its token runs out."""
+        await self.speak_to(interaction)
         origin = JobOrigin.of_interaction(interaction)
 
         async def refuse(exc: VoxCanvasError) -> None:
-            await interaction.response.send_message(f"🚫 {exc}", ephemeral=True)
+            await interaction.response.send_message(f"🚫 {_(str(exc))}", ephemeral=True)
+
+        # /preferences private: a slash command's result only its user sees (buttons answer in the open).
+        command = interaction.type == discord.InteractionType.application_command
+        private = command and (await self.guilds.preferences(origin.user_id)).private
 
         async def acknowledge(job: Job) -> Acknowledged | None:
-            await interaction.response.defer(thinking=True)
+            await interaction.response.defer(thinking=True, ephemeral=private)
             try:
                 job_request = await request()
             except VoxCanvasError as exc:  # e.g. a start image that could not be downloaded or read
-                await interaction.edit_original_response(content=f"🚫 {exc.user_message}")
+                await interaction.edit_original_response(content=f"🚫 {_(exc.user_message)}")
                 return None
             fallback = self.channel_surface(job.id, origin.channel_id, mention_user_id=origin.user_id)
             return Acknowledged(InteractionSurface.live(interaction, fallback), job_request)
@@ -417,7 +461,7 @@ class JobRunner:
             return None
         try:
             voice = origin.interaction is None and origin.source_message_id is not None
-            await self.guilds.admit(
+            config = await self.guilds.admit(
                 user_id=origin.user_id, guild_id=origin.guild_id, channel_id=origin.channel_id, voice=voice
             )
         except VoxCanvasError as exc:
@@ -435,6 +479,16 @@ class JobRunner:
                     request.idea, await self.guilds.get(origin.guild_id), await self.guilds.preferences(origin.user_id)
                 )
                 acknowledged = replace(acknowledged, request=replace(request, idea=idea))
+            keep = safety.keeps_flagged(config, guild_id=origin.guild_id, age_restricted=origin.age_restricted)
+            # The reply language, kept with the job (a restart resumes it in the same language); a
+            # voice note without a /preferences language is answered in the language heard.
+            if origin.interaction is not None:
+                language: str | None = i18n.current()
+            else:
+                language = i18n.language_of((await self.guilds.preferences(origin.user_id)).language)
+            request = acknowledged.request
+            idea = replace(request.idea, keep_flagged=keep, reply_language=language)
+            acknowledged = replace(acknowledged, request=replace(request, idea=idea))
             record = await self._store_new(job, origin, acknowledged)
         except BaseException:
             job.finish("failed")
@@ -520,6 +574,25 @@ class JobRunner:
         except discord.HTTPException:
             log.warning("could not post to the moderation log channel %d", channel_id, exc_info=True)
 
+    async def _safety_modlog(self, admitted: AdmittedJob, flagged: Result | None) -> None:
+        """Log ``flagged``'s withheld / spoilered pictures (``None``: a refused start image) to the
+        server's moderation log channel."""
+        record = admitted.record
+        if record.guild_id is None or self._client is None:
+            return
+        try:
+            config = await self.guilds.get(record.guild_id)
+        except Exception:
+            log.warning("job %s: server settings unreadable; no moderation log entry", record.id)
+            return
+        if config.modlog_channel is None:
+            return
+        if flagged is None:
+            text = safety.modlog_refused(record.id, user_id=record.user_id, channel_id=record.channel_id)
+        else:
+            text = safety.modlog_flagged(flagged, user_id=record.user_id, channel_id=record.channel_id)
+        await self._post_modlog(config.modlog_channel, text)
+
     def track(self, task: asyncio.Task[None]) -> None:
         """Keep ``task`` (named after its job) until it ends; its exception, if any, is retrieved
         and logged with that name, never left for asyncio's "never retrieved" warning."""
@@ -582,6 +655,8 @@ class JobRunner:
             reporter.push(render.progress_line(event, corrections=corrections, candidates=job.candidates))
 
         job.listener = on_progress
+        job.keep_flagged = admitted.request.idea.keep_flagged
+        i18n.use(admitted.request.idea.reply_language)  # this job's task only (a restart resumes it so too)
         on_progress(ProgressEvent(job.id, "queued", position=job.position(), eta_s=job.eta_s()))
         try:
             try:
@@ -589,14 +664,16 @@ class JobRunner:
                 output = await work(job)
             except VoxCanvasError as exc:
                 outcome: EndState = "cancelled" if job.cancelled else "failed"
-                text = CANCELLED if isinstance(exc, JobCancelled) and job.cancelled else user_error_text(exc, job.id)
+                text = _(CANCELLED) if isinstance(exc, JobCancelled) and job.cancelled else user_error_text(exc, job.id)
                 if isinstance(exc, ModelUnavailable):  # the operator's problem: the details go to the log
                     log.error("job %s failed: %s", job.id, exc)
                 else:
                     log.info("job %s refused: %s", job.id, exc)
+                if isinstance(exc, UnsafeImage):
+                    await self._safety_modlog(admitted, None)
                 job.finish(outcome)
                 await reporter.close()
-                shown = text if text == CANCELLED else f"⚠️ {text}"
+                shown = text if text == _(CANCELLED) else f"⚠️ {text}"
                 await self._end_without_picture(job.id, surface, nonce, shown, error=text, state=outcome)
                 return
             except asyncio.CancelledError:
@@ -609,6 +686,9 @@ class JobRunner:
                 await self._end_without_picture(job.id, surface, nonce, apology, error=apology)
                 return
             job.finish("done")  # the GPU part is over: free the user's slot before saving and delivery
+            heard = getattr(output.result, "language", None)
+            if admitted.request.kind == "voice" and admitted.request.idea.reply_language is None and heard:
+                i18n.use(heard)  # answered in the language the voice note was spoken in
             if isinstance(output, MusicOutput):
                 await self._save_and_deliver_music(job.id, surface, nonce, output, reporter)
                 return
@@ -624,6 +704,8 @@ class JobRunner:
             await self.deliver_result(
                 job.id, surface, output.result, output.shown_png, output.palette_png, nonce=nonce, saved=bool(saved)
             )
+            if output.result.flagged:
+                await self._safety_modlog(admitted, output.result)
         finally:
             job.listener = None
             await reporter.close()
@@ -717,7 +799,7 @@ class JobRunner:
             return
         log.error("job %s: the music was refused (%s)", job_id, refused)
         note = f"Discord refused the music ({refused}); an apology was shown."
-        await self.deliver_text(job_id, surface, MUSIC_REFUSED.format(job_id=job_id), nonce=nonce, note=note)
+        await self.deliver_text(job_id, surface, _(MUSIC_REFUSED).format(job_id=job_id), nonce=nonce, note=note)
 
     async def _record_failure(self, job_id: str, error: str, *, state: EndState = "failed") -> None:
         """Mark the job failed (or cancelled) with ``error``; a store that can't is logged, never raised."""
@@ -751,18 +833,26 @@ class JobRunner:
         content = render.result_content(result)  # a channel surface adds the user's mention itself
         view: discord.ui.View | None = result_view(job_id, candidates=len(result.candidates), kind=result.kind)
         if not saved:
-            content, view = f"{UNSAVED_NOTE}\n{content}", None
-        full = MessageParts(
-            content, embed=render.result_embed(result), files=render.result_files(image_png, palette_png), view=view
-        )
+            content, view = f"{_(UNSAVED_NOTE)}\n{content}", None
+        embed, files = render.result_embed(result), render.result_files(image_png, palette_png)
+        if result.flagged_kept:  # an age-restricted channel whose server allows it: behind a spoiler
+            content = f"{_(SPOILERED)}\n{content}"
+            embed, files = safety.without_image(embed), safety.spoilered(files)
+        elif safety.withheld_all(result):  # nothing left to show: say so, no picture
+            content = f"{_(WITHHELD)}\n{content}"
+            embed, files = safety.without_image(embed), []
+        elif result.flagged:  # a grid with some cells blacked out
+            content = f"{_(PARTLY_WITHHELD)}\n{content}"
+        full = MessageParts(content, embed=embed, files=files, view=view)
         first_refusal = await self._try_deliver(job_id, surface, full, nonce=nonce)
         if first_refusal is None:
             return
         log.warning("job %s: the result was refused (%s); trying a reduced form", job_id, first_refusal)
         jpeg = await asyncio.to_thread(png_to_jpeg, image_png)
+        reduced_name = (safety.SPOILER_PREFIX if result.flagged_kept else "") + REDUCED_IMAGE_NAME
         reduced = MessageParts(
             reduced_content(result, content),
-            files=[discord.File(io.BytesIO(jpeg), filename=REDUCED_IMAGE_NAME)],
+            files=[] if safety.withheld_all(result) else [discord.File(io.BytesIO(jpeg), filename=reduced_name)],
             view=view,
         )
         note = f"Discord refused the full result ({first_refusal}); a reduced one was shown."
@@ -773,7 +863,7 @@ class JobRunner:
         note = (
             f"Discord refused the result ({first_refusal}) and a reduced one ({second_refusal}); an apology was shown."
         )
-        await self.deliver_text(job_id, surface, RESULT_REFUSED.format(job_id=job_id), nonce=nonce, note=note)
+        await self.deliver_text(job_id, surface, _(RESULT_REFUSED).format(job_id=job_id), nonce=nonce, note=note)
 
     async def deliver_text(
         self, job_id: str, surface: Surface, text: str, *, nonce: str, note: str | None = None
@@ -824,7 +914,7 @@ class JobRunner:
         (the store keeps them queued; the next start resumes them)."""
         if not self.tasks:
             return
-        _, pending = await asyncio.wait(set(self.tasks), timeout=timeout_s)
+        _done, pending = await asyncio.wait(set(self.tasks), timeout=timeout_s)
         for task in pending:
             task.cancel()
         if pending:
@@ -837,9 +927,9 @@ def user_error_text(exc: BaseException, job_id: str) -> str:
     for them — except a model-loading error, whose message names settings and filesystem paths
     for the operator (it is logged) — and a generic apology with the job id for anything else."""
     if isinstance(exc, ModelUnavailable):
-        return MODEL_UNAVAILABLE.format(job_id=job_id)
+        return _(MODEL_UNAVAILABLE).format(job_id=job_id)
     if isinstance(exc, VoxCanvasError):
-        return exc.user_message
+        return _(exc.user_message)  # a fixed message has its translation in the catalogs
     return render.apology(job_id)
 
 

@@ -21,6 +21,8 @@ import discord
 
 from pipeline import limits
 
+from .i18n import N_, _
+
 if TYPE_CHECKING:
     from .client import VoxCanvasBot
 
@@ -32,13 +34,13 @@ JOB_ID = r"(?P<job_id>[0-9a-f]{8,32})"
 
 # action → label, emoji, style; in the order the buttons appear under a picture
 BUTTONS: dict[Action, tuple[str, str, discord.ButtonStyle]] = {
-    "regen": ("Regenerate", "🔁", discord.ButtonStyle.primary),
-    "vary": ("Vary", "🎲", discord.ButtonStyle.secondary),
-    "remix": ("Remix", "🎛️", discord.ButtonStyle.secondary),  # a modal: edit the prompt, then a new job
-    "music": ("Soundtrack", "🎵", discord.ButtonStyle.secondary),
-    "details": ("Details", "🔎", discord.ButtonStyle.secondary),
-    "delete": ("Delete", "🗑️", discord.ButtonStyle.danger),  # the owner, or members with Manage Messages
-    "cancel": ("Cancel", "✖️", discord.ButtonStyle.danger),  # on the progress message; the owner only
+    "regen": (N_("Regenerate"), "🔁", discord.ButtonStyle.primary),
+    "vary": (N_("Vary"), "🎲", discord.ButtonStyle.secondary),
+    "remix": (N_("Remix"), "🎛️", discord.ButtonStyle.secondary),  # a modal: edit the prompt, then a new job
+    "music": (N_("Soundtrack"), "🎵", discord.ButtonStyle.secondary),
+    "details": (N_("Details"), "🔎", discord.ButtonStyle.secondary),
+    "delete": (N_("Delete"), "🗑️", discord.ButtonStyle.danger),  # the owner, or members with Manage Messages
+    "cancel": (N_("Cancel"), "✖️", discord.ButtonStyle.danger),  # on the progress message; the owner only
 }
 RESULT_ACTIONS: tuple[Action, ...] = ("regen", "vary", "remix", "music", "details", "delete")
 GRID_ACTIONS: tuple[Action, ...] = ("regen", "remix", "music", "details", "delete")  # under U1–U4 / V1–V4
@@ -53,7 +55,9 @@ class JobButton(discord.ui.DynamicItem[Button], template=rf"voxcanvas:(?P<action
 
     def __init__(self, action: Action, job_id: str) -> None:
         label, emoji, style = BUTTONS[action]
-        super().__init__(discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=custom_id(action, job_id)))
+        super().__init__(
+            discord.ui.Button(label=_(label), emoji=emoji, style=style, custom_id=custom_id(action, job_id))
+        )
         self.action = action
         self.job_id = job_id
 
@@ -89,7 +93,7 @@ class CandidateButton(
 
     def __init__(self, action: CandidateAction, job_id: str, number: int, *, single: bool = False) -> None:
         if single:
-            label, emoji = ("Upscale", "🔍") if action == "up" else ("Vary", "🎲")
+            label, emoji = (_("Upscale"), "🔍") if action == "up" else (_("Vary"), "🎲")
         else:
             label, emoji = f"{'U' if action == 'up' else 'V'}{number}", None
         style = discord.ButtonStyle.primary if action == "up" else discord.ButtonStyle.secondary

@@ -9,6 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.i18n import _
 from pipeline import limits
 from pipeline.errors import BadRequest
 from pipeline.families import ASPECTS
@@ -71,7 +72,7 @@ class Imagine(commands.Cog):
         count: app_commands.Range[int, 1, limits.MAX_CANDIDATES] | None = None,
     ) -> None:
         if not prompt.strip():
-            await interaction.response.send_message("🚫 The prompt is empty — tell me what to draw.", ephemeral=True)
+            await interaction.response.send_message(_("🚫 The prompt is empty — tell me what to draw."), ephemeral=True)
             return
         if image is not None:
             problem = _image_problem(image)  # from the attachment's metadata: nothing downloaded yet

@@ -1,7 +1,8 @@
 """/preferences: a user's personal defaults (style, aspect, candidates, private replies, language),
-stored per user (:class:`bot.guilds.Preferences`). Style and aspect fill in what a new /imagine or
-voice note leaves empty (before the server's defaults); candidates, private replies and the reply
-language are stored and shown but not yet applied (see the README)."""
+stored per user (:class:`bot.guilds.Preferences`). Style, aspect and candidates fill in what a new
+/imagine or voice note leaves empty (before the server's defaults: :func:`bot.guilds.with_defaults`);
+private replies make slash commands' results ephemeral and the language is the language of the
+bot's replies (:mod:`bot.i18n`) — both applied in :mod:`bot.runner`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import i18n
 from bot.guilds import Preferences
 from pipeline.families import ASPECTS
 from pipeline.styles import STYLES
@@ -23,7 +25,7 @@ log = logging.getLogger(__name__)
 
 STYLE_CHOICES = [app_commands.Choice(name=name, value=name) for name in list(STYLES)[:25]]
 ASPECT_CHOICES = [app_commands.Choice(name=aspect, value=aspect) for aspect in ASPECTS]
-LANGUAGES = {"en": "English", "de": "Deutsch", "es": "Español", "fr": "Français", "ja": "日本語"}
+LANGUAGES = i18n.LANGUAGES  # the languages the bot ships catalogs for
 LANGUAGE_CHOICES = [app_commands.Choice(name=name, value=code) for code, name in LANGUAGES.items()]
 
 

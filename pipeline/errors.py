@@ -71,6 +71,12 @@ class BadRequest(VoxCanvasError):
     default_message = "Those options don't work together."
 
 
+class UnsafeImage(BadRequest):
+    """The safety checker flagged a start image (image-to-image): it is not used."""
+
+    default_message = "🙈 The safety checker flagged that start image, so I can't use it. Please try another picture."
+
+
 class ModelUnavailable(VoxCanvasError):
     """Weights could not be loaded (offline, a typo in a model id, a broken directory)."""
 

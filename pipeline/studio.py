@@ -39,7 +39,7 @@ from .palette import extract_palette, swatch_png
 from .scene import Scene
 from .settings import Settings
 from .styles import STYLES, check_style
-from .synthesis import RenderedImage, RenderRequest, image_to_png, random_seed
+from .synthesis import RenderedImage, RenderRequest, image_to_png, random_seed, redacted
 from .tags import tags_for
 
 if TYPE_CHECKING:
@@ -80,6 +80,8 @@ class Idea:
     candidate: int | None = None  # U/V buttons: which candidate (0-based) of the parent job
     upscale: bool = False  # a U button's job: the candidate (the init image) upscaled ×2
     remix: bool = False  # a Remix job: ``text`` is the edited diffusion prompt of the parent, used as is
+    keep_flagged: bool = False  # where it was asked, flagged pictures may be shown (behind a spoiler): Job.keep_flagged
+    reply_language: str | None = None  # the bot's replies (bot.i18n); None: the language heard (voice)
 
     @property
     def kind(self) -> str:
@@ -135,6 +137,7 @@ class Candidate(BaseModel):
     seed: int
     score: int | None = None
     corrected: bool = False  # this cell shows the correction round's picture
+    nsfw: bool = False  # the safety checker flagged this candidate
 
 
 class Provenance(BaseModel):
@@ -176,6 +179,14 @@ class Result(Provenance):
     total_s: float = 0.0
     candidates: list[Candidate] = Field(default_factory=list)  # empty: one picture (older jobs too)
     best_candidate: int = 0
+    # The safety checker flagged a picture shown (see :attr:`flagged`) and it was kept as rendered
+    # (``Job.keep_flagged``: to be shown behind a spoiler); False: flagged pictures are black.
+    flagged_kept: bool = False
+
+    @property
+    def flagged(self) -> bool:
+        """The safety checker flagged the shown picture or one of the candidates."""
+        return self.best.nsfw or any(c.nsfw for c in self.candidates)
 
     @property
     def best(self) -> Round:
@@ -668,6 +679,7 @@ class Studio:
                 # batch key, each with its own seed and generator).
                 requests = _candidate_requests(request, count)
                 candidates = list(await asyncio.gather(*(self.executor.render(job, r) for r in requests)))
+                candidates = [_screened(job, c) for c in candidates]
                 render_s = time.perf_counter() - t0
                 timings["render"] = timings.get("render", 0.0) + render_s
                 self._stage(job, "review", total=count)
@@ -677,7 +689,7 @@ class Studio:
                 best_candidate = max(range(count), key=lambda i: (candidate_reports[i].alignment_score, -i))
                 rendered, report = candidates[best_candidate], candidate_reports[best_candidate]
             else:
-                rendered = await self.executor.render(job, request)
+                rendered = _screened(job, await self.executor.render(job, request))
                 render_s = time.perf_counter() - t0
                 timings["render"] = timings.get("render", 0.0) + render_s
 
@@ -751,10 +763,14 @@ class Studio:
         grid_png: bytes | None = None
         if candidates:
             for i, (picture, review) in enumerate(zip(candidates, candidate_reports, strict=True)):
-                shown.append(Candidate(index=i, seed=picture.seed, score=review.alignment_score))
+                shown.append(Candidate(index=i, seed=picture.seed, score=review.alignment_score, nsfw=picture.nsfw))
             if best > 0:  # the correction won: it takes the best candidate's cell
                 shown[best_candidate] = Candidate(
-                    index=best_candidate, seed=rounds[best].seed, score=rounds[best].score, corrected=True
+                    index=best_candidate,
+                    seed=rounds[best].seed,
+                    score=rounds[best].score,
+                    corrected=True,
+                    nsfw=rounds[best].nsfw,
                 )
             cells = [c.image for c in candidates]
             cells[best_candidate] = best_image
@@ -775,6 +791,7 @@ class Studio:
             candidates=shown,
             best_candidate=best_candidate,
         )
+        result.flagged_kept = result.flagged and getattr(job, "keep_flagged", False)
         return Output(
             result=result,
             image_png=image_png,
@@ -879,6 +896,16 @@ def candidate_round(previous: Result, candidate: int | None) -> Round:
         return previous.best
     first = previous.rounds[0]
     return first.model_copy(update={"seed": cell.seed, "score": cell.score})
+
+
+def _screened(job: Job, rendered: RenderedImage) -> RenderedImage:
+    """``rendered`` as the job may see it: a picture the safety checker flagged is blacked out here,
+    before the critic, the store or a user sees it — unless the job keeps flagged pictures (the bot
+    shows them behind a spoiler where the server allows it)."""
+    if rendered.nsfw and not getattr(job, "keep_flagged", False):
+        log.info("job %s: the safety checker flagged a picture; it is withheld", job.id)
+        return replace(rendered, image=redacted(rendered.image))
+    return rendered
 
 
 def _request_like(round_: Round, *, prompt: str, guidance: float, init_image: bytes | None) -> RenderRequest:

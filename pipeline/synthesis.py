@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 
 from . import families, limits
-from .errors import BadRequest
+from .errors import BadRequest, UnsafeImage
 from .families import FamilyProfile, ModelDefaults
 from .images import decode_init_image
 from .lora import LoraSet
@@ -171,7 +171,7 @@ class RenderedImage:
     mode: str
     prompt_tokens: int  # CLIP (SD, SDXL) or T5 (SD3, FLUX) tokens in the prompt, without special tokens
     prompt_chunks: int  # 77-token windows the prompt was encoded in (1 = fits the window; T5: 1)
-    nsfw: bool  # the safety checker blanked this image
+    nsfw: bool  # the safety checker flagged this image (kept as rendered: the studio redacts what it withholds)
     batch_size: int
     seconds: float  # wall time of the pipeline call this image came from
     model: str | None = None  # the MODELS name (None: DIFFUSION_MODEL)
@@ -180,6 +180,11 @@ class RenderedImage:
 
     def png_bytes(self) -> bytes:
         return image_to_png(self.image)
+
+
+def redacted(image: Image.Image) -> Image.Image:
+    """A flagged picture withheld: black, the same size (what diffusers' own checker shows)."""
+    return Image.new("RGB", image.size)
 
 
 def image_to_png(image: Image.Image) -> bytes:
@@ -200,6 +205,11 @@ class DiffusionPipelines:
     text2img: Any
     img2img: Any
     family: FamilyProfile
+    # The model's safety checker (SD 1.x/2.x ship one) and its image processor, taken out of the
+    # pipelines: :meth:`Synthesizer.flag_unsafe` runs it on the pictures (and img2img start images)
+    # and keeps them, so the caller decides what a flagged picture becomes (blacked out or spoilered).
+    checker: Any = None
+    feature_extractor: Any = None
 
 
 #: Pipelines whose transformer was trained in bf16 (fp16 overflows): SD3 and FLUX on CUDA.
@@ -253,8 +263,19 @@ class Synthesizer(LazyModel[DiffusionPipelines]):
         # Same modules, no copy: from_pipe re-uses the loaded components.
         img2img = AutoPipelineForImage2Image.from_pipe(pipe)
         img2img.set_progress_bar_config(disable=True)
+        checker = getattr(pipe, "safety_checker", None)
+        extractor = getattr(pipe, "feature_extractor", None)
+        if checker is not None:  # run by flag_unsafe instead: diffusers would black the picture out itself
+            for view in (pipe, img2img):
+                view.safety_checker = None
         self._dtype_used = dtype
-        return DiffusionPipelines(text2img=pipe, img2img=img2img, family=family)
+        return DiffusionPipelines(
+            text2img=pipe,
+            img2img=img2img,
+            family=family,
+            checker=checker if extractor is not None else None,
+            feature_extractor=extractor,
+        )
 
     def unload(self) -> None:
         super().unload()
@@ -262,13 +283,29 @@ class Synthesizer(LazyModel[DiffusionPipelines]):
             self.loras = LoraSet(self.loras.lora_dir)  # adapters went with the weights
 
     def _loaded_note(self, weights: DiffusionPipelines) -> str:
-        checker = getattr(weights.text2img, "safety_checker", None)
+        checker = weights.checker
         family = weights.family
         return (
             f", {family.label} at {family.native_width}x{family.native_height}, "
             f"{family.default_steps} steps, guidance {family.default_guidance:g}, "
             f"safety checker {'on' if checker is not None else 'off'}"
         )
+
+    def flag_unsafe(self, images: list[Image.Image]) -> list[bool]:
+        """Which of ``images`` the model's safety checker flags (all ``False`` without a checker).
+        The images are left as they are: the caller redacts (:func:`redacted`) what it withholds."""
+        weights = self.load()
+        if weights.checker is None or not images:
+            return [False] * len(images)
+        import numpy as np
+
+        parameter = next(weights.checker.parameters())
+        inputs = weights.feature_extractor([image.convert("RGB") for image in images], return_tensors="pt")
+        clip_input = inputs.pixel_values.to(device=parameter.device, dtype=parameter.dtype)
+        arrays = [np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0 for image in images]
+        with torch.inference_mode():
+            _, flags = weights.checker(images=arrays, clip_input=clip_input)
+        return [bool(flag) for flag in flags]
 
     @property
     def _text2img(self) -> Any:
@@ -502,6 +539,8 @@ class Synthesizer(LazyModel[DiffusionPipelines]):
             common.update(self._text_arguments(requests, shape))
             if first.mode == "img2img":
                 images = [r.sized_init_image() for r in requests]
+                if any(self.flag_unsafe(images)):
+                    raise UnsafeImage()
                 pipe = self._img2img
                 extra = {"height": first.height, "width": first.width} if family.architecture == "flux" else {}
                 output = pipe(image=images, strength=float(first.strength), **extra, **common)
@@ -511,7 +550,7 @@ class Synthesizer(LazyModel[DiffusionPipelines]):
         if pipe.interrupt:
             raise RenderInterrupted()
         seconds = time.perf_counter() - started
-        flagged = getattr(output, "nsfw_content_detected", None) or [False] * len(requests)
+        flagged = self.flag_unsafe(list(output.images))
         chunks = 1 if family.prompt_encoding == "t5" else shape
         results: list[RenderedImage] = []
         for request, seed, image, nsfw in zip(requests, seeds, output.images, flagged, strict=True):

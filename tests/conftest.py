@@ -27,6 +27,12 @@ def tiny_sd_dir(models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def flagging_sd_dir(models_dir: Path) -> Path:
+    """The tiny pipeline whose safety checker flags every picture (NSFW policy tests)."""
+    return builders.build_tiny_stable_diffusion(models_dir / "tiny-sd-flagging", flag_everything=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_clip_dir(models_dir: Path) -> Path:
     return builders.build_tiny_clip(models_dir / "tiny-clip")
 

@@ -51,6 +51,9 @@ class Job:
         self.listener: Callable[[ProgressEvent], None] | None = None
         self.stage: Stage = "queued"
         self.candidates = 1  # pictures its first render makes (the studio sets it; progress says so)
+        # Keep pictures the safety checker flags as rendered (the bot spoilers them in an age-restricted
+        # channel whose server allows it); False: the studio blacks them out before anything sees them.
+        self.keep_flagged = False
 
     # --- for the caller ---
     def position(self) -> int | None:

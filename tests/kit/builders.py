@@ -178,8 +178,15 @@ SD15_SCHEDULER = dict(
 )
 
 
-def build_tiny_stable_diffusion(directory: Path, seed: int = 0, safety_checker: bool = True) -> Path:
+def build_tiny_stable_diffusion(
+    directory: Path, seed: int = 0, safety_checker: bool = True, flag_everything: bool = False
+) -> Path:
     """A tiny Stable Diffusion 1.x-shaped pipeline, saved like a hub repository.
+
+    ``flag_everything``: its safety checker flags every picture. The checker flags an image when
+    the cosine similarity of its embedding to a concept embedding exceeds that concept's threshold
+    (``concept_embeds_weights``; ``StableDiffusionSafetyChecker.forward``); a similarity is at most
+    1, so thresholds of -2 make every picture flagged, as a trained checker flags an unsafe one.
 
     UNet, VAE and text encoder have the SD 1.x *structure* (cross-attention conditioned UNet, 4
     latent channels, 8x VAE downsampling, CLIP text encoder with a 77-token window) with widths
@@ -237,6 +244,9 @@ def build_tiny_stable_diffusion(directory: Path, seed: int = 0, safety_checker: 
             )
         )
         feature_extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+        if flag_everything:
+            with torch.no_grad():
+                checker.concept_embeds_weights.fill_(-2.0)
 
     pipe = StableDiffusionPipeline(
         unet=unet,
@@ -976,3 +986,40 @@ def build_tiny_lora(sd_dir: Path, lora_dir: Path, name: str = "tiny-style", seed
     lora_dir.mkdir(parents=True, exist_ok=True)
     StableDiffusionPipeline.save_lora_weights(lora_dir, unet_lora_layers=layers, weight_name=f"{name}.safetensors")
     return lora_dir / f"{name}.safetensors"
+
+
+def build_tiny_whisper_hearing(directory: Path, source: Path, language: str, word: str = "chat") -> Path:
+    """The tiny multilingual Whisper of ``source`` (:func:`build_tiny_whisper`) changed so that it
+    always detects ``language`` and writes ``word`` over and over, whatever it is played.
+
+    The decoder's final LayerNorm gets weight 0 and bias ``b`` (a fixed unit vector), so its
+    output is ``b`` at every position and the logits are ``W @ b`` (``W``: the output projection,
+    ``proj_out``). The ``<|language|>`` row of ``W`` is set to ``50 b`` and the row of ``word``'s
+    first byte token to ``25 b``: the language probe (one decoder
+    step, no suppression) picks ``language``; generation suppresses every language token (the
+    generation config's ``suppress_tokens``), so the text is ``word``'s first byte repeated —
+    enough to test a reply in the language the voice note was "spoken" in, through the real
+    transcription code."""
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    processor = WhisperProcessor.from_pretrained(source)
+    model = WhisperForConditionalGeneration.from_pretrained(source)
+    generation_config = model.generation_config
+    language_ids = sorted(int(i) for i in generation_config.lang_to_id.values())
+    target = int(generation_config.lang_to_id[f"<|{language}|>"])
+    tokenizer = processor.tokenizer
+    letter = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(word[0]))[0]
+    generator = torch.Generator().manual_seed(0)
+    decoder = model.model.decoder
+    with torch.no_grad():
+        direction = torch.randn(decoder.layer_norm.bias.shape, generator=generator)
+        direction /= direction.norm()
+        decoder.layer_norm.weight.zero_()
+        decoder.layer_norm.bias.copy_(direction)
+        projection = model.proj_out.weight
+        projection[target] = 50 * direction
+        projection[letter] = 25 * direction
+    generation_config.suppress_tokens = sorted({*(generation_config.suppress_tokens or []), *language_ids})
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory

@@ -291,6 +291,7 @@ RESULT_KEYS = {
     "job_id", "kind", "parent_job_id", "idea", "transcript", "language", "translated", "audio_seconds", "style",
     "scene", "palette", "palette_source", "tags", "rounds", "best_round", "threshold", "director",
     "director_fallback", "critic", "critic_fallback", "timings", "total_s", "candidates", "best_candidate",
+    "flagged_kept",
 }  # fmt: skip
 
 

@@ -5,15 +5,13 @@ image-to-image, the safety checker and load errors."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from pipeline.errors import BadRequest, ModelUnavailable
-from pipeline.synthesis import RenderInterrupted, RenderRequest, Synthesizer
+from pipeline.errors import BadRequest, ModelUnavailable, UnsafeImage
+from pipeline.synthesis import RenderInterrupted, RenderRequest, Synthesizer, redacted
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +34,7 @@ def pixels(image: Image.Image) -> np.ndarray:
 def test_loads_through_from_pretrained_with_euler_and_safety_checker(synth):
     pipe = synth._text2img
     assert type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"
-    assert pipe.safety_checker is not None  # on by default
+    assert synth.load().checker is not None  # on by default (run by flag_unsafe, not by diffusers)
     assert synth._img2img.unet is pipe.unet and synth._img2img.vae is pipe.vae  # no second copy
 
 
@@ -139,29 +137,30 @@ def test_image_to_image(synth):
     assert not np.array_equal(pixels(out.image), pixels(blue.image))
 
 
-@pytest.fixture(scope="module")
-def always_flagging_sd_dir(tiny_sd_dir, tmp_path_factory) -> Path:
-    """The tiny pipeline with a safety checker whose thresholds flag every image."""
-    from diffusers import StableDiffusionPipeline
+def test_safety_checker_flags_keeps_the_picture_refuses_flagged_start_images(flagging_sd_dir):
+    """The checker's verdict is kept per picture and the picture is kept as rendered (the studio
+    blacks out what it withholds: pipeline.studio._screened); a flagged img2img start image is refused."""
+    checked = Synthesizer(str(flagging_sd_dir), "cpu")
+    assert checked.load().checker is not None and checked._text2img.safety_checker is None  # run by us
+    first, second = checked.render([req(seed=3), req(seed=4)])
+    assert first.nsfw and second.nsfw and pixels(first.image).max() > 0
+    assert pixels(redacted(first.image)).max() == 0 and redacted(first.image).size == first.image.size
+    start = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(start, format="PNG")
+    with pytest.raises(UnsafeImage) as refused:
+        checked.render([req(init_image=start.getvalue(), strength=0.5, steps=4)])
+    assert "safety checker" in refused.value.user_message
 
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir)
-    with torch.no_grad():
-        pipe.safety_checker.concept_embeds_weights.fill_(-2.0)
-    out = tmp_path_factory.mktemp("flagging-sd")
-    pipe.save_pretrained(out)
-    return out
-
-
-def test_safety_checker_blanks_flagged_images_and_can_be_turned_off(always_flagging_sd_dir):
-    checked = Synthesizer(str(always_flagging_sd_dir), "cpu")
-    flagged = checked.render([req(seed=3)])[0]
-    assert flagged.nsfw and pixels(flagged.image).max() == 0
-
-    unchecked = Synthesizer(str(always_flagging_sd_dir), "cpu", safety_checker=False)
+    unchecked = Synthesizer(str(flagging_sd_dir), "cpu", safety_checker=False)
     unchecked.load()
-    assert unchecked._text2img.safety_checker is None
+    assert unchecked._text2img.safety_checker is None and unchecked.load().checker is None
     free = unchecked.render([req(seed=3)])[0]
     assert not free.nsfw and pixels(free.image).max() > 0
+
+
+def test_default_checker_flags_nothing(synth):
+    assert synth.flag_unsafe([Image.new("RGB", (64, 64), (250, 250, 250))]) == [False]
+    assert not synth.render([req(seed=3)])[0].nsfw
 
 
 def test_unloadable_model_names_the_setting(tmp_path):

@@ -265,9 +265,11 @@ class FakeDiscord:
             await self.gateway.send_guild_create(session, guild.id)
         return guild
 
-    async def add_channel(self, guild_id: int, name: str, *, topic: str | None = None) -> FakeChannel:
-        """Create a text channel; sends CHANNEL_CREATE when the bot is connected."""
-        channel = self.world.create_channel(guild_id, name, topic=topic)
+    async def add_channel(
+        self, guild_id: int, name: str, *, topic: str | None = None, nsfw: bool = False
+    ) -> FakeChannel:
+        """Create a text channel (``nsfw``: age-restricted); sends CHANNEL_CREATE when the bot is connected."""
+        channel = self.world.create_channel(guild_id, name, topic=topic, nsfw=nsfw)
         if self.gateway.live_sessions():
             await self.gateway.dispatch("CHANNEL_CREATE", self.world.channel_payload(channel))
         return channel

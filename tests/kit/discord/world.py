@@ -120,6 +120,7 @@ class FakeChannel:
     topic: str | None = None
     recipient_ids: list[int] = field(default_factory=list)
     last_message_id: int | None = None
+    nsfw: bool = False  # age-restricted (Discord's "nsfw" channel flag)
 
     @property
     def is_dm(self) -> bool:
@@ -223,10 +224,16 @@ class World:
         self.guilds[gid] = guild
         return guild
 
-    def create_channel(self, guild_id: int, name: str, *, topic: str | None = None) -> FakeChannel:
+    def create_channel(self, guild_id: int, name: str, *, topic: str | None = None, nsfw: bool = False) -> FakeChannel:
         guild = self.guilds[guild_id]
         channel = FakeChannel(
-            id=self.ids.next(), type=0, name=name, guild_id=guild_id, position=len(guild.channel_ids), topic=topic
+            id=self.ids.next(),
+            type=0,
+            name=name,
+            guild_id=guild_id,
+            position=len(guild.channel_ids),
+            topic=topic,
+            nsfw=nsfw,
         )
         guild.channel_ids.append(channel.id)
         self.channels[channel.id] = channel
@@ -371,7 +378,7 @@ class World:
             "permission_overwrites": [],
             "parent_id": None,
             "topic": channel.topic,
-            "nsfw": False,
+            "nsfw": channel.nsfw,
             "rate_limit_per_user": 0,
             "last_message_id": last_message_id,
             "flags": 0,

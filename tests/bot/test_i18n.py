@@ -1,0 +1,127 @@
+"""Languages against the real discord.py bot on the fake Discord: the synced commands carry
+name and description localisations; a command and its replies in each shipped locale (the
+interaction's ``locale``); a /preferences language wins over the client's; a French voice note
+(a tiny Whisper that detects French, through the real transcription code) is answered in French.
+Also the stored preferences applied: candidates (the user's, else the server's default) and
+private replies."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot import i18n
+from devkit.helpers import footer_job
+from devkit.voice import make_voice_note
+from pipeline.studio import Result
+from tests.bot.test_bot import imagine, wait_result
+from tests.bot.test_preferences import preferences
+from tests.bot.test_settings import answer
+
+pytestmark = pytest.mark.timeout(300)
+
+#: Discord locale → the language the bot answers in.
+LOCALES = {"en-US": "en", "de": "de", "es-ES": "es", "fr": "fr", "ja": "ja"}
+
+
+def labels(message: dict) -> list[str]:
+    found: list[str] = []
+
+    def walk(components):
+        for component in components or []:
+            if component.get("label"):
+                found.append(component["label"])
+            walk(component.get("components"))
+
+    walk(message.get("components"))
+    return found
+
+
+def field_names(message: dict) -> list[str]:
+    return [f["name"] for embed in message.get("embeds") or [] for f in embed.get("fields", [])]
+
+
+@pytest.fixture(scope="session")
+def french_whisper_dir(models_dir, tiny_whisper_dir):
+    from devkit import builders
+
+    return builders.build_tiny_whisper_hearing(models_dir / "tiny-whisper-fr", tiny_whisper_dir, "fr")
+
+
+async def test_synced_commands_carry_localisations(start_bot, fake_discord):
+    await start_bot()
+    synced = {c["name"]: c for c in fake_discord.commands(fake_discord.guild.id)}
+    command = synced["imagine"]
+    names = command["name_localizations"]
+    assert {names["de"], names["es-ES"], names["fr"], names["ja"]} == {"bild", "imaginar", "imaginer", "画像"}
+    assert "en-US" not in names  # English is the command's own name
+    descriptions = command["description_localizations"]
+    for locale, language in LOCALES.items():
+        if language != "en":
+            expected = i18n.gettext_in(language, command["description"])
+            assert descriptions[locale] == expected != command["description"]
+    prompt = next(o for o in command["options"] if o["name"] == "prompt")
+    assert prompt["description_localizations"]["ja"] == "画像に何を描きますか？"
+    assert synced["settings"]["description_localizations"]["fr"] == "Configure VoxCanvas pour ce serveur"
+
+
+async def test_commands_and_replies_in_each_locale(start_bot, fake_discord):
+    await start_bot(QA_MAX_ROUNDS=0)
+    fake = fake_discord
+    for locale, language in LOCALES.items():
+        # A refusal straight from the command …
+        refused = await imagine(fake, {"prompt": "   "}, locale=locale)
+        expected = i18n.gettext_in(language, "🚫 The prompt is empty — tell me what to draw.")
+        assert refused.response_body["data"]["content"] == expected
+        # … and a whole job: the result's text, its embed's labels and its buttons.
+        message = await wait_result(fake, await imagine(fake, {"prompt": "a red apple on a table"}, locale=locale))
+        assert footer_job(message)
+        assert message["content"].startswith(i18n.gettext_in(language, "Palette:") + " #")
+        assert i18n.gettext_in(language, "Alignment") in field_names(message)
+        assert i18n.gettext_in(language, "Regenerate") in labels(message)
+        if language != "en":
+            assert "Alignment" not in field_names(message) and "Regenerate" not in labels(message)
+
+
+async def test_preferences_language_candidates_and_private_replies(start_bot, fake_discord):
+    harness = await start_bot(QA_MAX_ROUNDS=0)
+    fake = fake_discord
+    await answer(fake, await preferences(fake, "set", {"language": "ja", "candidates": 2, "private": True}))
+    interaction = await imagine(fake, {"prompt": "a lighthouse at dusk"}, locale="de")
+    assert interaction.ephemeral  # private: only its user sees the result
+    message = await wait_result(fake, interaction)
+    assert message["content"].startswith("パレット:")  # Japanese wins over the German client
+    assert "一致度" in field_names(message)
+    result = Result.model_validate_json((await harness.bot.store.get(footer_job(message))).result_json)
+    assert len(result.candidates) == 2  # the user's default count
+
+    # Someone without preferences: the server's default candidates, in public, in their locale.
+    guilds = harness.bot.runner.guilds
+    await guilds.update(fake.guild.id, (await guilds.get(fake.guild.id)).model_copy(update={"candidates": 3}), by=1)
+    theirs = await imagine(fake, {"prompt": "a lighthouse at dusk"}, user=fake.other_user, locale="es-ES")
+    assert not theirs.ephemeral
+    message = await wait_result(fake, theirs)
+    assert message["content"].startswith("Paleta:")
+    result = Result.model_validate_json((await harness.bot.store.get(footer_job(message))).result_json)
+    assert len(result.candidates) == 3
+    # An option in the command still wins.
+    own = await wait_result(fake, await imagine(fake, {"prompt": "a boat", "count": 1}, user=fake.other_user))
+    assert not Result.model_validate_json((await harness.bot.store.get(footer_job(own))).result_json).candidates
+
+
+async def test_a_french_voice_note_is_answered_in_french(start_bot, fake_discord, french_whisper_dir):
+    harness = await start_bot(QA_MAX_ROUNDS=0, WHISPER_MODEL=str(french_whisper_dir))
+    fake = fake_discord
+    sent = await fake.send_voice_message(fake.channel.id, fake.user, make_voice_note("un chat"), duration_secs=2.0)
+
+    def reply():
+        for msg in fake.find_messages(channel_id=fake.channel.id, from_bot=True):
+            ref = (msg.get("message_reference") or {}).get("message_id")
+            if ref and int(ref) == int(sent["id"]) and footer_job(msg):
+                return msg
+        return None
+
+    message = await fake.wait_until(reply, 120, "the voice note's result", poll=0.05)
+    result = Result.model_validate_json((await harness.bot.store.get(footer_job(message))).result_json)
+    assert result.kind == "voice" and result.language == "fr"  # what Whisper detected
+    assert "Palette :" in message["content"]  # the French catalog
+    assert "Fidélité" in field_names(message) and "Régénérer" in labels(message)
