@@ -125,6 +125,8 @@ class Round(BaseModel):
     critic: str | None = None  # "gemini" | "local"
     render_s: float = 0.0
     review_s: float = 0.0
+    tiles: int = 1  # image-to-image calls the picture was refined in (a tiled hires fix); 1: whole
+    upscaler: str | None = None  # UPSCALER_MODEL's pass before the refinement ("x4": its scale)
 
 
 class Candidate(BaseModel):
@@ -480,6 +482,7 @@ class Studio:
             strength=limits.UPSCALE_STRENGTH,
             model=round_.model,
             loras=tuple((name, weight) for name, weight in round_.loras),
+            tile=self.settings.UPSCALE_TILE,  # refined in tiles of the model's native size (0) or this side
         )
         return await self._follow_up(job, previous, request, kind="upscale", corrections=0)
 
@@ -714,6 +717,7 @@ class Studio:
                     critic=critic_used,
                     render_s=render_s,
                     review_s=review_s,
+                    tiles=rendered.tiles,
                 )
             )
             images.append(rendered)
