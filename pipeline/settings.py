@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     # The hires fix refines the x2 picture in tiles of this many pixels a side (0: the model's native
     # size), so memory stays bounded; a picture no larger than a tile is refined whole.
     UPSCALE_TILE: int = Field(0, ge=0, le=limits.MAX_SIDE)
+    # Optional: a dedicated upscaler (diffusers' Stable Diffusion x4 upscaler, hub id or local
+    # directory) used instead of Lanczos before the refinement; empty: Lanczos (no extra weights).
+    UPSCALER_MODEL: str | None = None
 
     # --- queue ---
     MAX_AUDIO_SECONDS: float = Field(120, gt=0)
@@ -186,7 +189,7 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("STEPS", "GUIDANCE", "WIDTH", "HEIGHT", "LORA_DIR", "CANDIDATES", mode="before")
+    @field_validator("STEPS", "GUIDANCE", "WIDTH", "HEIGHT", "LORA_DIR", "CANDIDATES", "UPSCALER_MODEL", mode="before")
     @classmethod
     def _blank_is_default(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
