@@ -699,19 +699,22 @@ class Studio:
             if rounds:
                 self._stage(job, "correct", step=len(rounds), total=self.settings.QA_MAX_ROUNDS)
             t0 = time.perf_counter()
-            if not rounds and count > 1:
+            if count > 1:
                 # One batch: the executor puts the candidates' renders in one pipeline call (same
-                # batch key, each with its own seed and generator).
+                # batch key, each with its own seed and generator). A correction round renders as
+                # many (new seeds, one batch) and keeps its best-scored one.
                 requests = _candidate_requests(request, count)
-                candidates = list(await asyncio.gather(*(self.executor.render(job, r) for r in requests)))
+                batch = list(await asyncio.gather(*(self.executor.render(job, r) for r in requests)))
                 render_s = time.perf_counter() - t0
                 timings["render"] = timings.get("render", 0.0) + render_s
                 self._stage(job, "review", total=count)
                 t0 = time.perf_counter()
-                candidate_reports, critic_used, fallback = await self._review_many(job, candidates, scene)
+                reports, critic_used, fallback = await self._review_many(job, batch, scene)
                 # The best-scored candidate (the earliest wins a tie) goes on; correction starts from it.
-                best_candidate = max(range(count), key=lambda i: (candidate_reports[i].alignment_score, -i))
-                rendered, report = candidates[best_candidate], candidate_reports[best_candidate]
+                pick = max(range(count), key=lambda i: (reports[i].alignment_score, -i))
+                rendered, report = batch[pick], reports[pick]
+                if not rounds:
+                    candidates, candidate_reports, best_candidate = batch, reports, pick
             else:
                 rendered = await self.executor.render(job, request)
                 render_s = time.perf_counter() - t0
