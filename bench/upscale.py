@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     report = measure(args)
     args.out.mkdir(parents=True, exist_ok=True)
     device = "cuda" if report["gpu"] else "cpu"
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     tag = f"-{args.tag}" if args.tag else ""
     path = args.out / f"upscale-{device}-{args.size}-{stamp}{tag}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
