@@ -68,6 +68,14 @@ class Settings(BaseSettings):
     # Pictures rendered per job in one batch, all scored by the critic (1-4); empty: 4 on CUDA, 1 on CPU.
     CANDIDATES: int | None = Field(None, ge=1, le=limits.MAX_CANDIDATES)
 
+    # --- upscaling (the U buttons) ---
+    # The hires fix refines the x2 picture in tiles of this many pixels a side (0: the model's native
+    # size), so memory stays bounded; a picture no larger than a tile is refined whole.
+    UPSCALE_TILE: int = Field(0, ge=0, le=limits.MAX_SIDE)
+    # Optional: a dedicated upscaler (diffusers' Stable Diffusion x4 upscaler, hub id or local
+    # directory) used instead of Lanczos before the refinement; empty: Lanczos (no extra weights).
+    UPSCALER_MODEL: str | None = None
+
     # --- queue ---
     MAX_AUDIO_SECONDS: float = Field(120, gt=0)
     MAX_AUDIO_BYTES: int = Field(limits.MAX_AUDIO_BYTES, gt=0)
@@ -171,7 +179,17 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("STEPS", "GUIDANCE", "WIDTH", "HEIGHT", "LORA_DIR", "CANDIDATES", mode="before")
+    @field_validator("UPSCALE_TILE")
+    @classmethod
+    def _tile_side(cls, value: int) -> int:
+        if value and (value % limits.SIDE_MULTIPLE or value < limits.MIN_SIDE):
+            raise ValueError(
+                f"UPSCALE_TILE must be 0 (the model's native size) or a multiple of {limits.SIDE_MULTIPLE} "
+                f"between {limits.MIN_SIDE} and {limits.MAX_SIDE} pixels (got {value})."
+            )
+        return value
+
+    @field_validator("STEPS", "GUIDANCE", "WIDTH", "HEIGHT", "LORA_DIR", "CANDIDATES", "UPSCALER_MODEL", mode="before")
     @classmethod
     def _blank_is_default(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():

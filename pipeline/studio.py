@@ -12,6 +12,7 @@ for that job and the reason is recorded in the :class:`Result`. With no key, eve
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -45,6 +46,8 @@ from .tags import tags_for
 if TYPE_CHECKING:
     from google import genai
     from PIL import Image
+
+    from .upscaler import Upscaler
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +130,8 @@ class Round(BaseModel):
     critic: str | None = None  # "gemini" | "local"
     render_s: float = 0.0
     review_s: float = 0.0
+    tiles: int = 1  # image-to-image calls the picture was refined in (a tiled hires fix); 1: whole
+    upscaler: str | None = None  # UPSCALER_MODEL's pass before the refinement ("x4 in 1 tile"); None: Lanczos
 
 
 class Candidate(BaseModel):
@@ -274,6 +279,7 @@ class Studio:
         self._own_client = False
         self._gemini_client: genai.Client | None = None
         self._captioner: Captioner | None = None
+        self._upscaler: Upscaler | None = None  # UPSCALER_MODEL, created on the first U button
         if settings.gemini_enabled:
             if gemini_client is None:
                 gemini_client = make_client(settings)
@@ -468,8 +474,11 @@ class Studio:
     async def upscale(self, job: Job, previous: Result, *, init_image: bytes | None, candidate: int | None) -> Output:
         """A U button: candidate ``candidate``'s picture (``init_image``) enlarged ×2 with Lanczos,
         then refined by image-to-image with the same model, prompt and seed at a low strength (a
-        "hires fix": no extra weights). Refused politely past :data:`limits.MAX_SIDE`. Reviewed,
-        never corrected (a correction would draw a new picture, not this one larger)."""
+        "hires fix": no extra weights), in tiles of the model's native size (``UPSCALE_TILE``) when
+        it is larger than one. With ``UPSCALER_MODEL`` set, that model enlarges it instead of
+        Lanczos (then Lanczos brings it to ×2) before the same refinement. Refused politely past
+        :data:`limits.MAX_SIDE`. Reviewed, never corrected (a correction would draw a new picture,
+        not this one larger)."""
         if init_image is None:
             raise BadRequest("There's no picture to upscale.")
         round_ = candidate_round(previous, candidate)
@@ -491,8 +500,35 @@ class Studio:
             strength=limits.UPSCALE_STRENGTH,
             model=round_.model,
             loras=tuple((name, weight) for name, weight in round_.loras),
+            tile=self.settings.UPSCALE_TILE,  # refined in tiles of the model's native size (0) or this side
         )
-        return await self._follow_up(job, previous, request, kind="upscale", corrections=0)
+        upscaler_note: str | None = None
+        if self.settings.UPSCALER_MODEL:
+            self._stage(job, "render")
+            if self._upscaler is None:
+                from .upscaler import Upscaler
+
+                self._upscaler = Upscaler(self.settings.UPSCALER_MODEL, self.settings.DEVICE)
+            enlarged, scale, tiles = await self.executor.call(
+                job,
+                "render",
+                functools.partial(
+                    self._upscaler.upscale_png,
+                    init_image,
+                    (width, height),
+                    prompt=round_.prompt,
+                    negative_prompt=round_.negative_prompt,
+                    seed=round_.seed,
+                    steps=min(limits.UPSCALER_STEPS, round_.steps),  # never more than the picture took
+                    should_stop=lambda: job.cancelled,
+                ),
+            )
+            request = replace(request, init_image=enlarged)
+            upscaler_note = f"x{scale} in {tiles} tile{'s' if tiles != 1 else ''}"
+        output = await self._follow_up(job, previous, request, kind="upscale", corrections=0)
+        for round_done in output.result.rounds:
+            round_done.upscaler = upscaler_note
+        return output
 
     # --- music -----------------------------------------------------------------------------------
     async def compose(
@@ -674,20 +710,23 @@ class Studio:
             if rounds:
                 self._stage(job, "correct", step=len(rounds), total=self.settings.QA_MAX_ROUNDS)
             t0 = time.perf_counter()
-            if not rounds and count > 1:
+            if count > 1:
                 # One batch: the executor puts the candidates' renders in one pipeline call (same
-                # batch key, each with its own seed and generator).
+                # batch key, each with its own seed and generator). A correction round renders as
+                # many (new seeds, one batch) and keeps its best-scored one.
                 requests = _candidate_requests(request, count)
-                candidates = list(await asyncio.gather(*(self.executor.render(job, r) for r in requests)))
-                candidates = [_screened(job, c) for c in candidates]
+                batch = list(await asyncio.gather(*(self.executor.render(job, r) for r in requests)))
+                batch = [_screened(job, c) for c in batch]
                 render_s = time.perf_counter() - t0
                 timings["render"] = timings.get("render", 0.0) + render_s
                 self._stage(job, "review", total=count)
                 t0 = time.perf_counter()
-                candidate_reports, critic_used, fallback = await self._review_many(job, candidates, scene)
+                reports, critic_used, fallback = await self._review_many(job, batch, scene)
                 # The best-scored candidate (the earliest wins a tie) goes on; correction starts from it.
-                best_candidate = max(range(count), key=lambda i: (candidate_reports[i].alignment_score, -i))
-                rendered, report = candidates[best_candidate], candidate_reports[best_candidate]
+                pick = max(range(count), key=lambda i: (reports[i].alignment_score, -i))
+                rendered, report = batch[pick], reports[pick]
+                if not rounds:
+                    candidates, candidate_reports, best_candidate = batch, reports, pick
             else:
                 rendered = _screened(job, await self.executor.render(job, request))
                 render_s = time.perf_counter() - t0
@@ -726,6 +765,7 @@ class Studio:
                     critic=critic_used,
                     render_s=render_s,
                     review_s=review_s,
+                    tiles=rendered.tiles,
                 )
             )
             images.append(rendered)

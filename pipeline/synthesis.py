@@ -69,6 +69,9 @@ class RenderRequest:
     aspect: str | None = None  # "16:9" ...: used when width and height are not given
     model: str | None = None  # a name from MODELS; None: DIFFUSION_MODEL
     loras: tuple[tuple[str, float], ...] = ()  # (LoRA name, weight), sorted by name
+    # Image-to-image in tiles of this side (0: the model's native size; None: the picture whole).
+    # A picture no larger than a tile is refined whole anyway. The U buttons' hires fix sets it.
+    tile: int | None = None
     token_cache: dict[tuple[str, str], list[int]] = field(default_factory=dict, init=False, repr=False, compare=False)
     """(tokenizer, text) → token ids, filled by :meth:`Synthesizer.token_ids`; not part of the
     request's identity (``replace`` starts a fresh one)."""
@@ -129,6 +132,14 @@ class RenderRequest:
             if self.steps is not None and int(self.steps * self.strength) < 1:
                 raise BadRequest("With that strength and step count no denoising step would run; raise either.")
             decode_init_image(self.init_image)  # BadRequest: not PNG/JPEG/WebP, too large, corrupt
+        if self.tile is not None and self.tile != 0:
+            if self.init_image is None:
+                raise BadRequest("Only image-to-image renders can be tiled.")
+            if self.tile % limits.SIDE_MULTIPLE or not limits.MIN_SIDE <= self.tile <= limits.MAX_SIDE:
+                raise BadRequest(
+                    f"The tile must be a multiple of {limits.SIDE_MULTIPLE} between {limits.MIN_SIDE} and "
+                    f"{limits.MAX_SIDE} pixels (got {self.tile})."
+                )
         seed = random_seed() if self.seed is None else int(self.seed)
         loras = tuple(sorted((str(n), round(float(w), 4)) for n, w in self.loras))
         return replace(
@@ -155,6 +166,7 @@ class RenderRequest:
             self.steps,
             guidance,
             strength,
+            self.tile if self.init_image is not None else None,
         )
 
 
@@ -177,6 +189,7 @@ class RenderedImage:
     model: str | None = None  # the MODELS name (None: DIFFUSION_MODEL)
     family: FamilyProfile | None = None
     loras: tuple[tuple[str, float], ...] = ()
+    tiles: int = 1  # image-to-image pipeline calls the picture was refined in (tiled hires fix)
 
     def png_bytes(self) -> bytes:
         return image_to_png(self.image)
@@ -535,25 +548,35 @@ class Synthesizer(LazyModel[DiffusionPipelines]):
         elif first.loras:
             raise BadRequest("LoRAs are not set up here (LORA_DIR is empty).")
         started = time.perf_counter()
+        tiles = 1
+        tile = self.tile_side(first)
         with torch.inference_mode():
             common.update(self._text_arguments(requests, shape))
-            if first.mode == "img2img":
+            if first.mode == "img2img" and tile is not None:
+                if any(self.flag_unsafe([r.sized_init_image() for r in requests])):
+                    raise UnsafeImage()
+                pictures, _, tiles = self._render_tiled(requests, seeds, tile, common, progress, should_stop)
+            elif first.mode == "img2img":
                 images = [r.sized_init_image() for r in requests]
                 if any(self.flag_unsafe(images)):
                     raise UnsafeImage()
                 pipe = self._img2img
                 extra = {"height": first.height, "width": first.width} if family.architecture == "flux" else {}
                 output = pipe(image=images, strength=float(first.strength), **extra, **common)
+                if pipe.interrupt:
+                    raise RenderInterrupted()
+                pictures = list(output.images)
             else:
                 pipe = self._text2img
                 output = pipe(height=first.height, width=first.width, **common)
-        if pipe.interrupt:
-            raise RenderInterrupted()
+                if pipe.interrupt:
+                    raise RenderInterrupted()
+                pictures = list(output.images)
         seconds = time.perf_counter() - started
-        flagged = self.flag_unsafe(list(output.images))
+        flagged = self.flag_unsafe(pictures)  # the model's checker, run by us on the whole pictures
         chunks = 1 if family.prompt_encoding == "t5" else shape
         results: list[RenderedImage] = []
-        for request, seed, image, nsfw in zip(requests, seeds, output.images, flagged, strict=True):
+        for request, seed, image, nsfw in zip(requests, seeds, pictures, flagged, strict=True):
             results.append(
                 RenderedImage(
                     image=image,
@@ -573,6 +596,78 @@ class Synthesizer(LazyModel[DiffusionPipelines]):
                     model=self.name,
                     family=family,
                     loras=first.loras,
+                    tiles=tiles,
                 )
             )
         return results
+
+    # -- tiled image-to-image (the U buttons' hires fix) ------------------------------------------
+    def tile_side(self, request: RenderRequest) -> int | None:
+        """The tile side a resolved image-to-image ``request`` is refined in, or None when it runs
+        whole (no tile asked for, or the picture fits in one tile)."""
+        if request.tile is None or request.init_image is None or request.width is None or request.height is None:
+            return None
+        side = request.tile or min(self.family.native_size)
+        multiple = self.family.side_multiple
+        side = max(multiple, side // multiple * multiple)
+        if request.width <= side and request.height <= side:
+            return None
+        return side
+
+    def _render_tiled(
+        self,
+        requests: list[RenderRequest],
+        seeds: list[int],
+        side: int,
+        common: dict[str, Any],
+        progress: ProgressFn | None,
+        should_stop: StopFn | None,
+    ) -> tuple[list[Image.Image], list[bool], int]:
+        """Image-to-image over overlapping tiles of ``side`` px (pipeline.tiling), blended back
+        with feathered seams. One pipeline call per tile for the whole batch (its tile of every
+        request), each request's tile ``k`` seeded ``seed + k``, the prompt encoded once. Progress
+        counts every tile's steps; a stop request ends it at the next step of the current tile."""
+        from .tiling import Canvas, overlap_for, tile_boxes
+
+        first = requests[0]
+        width, height = int(first.width or 0), int(first.height or 0)
+        multiple = self.family.side_multiple
+        overlap = overlap_for(side, multiple)
+        boxes = tile_boxes(width, height, side, overlap=overlap, multiple=multiple)
+        sources = [r.sized_init_image() for r in requests]
+        canvases = [Canvas(width, height, feather=overlap) for _ in requests]
+        flagged = [False] * len(requests)
+        pipe = self._img2img
+        for k, box in enumerate(boxes):
+
+            def on_step_end(
+                pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any], k: int = k
+            ) -> dict[str, Any]:
+                if progress is not None:
+                    per_tile = int(pipe.num_timesteps)
+                    progress(k * per_tile + step + 1, len(boxes) * per_tile)
+                if should_stop is not None and should_stop():
+                    pipe._interrupt = True
+                return callback_kwargs
+
+            tile_w, tile_h = box.size
+            extra = {"height": tile_h, "width": tile_w} if self.family.architecture == "flux" else {}
+            arguments = {
+                **common,
+                "generator": [torch.Generator("cpu").manual_seed(seed + k) for seed in seeds],
+                "callback_on_step_end": on_step_end,
+            }
+            output = pipe(
+                image=[source.crop(box.crop()) for source in sources],
+                strength=float(first.strength),
+                **extra,
+                **arguments,
+            )
+            if pipe.interrupt:
+                raise RenderInterrupted()
+            nsfw = getattr(output, "nsfw_content_detected", None) or [False] * len(requests)
+            for i, (canvas, picture) in enumerate(zip(canvases, output.images, strict=True)):
+                canvas.add(box, picture)
+                flagged[i] = flagged[i] or bool(nsfw[i])
+        log.debug("refined %dx%d in %d tiles of %d px (overlap %d)", width, height, len(boxes), side, overlap)
+        return [canvas.image() for canvas in canvases], flagged, len(boxes)

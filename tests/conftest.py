@@ -42,6 +42,12 @@ def tiny_blip_dir(models_dir: Path) -> Path:
     return builders.build_tiny_blip(models_dir / "tiny-blip")
 
 
+@pytest.fixture(scope="session")
+def tiny_upscaler_dir(models_dir: Path) -> Path:
+    """A tiny random Stable Diffusion x4 upscaler (UPSCALER_MODEL), built once per session."""
+    return builders.build_tiny_upscaler(models_dir / "tiny-upscaler")
+
+
 @pytest.fixture
 def make_settings(tmp_path: Path, tiny_sd_dir: Path, tiny_clip_dir: Path):
     """Settings pointing at the tiny models, no Gemini key, data in a temporary directory."""

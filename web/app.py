@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import Annotated, Any, Final, Literal
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
@@ -85,6 +85,12 @@ class JobOptions(BaseModel):
     seconds: float | None = Field(
         None, ge=limits.MIN_COMPOSE_SECONDS, le=limits.MAX_MUSIC_SECONDS, description="Music length (kind music)"
     )
+    count: int | None = Field(
+        None,
+        ge=1,
+        le=limits.MAX_CANDIDATES,
+        description="Candidates rendered in one batch and all scored by the critic (default: CANDIDATES)",
+    )
 
     model_config = {"extra": "forbid"}
 
@@ -110,6 +116,7 @@ class JobOptions(BaseModel):
             height=self.height,
             strength=self.strength,
             seconds=self.seconds,
+            candidates=self.count,
             **extra,
         )
 
@@ -193,6 +200,8 @@ class JobStatus(BaseModel):
     palette_url: str | None = None
     music_url: str | None = None  # a finished music job: OGG/Opus
     wav_url: str | None = None  # the same piece as WAV
+    grid_url: str | None = None  # a picture with several candidates: the labelled 2×2 grid
+    candidate_urls: list[str] | None = None  # … and each candidate's picture, in order (scores: result.candidates)
 
 
 class Deleted(BaseModel):
@@ -330,6 +339,16 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
             "palette_url": url(f"/api/jobs/{job_id}/palette.png"),
         }
 
+    def candidate_links(job_id: str, result: dict[str, Any] | None) -> dict[str, Any]:
+        """``grid_url`` and ``candidate_urls`` of a finished picture with several candidates."""
+        cells = (result or {}).get("candidates") or []
+        if len(cells) < 2:
+            return {}
+        return {
+            "grid_url": url(f"/api/jobs/{job_id}/grid.png"),
+            "candidate_urls": [url(f"/api/jobs/{job_id}/candidates/{n}.png") for n in range(1, len(cells) + 1)],
+        }
+
     def status_of(record: JobRecord) -> JobStatus:
         events = api.events_of(record)
         position, eta = api.position(record.id)
@@ -337,7 +356,9 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
         if record.state == "done" and record.result_json:
             result = json.loads(record.result_json)  # stored as the Result's own JSON dump
         done = record.state == "done"
-        media = media_urls(record.id, "music" if record.is_music else "image") if done else {}
+        media: dict[str, Any] = media_urls(record.id, "music" if record.is_music else "image") if done else {}
+        if done and not record.is_music:
+            media.update(candidate_links(record.id, result))
         return JobStatus(
             job_id=record.id,
             state=record.state,
@@ -552,6 +573,8 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
             data = {**event.data, "t": event.t}
             if event.name == "done":
                 data.update(media_urls(record.id, str(event.data.get("media", "image"))))
+                if event.data.get("media", "image") == "image":
+                    data.update(candidate_links(record.id, event.data.get("result")))
             yield ServerSentEvent(event=event.name, id=str(event.seq), data=data)
 
     async def result_file(
@@ -577,6 +600,23 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
     @app.get("/api/jobs/{job_id}/image.png", response_class=Response, responses=png, tags=["jobs"])
     async def job_image(record: OwnJob) -> Response:
         return await result_file(record, store.read_image)
+
+    @app.get("/api/jobs/{job_id}/grid.png", response_class=Response, responses=png, tags=["jobs"])
+    async def job_grid(record: OwnJob) -> Response:
+        """A picture's candidates as one 2×2 grid labelled 1–4 (jobs with several candidates)."""
+
+        async def read(job_id: str) -> bytes:
+            grid = await store.read_grid(job_id)
+            if grid is None:
+                raise ApiError(404, "That job made one picture, so there is no grid.", job_id=job_id)
+            return grid
+
+        return await result_file(record, read)
+
+    @app.get("/api/jobs/{job_id}/candidates/{number}.png", response_class=Response, responses=png, tags=["jobs"])
+    async def job_candidate(record: OwnJob, number: Annotated[int, Path(ge=1, le=limits.MAX_CANDIDATES)]) -> Response:
+        """Candidate ``number`` (1–4) of a picture: its own PNG (the best one's is the job's picture)."""
+        return await result_file(record, lambda job_id: store.read_candidate(job_id, number - 1))
 
     @app.get("/api/jobs/{job_id}/palette.png", response_class=Response, responses=png, tags=["jobs"])
     async def job_palette(record: OwnJob) -> Response:

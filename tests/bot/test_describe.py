@@ -8,6 +8,7 @@ import io
 import pytest
 from PIL import Image
 
+from cogs.describe import NO_IMAGE
 from devkit.helpers import custom_ids, footer_job
 from pipeline.studio import Result
 
@@ -90,3 +91,32 @@ async def test_describe_with_gemini(start_bot, fake_discord, bot_settings, fake_
     fields = {f["name"]: f["value"] for f in message["embeds"][0]["fields"]}
     assert [fields["1"], fields["2"]] == fake_gemini.default_description["prompts"]
     assert "Gemini" in message["embeds"][0]["footer"]["text"]
+
+
+async def test_describe_image_message_menu(start_bot, fake_discord, tiny_blip_dir):
+    """The message context menu "Describe image": a command interaction of type 3 whose
+    ``target_id`` names the message and ``resolved.messages`` carries it, as Discord sends it."""
+    await start_bot(QA_MAX_ROUNDS=0, CAPTION_MODEL=str(tiny_blip_dir))
+    fake = fake_discord
+    posted = await fake.send_message(
+        content="look at this",
+        author=fake.other_user,
+        attachments=[{"filename": "holiday.png", "data": png(), "content_type": "image/png"}],
+    )
+    interaction = await fake.message_command("Describe image", posted["id"])
+    assert interaction.payload["data"]["type"] == 3 and interaction.payload["data"]["target_id"] == str(posted["id"])
+    await fake.wait_for_response(interaction)
+    assert interaction.response_type == 5 and interaction.ack_latency < 3.0
+    message = await described(fake, interaction)
+    fields = {f["name"]: f["value"] for f in message["embeds"][0]["fields"]}
+    numbered = [fields[str(n)] for n in range(1, 5) if str(n) in fields]
+    assert 1 <= len(numbered) <= 4 and all(p.strip() for p in numbered)  # count: the default, up to 4
+    assert fields["Palette"].count("#") >= 2
+    assert custom_ids(message) == [f"voxcanvas:suggest:{n}" for n in range(1, len(numbered) + 1)]
+
+    # A message with no picture: a private, friendly refusal, nothing downloaded.
+    text_only = await fake.send_message(content="just words")
+    refused = await fake.message_command("Describe image", text_only["id"])
+    await fake.wait_for_response(refused)
+    assert refused.response_type == 4 and refused.ephemeral
+    assert refused.response_body["data"]["content"] == NO_IMAGE

@@ -1023,3 +1023,62 @@ def build_tiny_whisper_hearing(directory: Path, source: Path, language: str, wor
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
+
+
+# ================================================================================================
+# The optional dedicated upscaler (UPSCALER_MODEL): a tiny Stable Diffusion x4 upscaler, shaped
+# like diffusers' own test components (UNet with 7 input channels = 4 latent + 3 low-res image
+# channels and a noise-level class embedding, a 3-block VAE that upsamples x4, DDPM low-res
+# scheduler), saved with save_pretrained like stabilityai/stable-diffusion-x4-upscaler.
+# ================================================================================================
+def build_tiny_upscaler(directory: Path, seed: int = 0) -> Path:
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=7,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=32,
+        attention_head_dim=8,
+        use_linear_projection=True,
+        num_class_embeds=1000,  # the noise level (0-350) is a class label
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=[8, 8, 8],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 3,
+        up_block_types=["UpDecoderBlock2D"] * 3,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        scaling_factor=0.08333,
+    )
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(tiny_clip_text_config())
+    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(directory / "_tokenizer_src"))
+    pipe = StableDiffusionUpscalePipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        low_res_scheduler=DDPMScheduler(),
+        scheduler=DDIMScheduler(prediction_type="v_prediction"),
+        max_noise_level=350,
+    )
+    pipe.save_pretrained(directory)
+    return directory

@@ -164,3 +164,19 @@ def test_grid_shapes_labels_and_cells():
     assert grid.getpixel((best_corner[0], best_corner[3] - 1)) == (255, 196, 0)  # the best one is framed
     big = make_grid([Image.new("RGB", (1024, 1024))] * 2)
     assert big.size == (2 * 768 + GAP, 768)  # cells scaled down: the grid stays bounded
+
+
+async def test_a_correction_round_renders_as_many_candidates_and_keeps_its_best(
+    make_studio, gemini_settings, tiny_sd_dir, tiny_clip_dir, fake_gemini
+):
+    first = [review(30), review(50), review(70, "wooden table"), review(20)]
+    correction = [review(60), review(93), review(80), review(10)]
+    fake_gemini.script("critic", {"reviews": first}, {"reviews": correction})
+    studio = await make_studio(gemini(gemini_settings, tiny_sd_dir, tiny_clip_dir, STEPS=2))
+    output = await run(studio, Idea(text=IDEA, seed=10, candidates=4))
+    result = output.result
+    assert [r.score for r in result.rounds] == [70, 93]  # the correction's best of four
+    assert result.rounds[1].batch_size == 4  # four new seeds in one pipeline call
+    assert result.rounds[1].seed not in {c.seed for c in result.candidates[:2] + result.candidates[3:]}
+    assert [len(r.images) for r in fake_gemini.requests_for("critic")] == [4, 4]  # each batch in one call
+    assert result.best_round == 1 and result.candidates[2].corrected and result.candidates[2].score == 93

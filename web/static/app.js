@@ -20,6 +20,7 @@ let recorded = null; // a Blob from the microphone
 let current = null; // the job shown
 let imageUrl = null;
 let musicUrl = null;
+let gridUrl = null; // the candidates' grid (several candidates)
 
 function headers(extra = {}) {
   const key = $("api-key").value.trim();
@@ -91,6 +92,7 @@ async function run(event) {
   const text = $("idea-text").value.trim();
   if (text) form.append("text", text);
   if ($("style").value) form.append("style", $("style").value);
+  if ($("count").value) form.append("count", $("count").value);
   if (!form.has("audio") && !text) { $("form-error").textContent = "Record or pick a voice note, or type an idea."; return; }
   await start(() => api("/api/jobs", { method: "POST", body: form }));
 }
@@ -224,12 +226,33 @@ async function show(result, links) {
   $("correction").textContent = correction || "";
   $("notes").textContent = best.critic_notes || "";
   $("prompt").textContent = best.prompt;
+  await showCandidates(result, links);
   const blob = await (await api(links.image_url)).blob();
   if (imageUrl) URL.revokeObjectURL(imageUrl);
   imageUrl = URL.createObjectURL(blob);
   $("result-image").src = imageUrl;
   $("download").href = imageUrl;
   $("download").download = `voxcanvas-${result.job_id}.png`;
+}
+
+// Several candidates: each one's score (★ the best, ✎ a corrected cell) and the labelled grid.
+async function showCandidates(result, links) {
+  const cells = result.candidates || [];
+  $("candidates-row").hidden = cells.length < 2;
+  if (gridUrl) { URL.revokeObjectURL(gridUrl); gridUrl = null; }
+  $("grid-image").removeAttribute("src");
+  if (cells.length < 2) { $("candidates").replaceChildren(); return; }
+  $("candidates").replaceChildren(...cells.map((cell) => {
+    const li = document.createElement("li");
+    const best = cell.index === result.best_candidate;
+    li.className = best ? "best" : "";
+    li.textContent = `${cell.score != null ? cell.score : "–"}/100${best ? " ★" : ""}${cell.corrected ? " ✎" : ""}`;
+    return li;
+  }));
+  if (links.grid_url) {
+    gridUrl = URL.createObjectURL(await (await api(links.grid_url)).blob());
+    $("grid-image").src = gridUrl;
+  }
 }
 
 $("idea-form").addEventListener("submit", run);

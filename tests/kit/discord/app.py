@@ -155,6 +155,7 @@ class FakeDiscord:
     send_message = _method_of("message_api", Messages, "send_message")
     send_voice_message = _method_of("message_api", Messages, "send_voice_message")
     slash_command = _method_of("command_api", Commands, "slash_command")
+    message_command = _method_of("command_api", Commands, "message_command")
     autocomplete = _method_of("command_api", Commands, "autocomplete")
     click_button = _method_of("interaction_api", Interactions, "click_button")
     submit_modal = _method_of("interaction_api", Interactions, "submit_modal")

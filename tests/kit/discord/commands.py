@@ -212,6 +212,48 @@ class Commands:
         inter.command_name = name if not path else f"{name} {' '.join(path)}"
         return await self._interactions.send(inter)
 
+    async def message_command(
+        self,
+        name: str,
+        message_id: int | str,
+        *,
+        user: FakeUser | int | None = None,
+        locale: str = "en-US",
+        app_permissions: int | None = None,
+    ) -> FakeInteraction:
+        """A user picks the message context-menu command ``name`` ("Apps → name") on message
+        ``message_id``: INTERACTION_CREATE type 2 with command type 3 (MESSAGE), ``target_id`` and
+        the message in ``resolved.messages``, as Discord sends it."""
+        world = self._world
+        message = world.messages[int(message_id)]
+        channel = world.channels[int(message["channel_id"])]
+        candidates = [
+            *(self.guild_commands.get(channel.guild_id, []) if channel.guild_id is not None else []),
+            *self.global_commands,
+        ]
+        synced = next((c for c in candidates if c["name"] == name and c.get("type", 1) == 3), None)
+        if synced is None:
+            raise ValueError(f"no message command {name!r} is synced")
+        data: dict[str, Any] = {
+            "id": synced["id"],
+            "name": name,
+            "type": 3,
+            "target_id": str(message["id"]),
+            "resolved": {"messages": {str(message["id"]): dict(message)}},
+        }
+        if synced.get("guild_id"):
+            data["guild_id"] = synced["guild_id"]
+        inter = self._interactions.build(
+            INTERACTION_COMMAND,
+            data,
+            user_id=world.user_id(user),
+            channel=channel,
+            locale=locale,
+            app_permissions=app_permissions,
+        )
+        inter.command_name = name
+        return await self._interactions.send(inter)
+
     async def autocomplete(
         self, name: str, options: Mapping[str, Any], focused: str, *, timeout: float = 10.0
     ) -> list[dict[str, Any]]:
