@@ -184,6 +184,45 @@ class EncoderReuse:
         return _shallow_copy(output)
 
 
+class SharedCrossAttention:
+    """While active, beam search leaves the cross-attention cache alone (issue #19).
+
+    After every step beam search reorders the whole key/value cache along the beams it keeps:
+    for Whisper that includes the cross-attention keys and values, 1,500 encoder positions × every
+    beam × every decoder layer, copied with ``index_select`` at every generated token — a fifth of a
+    CPU transcription. The copy changes nothing: ``generate`` expands the encoder output per beam
+    (``repeat_interleave``), so all the beams of one recording hold the same cross-attention keys
+    and values, and beam search only ever picks beams of the same recording. This sets the hook
+    transformers' beam search asks first (``model._reorder_cache(cache, beam_idx)``, the one RAG and
+    other special models use) to reorder the self-attention cache only. A cache of another kind is
+    reordered whole, as before. Removed on exit. Runs on the executor thread only.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.reordered = 0
+        """Steps at which the self-attention cache alone was reordered."""
+
+    def __enter__(self) -> SharedCrossAttention:
+        if "_reorder_cache" in vars(self.model) or hasattr(type(self.model), "_reorder_cache"):
+            raise RuntimeError("the model already has a _reorder_cache hook")
+        self.model._reorder_cache = self._reorder
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.model._reorder_cache
+
+    def _reorder(self, cache: Any, beam_idx: torch.Tensor) -> Any:
+        from transformers.cache_utils import EncoderDecoderCache
+
+        if isinstance(cache, EncoderDecoderCache):
+            cache.self_attention_cache.reorder_cache(beam_idx)
+            self.reordered += 1
+        else:
+            cache.reorder_cache(beam_idx)
+        return cache
+
+
 def _shallow_copy(output: Any) -> Any:
     """A new ``ModelOutput`` holding the same tensors: ``generate`` expands the encoder output for
     beam search by replacing its fields in place, which must not reach the remembered one."""
@@ -213,6 +252,9 @@ class Transcriber(TransformersModel):
         self.no_speech_threshold = no_speech_threshold
         self.reuse_encoder = True
         """Encode each window once (:class:`EncoderReuse`); ``False`` only to benchmark the old path."""
+        self.share_cross_attention = True
+        """Beam search keeps the cross-attention cache in place (:class:`SharedCrossAttention`);
+        ``False`` only to benchmark the old path."""
 
     # --- loading -------------------------------------------------------------------------------
 
@@ -261,7 +303,8 @@ class Transcriber(TransformersModel):
         started = time.perf_counter()
         features, attention_mask = self._features(samples)
         reuse = EncoderReuse(self.model.model.encoder) if self.reuse_encoder else contextlib.nullcontext()
-        with torch.inference_mode(), reuse:
+        shared = SharedCrossAttention(self.model) if self.share_cross_attention else contextlib.nullcontext()
+        with torch.inference_mode(), reuse, shared:
             language, language_prob, no_speech_prob = self._probe(features)
             if self.multilingual:
                 gen_task = task
