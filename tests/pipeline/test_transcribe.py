@@ -303,3 +303,68 @@ def test_long_form_encodes_each_window_once_with_the_same_transcript(tiny: Trans
     before, encoded_before = transcribe_counting(tiny, audio, reuse=False, task="transcribe")
     assert encoded_before > encoded_after
     assert after == before
+
+
+# --- beam search leaves the cross-attention cache in place (issue #19) --------------------------------
+
+
+class CrossAttentionReorders:
+    """Counts beam-search reorders of the cross-attention cache (wraps ``DynamicCache.reorder_cache``
+    of transformers, not our code, on the cross-attention half of every cache generate creates)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from transformers.cache_utils import EncoderDecoderCache
+
+        self.self_attention = 0
+        self.cross_attention = 0
+        original_init = EncoderDecoderCache.__init__
+        counter = self
+
+        def init(cache, *caches):
+            original_init(cache, *caches)
+            for name in ("self_attention_cache", "cross_attention_cache"):
+                part = getattr(cache, name)
+                reorder = part.reorder_cache
+
+                def counted(beam_idx, _reorder=reorder, _name=name):
+                    setattr(counter, _name.removesuffix("_cache"), getattr(counter, _name.removesuffix("_cache")) + 1)
+                    return _reorder(beam_idx)
+
+                part.reorder_cache = counted
+
+        monkeypatch.setattr(EncoderDecoderCache, "__init__", init)
+
+
+@pytest.mark.parametrize("which", ["trained", "tiny-long-form"])
+def test_beam_search_skips_the_cross_attention_reorder_with_the_same_transcript(
+    which: str, trained: Transcriber, tiny: Transcriber, apple_audio: np.ndarray, monkeypatch: pytest.MonkeyPatch
+):
+    transcriber, audio, kw = (
+        (trained, apple_audio, {})
+        if which == "trained"
+        else (tiny, np.concatenate([apple_audio] * 16), {"task": "transcribe"})
+    )
+    assert transcriber.num_beams > 1
+    reorders = CrossAttentionReorders(monkeypatch)
+    transcriber.share_cross_attention = False
+    try:
+        before = transcriber.transcribe(audio, **kw)
+    finally:
+        transcriber.share_cross_attention = True
+    assert reorders.cross_attention == reorders.self_attention > 0  # the old path copied both every step
+    steps = reorders.self_attention
+    reorders.self_attention = reorders.cross_attention = 0
+    after = transcriber.transcribe(audio, **kw)
+    assert reorders.cross_attention == 0
+    assert reorders.self_attention == steps  # same search, same number of steps
+    assert after == before
+    assert "_reorder_cache" not in vars(transcriber.model)  # the hook is gone after the call
+
+
+def test_shared_cross_attention_hook_is_removed_on_error(tiny: Transcriber):
+    from pipeline.transcribe import SharedCrossAttention
+
+    with pytest.raises(RuntimeError, match="boom"), SharedCrossAttention(tiny.model):
+        assert "_reorder_cache" in vars(tiny.model)
+        raise RuntimeError("boom")
+    assert "_reorder_cache" not in vars(tiny.model)
