@@ -177,6 +177,8 @@ class RenderedImage:
     model: str | None = None  # the MODELS name (None: DIFFUSION_MODEL)
     family: FamilyProfile | None = None
     loras: tuple[tuple[str, float], ...] = ()
+    backend: str = "diffusers"  # where it was rendered (pipeline.backends)
+    fallback_from: str | None = None  # the backend that failed, when RENDER_FALLBACK rendered it
 
     def png_bytes(self) -> bytes:
         return image_to_png(self.image)
