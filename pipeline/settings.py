@@ -220,7 +220,7 @@ class Settings(BaseSettings):
         from .backends.base import remote_source
         from .registry import parse_models
 
-        used = {self.RENDER_BACKEND, self.RENDER_FALLBACK}
+        used: set[str] = {self.RENDER_BACKEND, self.RENDER_FALLBACK}
         used |= {found[0] for e in parse_models(self.MODELS).values() if (found := remote_source(e.source))}
         if "stability" in used and self.STABILITY_API_KEY is None:
             raise ValueError("Rendering on Stability AI needs STABILITY_API_KEY.")

@@ -1,6 +1,7 @@
 """Render backends: where pictures are rendered (this machine's GPU, or a remote A1111/Forge,
 ComfyUI, Stability AI or Replicate) behind one interface (:mod:`.base`), chosen per model by
-:mod:`.router` (imported on its own: it needs the executor's policy). README "Render backends" has the capability table."""
+:mod:`.router` (imported on its own: it needs the executor's policy). README "Render backends"
+has the capability table."""
 
 from __future__ import annotations
 

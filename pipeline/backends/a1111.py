@@ -139,4 +139,3 @@ def _seed_of(answer: dict[str, Any], sent: int) -> int:
         if isinstance(parsed, dict) and isinstance(parsed.get("seed"), int):
             return int(parsed["seed"])
     return sent
-

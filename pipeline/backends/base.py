@@ -63,7 +63,6 @@ LABELS: dict[str, str] = {
 }
 
 
-
 def remote_source(source: str) -> tuple[str, str] | None:
     """``"comfyui:sd_xl_base_1.0.safetensors"`` → ("comfyui", "sd_xl_base_1.0.safetensors");
     a hub id or a directory → None (a local model)."""
@@ -104,9 +103,7 @@ class BackendGarbage(BackendError):
     """The backend answered something its protocol does not allow (not JSON, not an image ...)."""
 
     def __init__(self, backend: str, why: str) -> None:
-        super().__init__(
-            backend, f"The {LABELS.get(backend, backend)} renderer gave an answer I can't use ({why})."
-        )
+        super().__init__(backend, f"The {LABELS.get(backend, backend)} renderer gave an answer I can't use ({why}).")
 
 
 # --- what a backend is given and gives back ----------------------------------------------------
@@ -197,6 +194,10 @@ class HttpBackend:
     def label(self) -> str:
         return LABELS[self.name]
 
+    async def render(self, job: RemoteJob, *, progress: ProgressFn, should_stop: StopFn) -> RemoteResult:
+        """See :class:`RenderBackend`."""
+        raise NotImplementedError
+
     def headers(self) -> dict[str, str]:
         """Headers of every request to :attr:`base_url` (a key, for the hosted services); never
         sent elsewhere (Replicate's output files live on another host)."""
@@ -260,10 +261,12 @@ class HttpBackend:
                         retry_after = _retry_after(response.headers.get("Retry-After"))
                         if retry_after is not None:
                             delay = retry_after
-                        log.info("%s answered %s to %s %s (try %d/%d)", self.label, status, method, path, attempt + 1, tries)
+                        log.info(
+                            "%s answered %s to %s %s (try %d/%d)", self.label, status, method, path, attempt + 1, tries
+                        )
                     else:
                         raise BackendRefused(self.name, self.error_text(status, body))
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 why = "timed out"
                 log.info("%s timed out on %s %s (try %d/%d)", self.label, method, path, attempt + 1, tries)
             except aiohttp.ClientError as exc:

@@ -58,7 +58,18 @@ from .base import (
 
 log = logging.getLogger(__name__)
 
-PLACEHOLDERS = ("prompt", "negative_prompt", "seed", "steps", "cfg", "width", "height", "checkpoint", "denoise", "image")
+PLACEHOLDERS = (
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "steps",
+    "cfg",
+    "width",
+    "height",
+    "checkpoint",
+    "denoise",
+    "image",
+)
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 #: A websocket frame (a preview image at most) is refused past this.
 MAX_WS_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -82,9 +93,13 @@ def load_workflow(path: Path | None, default: str) -> dict[str, Any]:
         graph = json.loads(text)
     except ValueError as exc:
         raise ValueError(f"{where} is not JSON: {exc}") from None
-    if not isinstance(graph, dict) or not graph or not all(
-        isinstance(node, dict) and "class_type" in node and isinstance(node.get("inputs"), dict)
-        for node in graph.values()
+    if (
+        not isinstance(graph, dict)
+        or not graph
+        or not all(
+            isinstance(node, dict) and "class_type" in node and isinstance(node.get("inputs"), dict)
+            for node in graph.values()
+        )
     ):
         raise ValueError(
             f"{where} is not a ComfyUI API-format workflow (nodes with class_type and inputs; "

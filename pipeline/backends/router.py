@@ -32,7 +32,6 @@ from ..executor import policy
 from .base import (
     LABELS,
     POLL_INTERVAL_S,
-    REMOTE_BACKENDS,
     BackendError,
     HttpBackend,
     RemoteJob,
@@ -132,7 +131,7 @@ class RenderRouter:
         self.entries = parse_models(settings.MODELS)
         self._backends: dict[str, HttpBackend] = dict(backends or {})
         self.gates: dict[str, FairGate] = {}
-        needed = {self.default, *(self.fallback or "",)} - {"diffusers", ""}
+        needed: set[str] = {str(self.default), str(self.fallback or "")} - {"diffusers", ""}
         for entry in self.entries.values():
             found = remote_source(entry.source)
             if found:
@@ -338,7 +337,10 @@ def build_backend(name: str, settings: Settings) -> HttpBackend:
         if settings.STABILITY_API_KEY is None:
             raise ValueError("STABILITY_API_KEY is needed to render on Stability AI")
         return StabilityBackend(
-            settings.STABILITY_URL, api_key=settings.STABILITY_API_KEY.get_secret_value(), model=settings.STABILITY_MODEL, **common
+            settings.STABILITY_URL,
+            api_key=settings.STABILITY_API_KEY.get_secret_value(),
+            model=settings.STABILITY_MODEL,
+            **common,
         )
     if name == "replicate":
         from .replicate import ReplicateBackend
@@ -352,4 +354,3 @@ def build_backend(name: str, settings: Settings) -> HttpBackend:
             **common,
         )
     raise ValueError(f"unknown render backend {name!r}")
-

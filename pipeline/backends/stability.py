@@ -44,7 +44,13 @@ class StabilityBackend(HttpBackend):
     name = "stability"
 
     def __init__(
-        self, base_url: str, *, api_key: str, model: str = DEFAULT_MODEL, accept: str = "application/json", **kwargs: Any
+        self,
+        base_url: str,
+        *,
+        api_key: str,
+        model: str = DEFAULT_MODEL,
+        accept: str = "application/json",
+        **kwargs: Any,
     ) -> None:
         super().__init__(base_url or DEFAULT_BASE_URL, **kwargs)
         self.api_key = api_key

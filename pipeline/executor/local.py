@@ -38,9 +38,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..backends.router import RenderRouter
 from ..errors import ExecutorFailure, JobCancelled, OutOfMemory, ShuttingDown, StageTimeout
 from ..synthesis import RenderedImage, RenderInterrupted, RenderRequest
-from ..backends.router import RenderRouter
 from . import policy
 from .device import free_cuda_cache_if_oom, is_out_of_memory, leave_a_core_for_the_event_loop, user_facing
 from .engine import Engine

@@ -85,7 +85,9 @@ async def test_remote_jobs_take_turns_per_user_and_cancel_while_waiting(make_exe
         blocker = executor.admit("carol")
         first = asyncio.create_task(executor.render(blocker, request(prompt="carol", steps=10)))
         await asyncio.sleep(0.1)
-        tasks = [asyncio.create_task(executor.render(j, request(prompt=p))) for j, p in ((a1, "a1"), (a2, "a2"), (b1, "b1"))]
+        tasks = [
+            asyncio.create_task(executor.render(j, request(prompt=p))) for j, p in ((a1, "a1"), (a2, "a2"), (b1, "b1"))
+        ]
         await asyncio.sleep(0.1)
         assert executor.position_of(a1) is not None  # waiting for the backend's slot, in the queue
         a2.cancel()

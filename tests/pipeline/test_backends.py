@@ -80,7 +80,9 @@ class Progress:
         self.events.append((step, total))
 
 
-async def render(backend: HttpBackend, remote: RemoteJob, stop: Callable[[], bool] = lambda: False) -> tuple[RemoteResult, Progress]:
+async def render(
+    backend: HttpBackend, remote: RemoteJob, stop: Callable[[], bool] = lambda: False
+) -> tuple[RemoteResult, Progress]:
     progress = Progress()
     result = await backend.render(remote, progress=progress, should_stop=stop)
     return result, progress
@@ -209,7 +211,10 @@ async def test_garbage_is_refused_without_retrying(kind: str) -> None:
 @pytest.mark.parametrize("kind", ["a1111", "stability"])
 async def test_a_picture_that_is_not_one(kind: str) -> None:
     path = {"a1111": "/txt2img", "stability": "/generate"}[kind]
-    body = {"a1111": {"images": ["bm90IGFuIGltYWdl"], "info": "{}"}, "stability": {"image": "bm90IGFuIGltYWdl", "seed": 1}}
+    body = {
+        "a1111": {"images": ["bm90IGFuIGltYWdl"], "info": "{}"},
+        "stability": {"image": "bm90IGFuIGltYWdl", "seed": 1},
+    }
     async with fake_for(kind) as fake:
         fake.fail(path, 200, body=json.dumps(body[kind]).encode())
         backend = backend_for(kind, fake.url)
@@ -241,7 +246,13 @@ async def test_a_refusal_carries_the_servers_reason(kind: str) -> None:
             backend = ReplicateBackend(fake.url, api_token="r8_wrong", timeout_s=5, retries=2)
             reason = "You did not pass a valid authentication token"
         elif kind == "comfyui":
-            fake.fail("/prompt", 400, body=json.dumps({"error": {"type": "x", "message": "Prompt has no outputs"}, "node_errors": {}}).encode())
+            fake.fail(
+                "/prompt",
+                400,
+                body=json.dumps(
+                    {"error": {"type": "x", "message": "Prompt has no outputs"}, "node_errors": {}}
+                ).encode(),
+            )
             backend = backend_for(kind, fake.url)
             reason = "Prompt has no outputs"
         else:
@@ -297,8 +308,21 @@ async def test_comfyui_without_websocket_reads_history() -> None:
 
 async def test_comfyui_placeholders_keep_their_types(tmp_path: Path) -> None:
     graph = load_workflow(None, "comfyui_txt2img.json")
-    filled = fill(graph, dict(prompt="cat", negative_prompt="", seed=5, steps=9, cfg=6.5, width=64, height=48,
-                              checkpoint="x.safetensors", denoise=1.0, image=""))
+    filled = fill(
+        graph,
+        dict(
+            prompt="cat",
+            negative_prompt="",
+            seed=5,
+            steps=9,
+            cfg=6.5,
+            width=64,
+            height=48,
+            checkpoint="x.safetensors",
+            denoise=1.0,
+            image="",
+        ),
+    )
     assert filled["3"]["inputs"]["seed"] == 5 and filled["3"]["inputs"]["cfg"] == 6.5
     assert filled["6"]["inputs"]["text"] == "cat" and graph["6"]["inputs"]["text"] == "{{prompt}}"
     own = tmp_path / "mine.json"

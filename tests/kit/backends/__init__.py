@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .a1111 import FakeA1111
 from .comfyui import FakeComfyUI
-from .common import Fault, FakeBackend, picture, png
+from .common import FakeBackend, Fault, picture, png
 from .replicate import FakeReplicate
 from .stability import FakeStability
 

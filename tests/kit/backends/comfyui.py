@@ -44,7 +44,9 @@ class FakeComfyUI(FakeBackend):
         await sock.prepare(request)
         client_id = request.query.get("clientId") or uuid.uuid4().hex
         self.sockets[client_id] = sock
-        await sock.send_json({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": client_id}})
+        await sock.send_json(
+            {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": client_id}}
+        )
         async for message in sock:
             if message.type == WSMsgType.ERROR:
                 break
@@ -57,19 +59,32 @@ class FakeComfyUI(FakeBackend):
         graph = body.get("prompt") if isinstance(body, dict) else None
         if not isinstance(graph, dict) or not graph:
             return web.json_response(
-                {"error": {"type": "invalid_prompt", "message": "Cannot execute because the prompt is empty", "details": ""}, "node_errors": {}},
+                {
+                    "error": {
+                        "type": "invalid_prompt",
+                        "message": "Cannot execute because the prompt is empty",
+                        "details": "",
+                    },
+                    "node_errors": {},
+                },
                 status=400,
             )
         text = json.dumps(graph)
         if "{{" in text:
             return web.json_response(
-                {"error": {"type": "invalid_prompt", "message": "unfilled placeholder", "details": ""}, "node_errors": {}},
+                {
+                    "error": {"type": "invalid_prompt", "message": "unfilled placeholder", "details": ""},
+                    "node_errors": {},
+                },
                 status=400,
             )
         by_type = {node["class_type"]: (node_id, node) for node_id, node in graph.items()}
         if "SaveImage" not in by_type:
             return web.json_response(
-                {"error": {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": ""}, "node_errors": {}},
+                {
+                    "error": {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": ""},
+                    "node_errors": {},
+                },
                 status=400,
             )
         sampler = by_type["KSampler"][1]["inputs"]
@@ -79,8 +94,14 @@ class FakeComfyUI(FakeBackend):
         for value in (sampler["seed"], sampler["steps"], width, height):
             if not isinstance(value, int):
                 return web.json_response(
-                    {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation", "details": ""},
-                     "node_errors": {by_type["KSampler"][0]: {"errors": [{"message": f"not an int: {value!r}"}]}}},
+                    {
+                        "error": {
+                            "type": "prompt_outputs_failed_validation",
+                            "message": "Prompt outputs failed validation",
+                            "details": "",
+                        },
+                        "node_errors": {by_type["KSampler"][0]: {"errors": [{"message": f"not an int: {value!r}"}]}},
+                    },
                     status=400,
                 )
         if "LoadImage" in by_type:
@@ -88,15 +109,28 @@ class FakeComfyUI(FakeBackend):
             sub, _, filename = name.rpartition("/")
             if ("input", sub, filename) not in self.files:
                 return web.json_response(
-                    {"error": {"type": "prompt_outputs_failed_validation", "message": f"Invalid image file: {name}", "details": ""}, "node_errors": {}},
+                    {
+                        "error": {
+                            "type": "prompt_outputs_failed_validation",
+                            "message": f"Invalid image file: {name}",
+                            "details": "",
+                        },
+                        "node_errors": {},
+                    },
                     status=400,
                 )
         self.graphs.append(graph)
         prompt_id = str(uuid.uuid4())
         client_id = str(body.get("client_id") or "")
-        self.history[prompt_id] = {"prompt": [len(self.graphs), prompt_id, graph, {}, []], "outputs": {}, "status": {"status_str": "running", "completed": False, "messages": []}}
+        self.history[prompt_id] = {
+            "prompt": [len(self.graphs), prompt_id, graph, {}, []],
+            "outputs": {},
+            "status": {"status_str": "running", "completed": False, "messages": []},
+        }
         asyncio.get_running_loop().create_task(
-            self._run(prompt_id, client_id, by_type, int(sampler["seed"]), int(sampler["steps"]), int(width), int(height))
+            self._run(
+                prompt_id, client_id, by_type, int(sampler["seed"]), int(sampler["steps"]), int(width), int(height)
+            )
         )
         return web.json_response({"prompt_id": prompt_id, "number": len(self.graphs), "node_errors": {}})
 
@@ -109,7 +143,9 @@ class FakeComfyUI(FakeBackend):
         else:
             await sock.send_json(message)
 
-    async def _run(self, prompt_id: str, client_id: str, by_type: dict[str, Any], seed: int, steps: int, width: int, height: int) -> None:
+    async def _run(
+        self, prompt_id: str, client_id: str, by_type: dict[str, Any], seed: int, steps: int, width: int, height: int
+    ) -> None:
         async with self.lock:
             if prompt_id in self.deleted:
                 return
@@ -118,15 +154,35 @@ class FakeComfyUI(FakeBackend):
             await self._send(client_id, {"type": "execution_start", "data": {"prompt_id": prompt_id, "timestamp": 0}})
             sampler_id = by_type["KSampler"][0]
             for node_id in (by_type["CheckpointLoaderSimple"][0], sampler_id):
-                await self._send(client_id, {"type": "executing", "data": {"node": node_id, "display_node": node_id, "prompt_id": prompt_id}})
+                await self._send(
+                    client_id,
+                    {"type": "executing", "data": {"node": node_id, "display_node": node_id, "prompt_id": prompt_id}},
+                )
             for step in range(1, steps + 1):
                 await asyncio.sleep(self.step_s)
                 if prompt_id in self._interrupt:
                     self.running = None
                     self.history[prompt_id]["status"] = {"status_str": "error", "completed": False, "messages": []}
-                    await self._send(client_id, {"type": "execution_interrupted", "data": {"prompt_id": prompt_id, "node_id": sampler_id, "node_type": "KSampler", "executed": []}})
+                    await self._send(
+                        client_id,
+                        {
+                            "type": "execution_interrupted",
+                            "data": {
+                                "prompt_id": prompt_id,
+                                "node_id": sampler_id,
+                                "node_type": "KSampler",
+                                "executed": [],
+                            },
+                        },
+                    )
                     return
-                await self._send(client_id, {"type": "progress", "data": {"value": step, "max": steps, "prompt_id": prompt_id, "node": sampler_id}})
+                await self._send(
+                    client_id,
+                    {
+                        "type": "progress",
+                        "data": {"value": step, "max": steps, "prompt_id": prompt_id, "node": sampler_id},
+                    },
+                )
                 if step == 1:  # a preview frame: 4-byte event type 1, 4-byte format 2 (PNG), the image
                     await self._send(client_id, struct.pack(">II", 1, 2) + png(picture(seed, 8, 8)))
             filename = f"voxcanvas_{len(self.files):05d}_.png"
@@ -135,7 +191,13 @@ class FakeComfyUI(FakeBackend):
             output = {"images": [{"filename": filename, "subfolder": "", "type": "output"}]}
             self.history[prompt_id]["outputs"] = {save_id: output}
             self.history[prompt_id]["status"] = {"status_str": "success", "completed": True, "messages": []}
-            await self._send(client_id, {"type": "executed", "data": {"node": save_id, "display_node": save_id, "output": output, "prompt_id": prompt_id}})
+            await self._send(
+                client_id,
+                {
+                    "type": "executed",
+                    "data": {"node": save_id, "display_node": save_id, "output": output, "prompt_id": prompt_id},
+                },
+            )
             await self._send(client_id, {"type": "executing", "data": {"node": None, "prompt_id": prompt_id}})
             self.renders_finished += 1
             self.running = None
@@ -143,10 +205,16 @@ class FakeComfyUI(FakeBackend):
     async def get_history(self, request: web.Request) -> web.Response:
         prompt_id = request.match_info["prompt_id"]
         entry = self.history.get(prompt_id)
-        return web.json_response({prompt_id: entry} if entry is not None and entry["status"]["status_str"] != "running" else {})
+        return web.json_response(
+            {prompt_id: entry} if entry is not None and entry["status"]["status_str"] != "running" else {}
+        )
 
     async def view(self, request: web.Request) -> web.Response:
-        key = (request.query.get("type", "output"), request.query.get("subfolder", ""), request.query.get("filename", ""))
+        key = (
+            request.query.get("type", "output"),
+            request.query.get("subfolder", ""),
+            request.query.get("filename", ""),
+        )
         data = self.files.get(key)
         if data is None:
             return web.Response(status=404)

@@ -37,12 +37,17 @@ class FakeReplicate(FakeBackend):
 
     async def create(self, request: web.Request) -> web.Response:
         if not self._authorised(request):
-            return web.json_response({"title": "Unauthenticated", "detail": "You did not pass a valid authentication token", "status": 401}, status=401)
+            return web.json_response(
+                {"title": "Unauthenticated", "detail": "You did not pass a valid authentication token", "status": 401},
+                status=401,
+            )
         body = await request.json()
         self.seen[-1].body = body
         values = body.get("input") if isinstance(body, dict) else None
         if not isinstance(values, dict) or not isinstance(values.get("prompt"), str):
-            return web.json_response({"title": "Input validation failed", "detail": "- input: prompt is required", "status": 422}, status=422)
+            return web.json_response(
+                {"title": "Input validation failed", "detail": "- input: prompt is required", "status": 422}, status=422
+            )
         pid = uuid.uuid4().hex[:26]
         base = str(request.url.origin())
         prediction: dict[str, Any] = {

@@ -16,8 +16,17 @@ from PIL import Image
 from .common import FakeBackend, picture, png
 
 #: The fake's pixels per aspect ratio (small, for speed; the real service gives ~1 megapixel).
-SIZES = {"1:1": (64, 64), "16:9": (96, 56), "9:16": (56, 96), "21:9": (112, 48), "9:21": (48, 112),
-         "2:3": (56, 80), "3:2": (80, 56), "4:5": (56, 72), "5:4": (72, 56)}
+SIZES = {
+    "1:1": (64, 64),
+    "16:9": (96, 56),
+    "9:16": (56, 96),
+    "21:9": (112, 48),
+    "9:21": (48, 112),
+    "2:3": (56, 80),
+    "3:2": (80, 56),
+    "4:5": (56, 72),
+    "5:4": (72, 56),
+}
 
 
 def envelope(name: str, *errors: str) -> dict[str, Any]:
@@ -35,7 +44,9 @@ class FakeStability(FakeBackend):
 
     async def generate(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
-            return web.json_response(envelope("unauthorized", "authorization: invalid or missing header value"), status=401)
+            return web.json_response(
+                envelope("unauthorized", "authorization: invalid or missing header value"), status=401
+            )
         if request.match_info["endpoint"] not in ("sd3", "core", "ultra"):
             return web.json_response(envelope("not_found", "unknown endpoint"), status=404)
         if not request.content_type.startswith("multipart/form-data"):
@@ -56,7 +67,9 @@ class FakeStability(FakeBackend):
         else:
             aspect = fields.get("aspect_ratio", "1:1")
             if aspect not in SIZES:
-                return web.json_response(envelope("bad_request", f"aspect_ratio: must be one of {', '.join(SIZES)}"), status=400)
+                return web.json_response(
+                    envelope("bad_request", f"aspect_ratio: must be one of {', '.join(SIZES)}"), status=400
+                )
             width, height = SIZES[aspect]
         self.renders_started += 1
         await asyncio.sleep(self.step_s * 4)
@@ -64,5 +77,7 @@ class FakeStability(FakeBackend):
         finish = "CONTENT_FILTERED" if "forbidden" in prompt else "SUCCESS"
         data = png(picture(seed, width, height))
         if request.headers.get("accept", "").startswith("image/"):
-            return web.Response(body=data, content_type="image/png", headers={"finish-reason": finish, "seed": str(seed)})
+            return web.Response(
+                body=data, content_type="image/png", headers={"finish-reason": finish, "seed": str(seed)}
+            )
         return web.json_response({"image": base64.b64encode(data).decode(), "finish_reason": finish, "seed": seed})
