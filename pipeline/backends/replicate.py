@@ -2,6 +2,8 @@
 
 * ``REPLICATE_MODEL=owner/name`` (an official model): ``POST /v1/models/{owner}/{name}/predictions``
   ``{"input": {...}}``; ``owner/name:version``: ``POST /v1/predictions`` ``{"version", "input"}``;
+* ``Prefer: wait=1`` asks Replicate to hold the create call until the prediction is done (its
+  "sync mode"): a fast model needs no polling;
 * the answer is a prediction ``{"id", "status", "output", "error", "logs", "urls": {"get", "cancel"}}``;
   we poll ``GET /v1/predictions/{id}`` until ``status`` is ``succeeded`` (``output``: a URL or a
   list of URLs, fetched with the same bounds as any image), ``failed`` or ``canceled``;
@@ -45,6 +47,8 @@ DEFAULT_MODEL = "stability-ai/sdxl"
 _STEP = re.compile(r"(\d+)\s*/\s*(\d+)")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 _MODEL = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(:[0-9a-f]{8,128})?$")
+#: ``Prefer: wait=N`` (Replicate's sync mode, 1-60 s): the create call answers when done, up to N s.
+WAIT_S = 1  # short: a create call cannot be cancelled (no prediction id yet) while it waits
 #: Polling starts at POLL_INTERVAL_S and slows to this (a long queue on Replicate's side).
 MAX_POLL_S = 2.0
 
@@ -91,7 +95,9 @@ class ReplicateBackend(HttpBackend):
             path, body = "/v1/predictions", {"version": version, "input": self.input_of(job)}
         else:
             path, body = f"/v1/models/{name}/predictions", {"input": self.input_of(job)}
-        prediction = await self.post_json(path, body, should_stop=should_stop)
+        # Sync mode: Replicate holds the answer until the prediction is done (or WAIT_S passed), so
+        # a fast model needs no polling at all; a slower one is polled from where it stands.
+        prediction = await self.post_json(path, body, should_stop=should_stop, headers={"Prefer": f"wait={WAIT_S}"})
         pid = prediction.get("id") if isinstance(prediction, dict) else None
         if not isinstance(pid, str) or not _ID.match(pid):
             raise BackendGarbage(self.name, "no prediction id")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,7 @@ class FakeBackend:
         self.renders_started = 0
         self.renders_finished = 0
         self.interrupted = 0
+        self.server_s = 0.0  # time spent in this fake's handlers (bench subtracts it: not the bot's cost)
 
     def routes(self, app: web.Application) -> None:
         raise NotImplementedError
@@ -77,6 +79,13 @@ class FakeBackend:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.seen.append(Seen(request.method, request.path, dict(request.query), dict(request.headers)))
+        began = time.perf_counter()
+        try:
+            return await self._answer(request, handler)
+        finally:
+            self.server_s += time.perf_counter() - began
+
+    async def _answer(self, request: web.Request, handler: Any) -> web.StreamResponse:
         for fault in self.faults:
             if fault.times > 0 and fault.path in request.path:
                 fault.times -= 1

@@ -62,7 +62,11 @@ class FakeReplicate(FakeBackend):
             "urls": {"get": f"{base}/v1/predictions/{pid}", "cancel": f"{base}/v1/predictions/{pid}/cancel"},
         }
         self.predictions[pid] = prediction
-        asyncio.get_running_loop().create_task(self._run(pid, base))
+        task = asyncio.get_running_loop().create_task(self._run(pid, base))
+        prefer = request.headers.get("Prefer", "")
+        if prefer.startswith("wait"):  # sync mode: hold the answer until done, at most N seconds
+            seconds = float(prefer.partition("=")[2] or 60)
+            await asyncio.wait({task}, timeout=min(60.0, seconds))
         return web.json_response(prediction, status=201)
 
     async def _run(self, pid: str, base: str) -> None:
