@@ -81,21 +81,21 @@ async def test_models_entry_picks_the_backend_and_its_options(make_executor):
 async def test_remote_jobs_take_turns_per_user_and_cancel_while_waiting(make_executor):
     async with FakeA1111(step_s=0.05) as fake:
         executor = await make_executor(RENDER_BACKEND="a1111", A1111_URL=fake.url, MAX_JOBS_PER_USER=3)
-        a1, a2, b1 = executor.admit("alice"), executor.admit("alice"), executor.admit("bob")
         blocker = executor.admit("carol")
         first = asyncio.create_task(executor.render(blocker, request(prompt="carol", steps=10)))
         await asyncio.sleep(0.1)
-        tasks = [
-            asyncio.create_task(executor.render(j, request(prompt=p))) for j, p in ((a1, "a1"), (a2, "a2"), (b1, "b1"))
-        ]
-        await asyncio.sleep(0.1)
+        a1, a2, b1, d1 = executor.admit("alice"), executor.admit("alice"), executor.admit("bob"), executor.admit("dave")
+        tasks = []
+        for j, p in ((a1, "a1"), (a2, "a2"), (b1, "b1"), (d1, "d1")):  # alice asks twice before bob
+            tasks.append(asyncio.create_task(executor.render(j, request(prompt=p))))
+            await asyncio.sleep(0.01)
         assert executor.position_of(a1) is not None  # waiting for the backend's slot, in the queue
-        a2.cancel()
+        d1.cancel()
         results = await asyncio.gather(first, *tasks, return_exceptions=True)
-        for j in (a1, a2, b1, blocker):
+        for j in (a1, a2, b1, d1, blocker):
             j.finish()
-    assert isinstance(results[2], JobCancelled)
-    assert [p["prompt"] for p in fake.payloads] == ["carol", "a1", "b1"]
+    assert isinstance(results[4], JobCancelled)
+    assert [p["prompt"] for p in fake.payloads] == ["carol", "a1", "b1", "a2"]  # round robin, not FIFO
 
 
 async def test_cancel_mid_render_interrupts_the_backend(make_executor):
