@@ -226,6 +226,19 @@ class Settings(BaseSettings):
             raise ValueError("Rendering on Stability AI needs STABILITY_API_KEY.")
         if "replicate" in used and self.REPLICATE_API_TOKEN is None:
             raise ValueError("Rendering on Replicate needs REPLICATE_API_TOKEN.")
+        for name, path in (
+            ("COMFYUI_WORKFLOW", self.COMFYUI_WORKFLOW),
+            ("COMFYUI_IMG2IMG_WORKFLOW", self.COMFYUI_IMG2IMG_WORKFLOW),
+        ):
+            if path is not None:
+                from .backends.comfyui import load_workflow
+
+                try:
+                    load_workflow(path, "")
+                except OSError as exc:
+                    raise ValueError(f"{name}: can't read {path} ({exc.strerror or exc})") from None
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
         if self.RENDER_FALLBACK and self.RENDER_FALLBACK == self.RENDER_BACKEND:
             raise ValueError("RENDER_FALLBACK must name another backend than RENDER_BACKEND (or be empty).")
         return self

@@ -168,8 +168,10 @@ def test_configuration_errors_at_start_up(make_settings, tmp_path):
         make_settings(RENDER_BACKEND="a1111", RENDER_FALLBACK="a1111")
     broken = tmp_path / "flow.json"
     broken.write_text(json.dumps({"1": {"class_type": "X", "inputs": {"text": "{{prmpt}}"}}}))
-    with pytest.raises(ValueError, match=f"{broken}.*unknown placeholders: prmpt"):
-        GPUExecutor(make_settings(RENDER_BACKEND="comfyui", COMFYUI_WORKFLOW=str(broken)))
+    with pytest.raises(ValidationError, match=f"COMFYUI_WORKFLOW: {broken}.*unknown placeholders: prmpt"):
+        make_settings(RENDER_BACKEND="comfyui", COMFYUI_WORKFLOW=str(broken))
+    with pytest.raises(ValidationError, match="COMFYUI_IMG2IMG_WORKFLOW: can't read"):
+        make_settings(COMFYUI_IMG2IMG_WORKFLOW=str(tmp_path / "missing.json"))
 
 
 def test_remote_keys_are_redacted_from_logs(caplog):
