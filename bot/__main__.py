@@ -61,6 +61,9 @@ def main() -> int:
     secrets = [key.get_secret_value() for key in settings.API_KEYS]
     if settings.GEMINI_API_KEY is not None:
         secrets.append(settings.GEMINI_API_KEY.get_secret_value())
+    for remote_key in (settings.STABILITY_API_KEY, settings.REPLICATE_API_TOKEN):
+        if remote_key is not None:
+            secrets.append(remote_key.get_secret_value())
     if settings.DISCORD_TOKEN is None:
         setup_logging(settings.LOG_LEVEL, secrets, settings.LOG_DEBUG_LOGGERS)
         return asyncio.run(run_web(settings))

@@ -133,7 +133,8 @@ def result_embed(result: Result) -> discord.Embed:
         value=f"seed `{best.seed}`\n{best.width}×{best.height} · {best.steps} steps · guidance {best.guidance:g}"
         + (f"\nmodel `{best.model}`" if best.model else "")
         + (f"\nLoRA {model_loras(best)}" if best.loras else "")
-        + (f"\nimage-to-image, strength {best.strength:g}" if best.mode == "img2img" else ""),
+        + (f"\nimage-to-image, strength {best.strength:g}" if best.mode == "img2img" else "")
+        + backend_line(best),
         inline=True,
     )
     if best.missing_elements:
@@ -277,6 +278,18 @@ def _shorten_part(embed: discord.Embed, part: str, by: int) -> None:
                 value = _clip(item.value, max(1, len(item.value) - by))
                 embed.set_field_at(index, name=part, value=value, inline=bool(item.inline))
                 return
+
+
+def backend_line(round_: Round) -> str:
+    """Where a remote picture was rendered, and why there when the configured backend failed."""
+    from pipeline.backends import LABELS
+
+    if round_.backend_fallback:
+        return (
+            f"\nrendered on {LABELS.get(round_.backend, round_.backend)} — "
+            f"{LABELS.get(round_.backend_fallback, round_.backend_fallback)} was unavailable"
+        )
+    return f"\nrendered on {LABELS.get(round_.backend, round_.backend)}" if round_.backend != "diffusers" else ""
 
 
 def provider_line(provider: str, fallback: str | None, *, critic: bool = False) -> str:

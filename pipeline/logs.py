@@ -51,6 +51,8 @@ SECRET_PATTERNS: tuple[re.Pattern[str], ...] = (
     re.compile(r"""(?<=['"]token['"]: ['"])[^'"]+"""),
     re.compile(r"(?<![\w-])[A-Za-z0-9_-]{23,28}\.[A-Za-z0-9_-]{6,7}\.[A-Za-z0-9_-]{27,}"),
     re.compile(r"AIza[0-9A-Za-z_-]{35}"),
+    re.compile(r"(?<![\w-])r8_[0-9A-Za-z]{20,}"),  # a Replicate API token
+    re.compile(r"(?<![\w-])sk-[0-9A-Za-z]{32,}"),  # a Stability AI key
 )
 
 #: Explicit secrets shorter than this are not redacted (they would blank ordinary words).

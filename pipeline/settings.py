@@ -54,6 +54,28 @@ class Settings(BaseSettings):
     # A directory of LoRA .safetensors files, usable by file name (/imagine lora:).
     LORA_DIR: Path | None = None
 
+    # --- render backends (pipeline/backends; README "Render backends") ---
+    # Where the default model renders: this machine's GPU (diffusers) or a remote backend; a MODELS
+    # entry "name=comfyui:ckpt.safetensors" (a1111:, stability:, replicate:) renders on that one.
+    RENDER_BACKEND: Literal["diffusers", "a1111", "comfyui", "stability", "replicate"] = "diffusers"
+    # A backend that fails after its retries hands the picture to this one (empty: none).
+    RENDER_FALLBACK: Literal["", "diffusers", "a1111", "comfyui", "stability", "replicate"] = ""
+    REMOTE_CONCURRENCY: int = Field(1, ge=1, le=64)  # renders in flight per remote backend
+    REMOTE_TIMEOUT_S: float = Field(180.0, gt=0, le=3600)  # one HTTP request (a whole A1111 render)
+    REMOTE_RETRIES: int = Field(3, ge=0, le=10)  # tries after the first on 429/5xx/timeouts
+    A1111_URL: str = "http://127.0.0.1:7860"  # AUTOMATIC1111 or Forge, started with --api
+    A1111_MODEL: str = ""  # checkpoint title; empty: the one the server has loaded
+    COMFYUI_URL: str = "http://127.0.0.1:8188"
+    COMFYUI_CHECKPOINT: str = "sd_xl_base_1.0.safetensors"  # {{checkpoint}} of the workflow
+    COMFYUI_WORKFLOW: Path | None = None  # an API-format workflow JSON with {{prompt}} ... placeholders
+    COMFYUI_IMG2IMG_WORKFLOW: Path | None = None
+    STABILITY_API_KEY: SecretStr | None = None
+    STABILITY_MODEL: str = "sd3.5-large"  # sd3.5-large, sd3.5-large-turbo, sd3.5-medium, core, ultra
+    STABILITY_URL: str = "https://api.stability.ai"
+    REPLICATE_API_TOKEN: SecretStr | None = None
+    REPLICATE_MODEL: str = "stability-ai/sdxl"  # owner/name, or owner/name:version
+    REPLICATE_URL: str = "https://api.replicate.com"
+
     # --- rendering defaults (bounds: pipeline/limits.py, checked below) ---
     # Empty: the model family's own (pipeline.families): SD 25 steps at 7.5, SDXL 30 at 6, Turbo 4 at 0 ...
     STEPS: int | None = None
@@ -204,7 +226,42 @@ class Settings(BaseSettings):
         parse_models(value)  # ValueError naming the bad entry
         return value
 
-    @field_validator("DISCORD_TOKEN", "GEMINI_API_KEY", mode="before")
+    @field_validator("COMFYUI_WORKFLOW", "COMFYUI_IMG2IMG_WORKFLOW", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _backends_configured(self) -> Settings:
+        from .backends.base import remote_source
+        from .registry import parse_models
+
+        used: set[str] = {self.RENDER_BACKEND, self.RENDER_FALLBACK}
+        used |= {found[0] for e in parse_models(self.MODELS).values() if (found := remote_source(e.source))}
+        if "stability" in used and self.STABILITY_API_KEY is None:
+            raise ValueError("Rendering on Stability AI needs STABILITY_API_KEY.")
+        if "replicate" in used and self.REPLICATE_API_TOKEN is None:
+            raise ValueError("Rendering on Replicate needs REPLICATE_API_TOKEN.")
+        for name, path in (
+            ("COMFYUI_WORKFLOW", self.COMFYUI_WORKFLOW),
+            ("COMFYUI_IMG2IMG_WORKFLOW", self.COMFYUI_IMG2IMG_WORKFLOW),
+        ):
+            if path is not None:
+                from .backends.comfyui import load_workflow
+
+                try:
+                    load_workflow(path, "")
+                except OSError as exc:
+                    raise ValueError(f"{name}: can't read {path} ({exc.strerror or exc})") from None
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
+        if self.RENDER_FALLBACK and self.RENDER_FALLBACK == self.RENDER_BACKEND:
+            raise ValueError("RENDER_FALLBACK must name another backend than RENDER_BACKEND (or be empty).")
+        return self
+
+    @field_validator("DISCORD_TOKEN", "GEMINI_API_KEY", "STABILITY_API_KEY", "REPLICATE_API_TOKEN", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():

@@ -123,6 +123,8 @@ class Round(BaseModel):
     model: str | None = None  # the MODELS name; None: DIFFUSION_MODEL
     family: str | None = None  # pipeline.families key: "sd", "sdxl", "sdxl-few-step", "flux-few-step" ...
     loras: list[tuple[str, float]] = Field(default_factory=list)
+    backend: str = "diffusers"  # where it was rendered (pipeline.backends)
+    backend_fallback: str | None = None  # the backend that failed when RENDER_FALLBACK rendered it
     score: int | None = None
     missing_elements: list[str] = Field(default_factory=list)
     correction_prompt: str | None = None
@@ -758,6 +760,8 @@ class Studio:
                     model=rendered.model,
                     family=rendered.family.key if rendered.family is not None else None,
                     loras=[(name, weight) for name, weight in rendered.loras],
+                    backend=rendered.backend,
+                    backend_fallback=rendered.fallback_from,
                     score=report.alignment_score,
                     missing_elements=list(report.missing_elements),
                     correction_prompt=report.correction_prompt or None,

@@ -190,6 +190,8 @@ class RenderedImage:
     family: FamilyProfile | None = None
     loras: tuple[tuple[str, float], ...] = ()
     tiles: int = 1  # image-to-image pipeline calls the picture was refined in (tiled hires fix)
+    backend: str = "diffusers"  # where it was rendered (pipeline.backends)
+    fallback_from: str | None = None  # the backend that failed, when RENDER_FALLBACK rendered it
 
     def png_bytes(self) -> bytes:
         return image_to_png(self.image)

@@ -62,9 +62,11 @@ class Engine:
             self._composer = Composer(self.settings.MUSIC_MODEL, self.settings.DEVICE)
         return self._composer
 
-    def warm_up(self, *, whisper: bool = True, clip: bool = True) -> None:
-        """Load the models a job will need (runs on the model thread)."""
-        self.models.use(None)
+    def warm_up(self, *, whisper: bool = True, clip: bool = True, diffusion: bool = True) -> None:
+        """Load the models a job will need (runs on the model thread); ``diffusion=False``: the
+        default model renders on a remote backend (pipeline.backends)."""
+        if diffusion:
+            self.models.use(None)
         if clip:
             self.clip_critic.load()
         if whisper:

@@ -38,6 +38,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..backends.router import RenderRouter
 from ..errors import ExecutorFailure, JobCancelled, OutOfMemory, ShuttingDown, StageTimeout
 from ..synthesis import RenderedImage, RenderInterrupted, RenderRequest
 from . import policy
@@ -88,6 +89,9 @@ class GPUExecutor:
         self._interleaving = False  # the GPU thread is running other work between two music steps
         self._interleaved_s = 0.0  # seconds of such work during the current item (not its own time)
         self._lora_fit_cache: dict[tuple[str, float], bool] = {}
+        # Remote render backends (pipeline.backends): renders for their models never reach the
+        # GPU thread. Built now, so a missing key or a broken workflow file fails at start-up.
+        self.router = RenderRouter(settings)
 
     # --- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -107,7 +111,10 @@ class GPUExecutor:
 
     async def warm_up(self, *, whisper: bool = True, clip: bool = True) -> None:
         """Load models on the GPU thread (start it in the background at start-up)."""
-        await self._submit(None, "warmup", functools.partial(self.engine.warm_up, whisper=whisper, clip=clip))
+        diffusion = not self.router.is_remote(None)  # a remote default model needs nothing loaded here
+        await self._submit(
+            None, "warmup", functools.partial(self.engine.warm_up, whisper=whisper, clip=clip, diffusion=diffusion)
+        )
 
     def stop_admitting(self) -> None:
         """New jobs are refused with :class:`ShuttingDown`; queued and running work goes on."""
@@ -135,6 +142,7 @@ class GPUExecutor:
                 await asyncio.to_thread(thread.join, 10)
                 if thread.is_alive():
                     log.error("GPU thread did not stop")
+        await self.router.close()
         return [job.id for job in self._jobs.values() if not job.finished]
 
     # --- jobs --------------------------------------------------------------------------------
@@ -227,7 +235,33 @@ class GPUExecutor:
     async def render(self, job: Job, request: RenderRequest) -> RenderedImage:
         # Validating an init image decodes it: tens of ms for a large one, so not on the loop.
         request = await asyncio.to_thread(request.validated) if request.init_image else request.validated()
+        if self.router.is_remote(request.model):
+            return await self._render_remote(job, request)
         image: RenderedImage = await self._submit(job, "render", None, request=request)
+        return image
+
+    async def _render_remote(self, job: Job, request: RenderRequest) -> RenderedImage:
+        """A render on a remote backend: on the event loop (pipeline.backends.router), never on
+        the GPU thread; bounded by the stage timeout like any work item."""
+
+        async def local(moved: RenderRequest) -> RenderedImage:  # RENDER_FALLBACK=diffusers
+            image: RenderedImage = await self._submit(job, "render", None, request=moved)
+            return image
+
+        if job.cancelled:
+            raise JobCancelled()
+        began = time.monotonic()
+        try:
+            image = await asyncio.wait_for(
+                self.router.render(job, request, emit=self._emit, local=local), self.stage_timeout_s
+            )
+        except TimeoutError:
+            job.cancel()
+            raise StageTimeout() from None
+        finally:
+            self._notify_positions()
+        self._metrics.observe_batch(1)
+        self._metrics.observe_stage("render", time.monotonic() - began)
         return image
 
     async def review(self, job: Job, image: Image.Image, scene: Scene, prompt: str) -> QAReport:
@@ -341,6 +375,8 @@ class GPUExecutor:
         return compatible_names(lora_dir, synth.load().text2img, self._lora_fit_cache)
 
     def family(self, model: str | None) -> FamilyProfile | None:
+        if self.router.is_remote(model):
+            return self.router.route(model).profile
         try:
             synth = self.engine.models.get(model)
         except Exception:

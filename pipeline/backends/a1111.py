@@ -1,0 +1,141 @@
+"""AUTOMATIC1111's web UI API (and Forge, which speaks the same): ``--api`` on the server.
+
+* ``POST /sdapi/v1/txt2img`` / ``POST /sdapi/v1/img2img`` (``init_images``: base64,
+  ``denoising_strength``) answer ``{"images": [base64 PNG], "parameters": {...}, "info": "<JSON
+  text with seed, all_seeds ...>"}`` once the picture is done;
+* meanwhile ``GET /sdapi/v1/progress?skip_current_image=true`` gives ``state.sampling_step`` /
+  ``state.sampling_steps`` (the server's current job: with ``REMOTE_CONCURRENCY=1`` that is ours);
+* ``POST /sdapi/v1/interrupt`` stops the running job; the server then answers the render call
+  with what it has, which we drop (the job was cancelled).
+
+The checkpoint is chosen per request with ``override_settings.sd_model_checkpoint`` (empty: the
+one the server has loaded); LoRAs use the web UI's own ``<lora:name:weight>`` prompt syntax.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+from typing import Any
+
+from ..errors import JobCancelled
+from .base import (
+    MAX_RESPONSE_BYTES,
+    POLL_INTERVAL_S,
+    BackendError,
+    BackendGarbage,
+    Capabilities,
+    HttpBackend,
+    ProgressFn,
+    RemoteJob,
+    RemoteResult,
+    StopFn,
+)
+
+log = logging.getLogger(__name__)
+
+#: How often the progress endpoint is polled while a render runs.
+PROGRESS_INTERVAL_S = 0.5
+SAMPLER = "Euler a"
+
+
+class A1111Backend(HttpBackend):
+    name = "a1111"
+    capabilities = Capabilities(progress=True, cancel=True, loras=True)
+
+    def __init__(self, base_url: str, *, model: str = "", sampler: str = SAMPLER, **kwargs: Any) -> None:
+        super().__init__(base_url, **kwargs)
+        self.default_model = model
+        self.sampler = sampler
+
+    def payload(self, job: RemoteJob) -> dict[str, Any]:
+        prompt = job.prompt + "".join(f" <lora:{name}:{weight:g}>" for name, weight in job.loras)
+        payload: dict[str, Any] = {
+            "prompt": prompt,
+            "negative_prompt": job.negative_prompt,
+            "seed": job.seed,
+            "steps": job.steps,
+            "cfg_scale": job.guidance,
+            "width": job.width,
+            "height": job.height,
+            "batch_size": 1,
+            "n_iter": 1,
+            "sampler_name": self.sampler,
+            "send_images": True,
+            "save_images": False,
+        }
+        if job.model:
+            payload["override_settings"] = {"sd_model_checkpoint": job.model}
+            payload["override_settings_restore_afterwards"] = False  # switching checkpoints back and forth is slow
+        if job.init_image is not None:
+            payload["init_images"] = [base64.b64encode(job.init_image).decode("ascii")]
+            payload["denoising_strength"] = job.strength
+        return payload
+
+    async def render(self, job: RemoteJob, *, progress: ProgressFn, should_stop: StopFn) -> RemoteResult:
+        path = "/sdapi/v1/img2img" if job.init_image is not None else "/sdapi/v1/txt2img"
+        payload = self.payload(job)
+        call = asyncio.ensure_future(self.post_json(path, payload, max_bytes=MAX_RESPONSE_BYTES))
+
+        async def poll() -> None:  # its own task: a slow progress answer never delays the render's
+            while True:
+                await asyncio.sleep(PROGRESS_INTERVAL_S)
+                await self._poll_progress(progress)
+
+        poller = asyncio.ensure_future(poll())
+        try:
+            while not call.done():
+                if should_stop():
+                    await self._interrupt(call)
+                    raise JobCancelled()
+                await asyncio.wait({call}, timeout=POLL_INTERVAL_S)
+        finally:
+            for task in (poller, call):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+        answer = call.result()
+        if should_stop():
+            raise JobCancelled()
+        if not isinstance(answer, dict) or not isinstance(answer.get("images"), list) or not answer["images"]:
+            raise BackendGarbage(self.name, "no images in the answer")
+        image = await asyncio.to_thread(self.decode_base64_image, answer["images"][0])
+        progress(job.steps, job.steps)
+        return RemoteResult(image=image, seed=_seed_of(answer, job.seed))
+
+    async def _poll_progress(self, progress: ProgressFn) -> None:
+        try:
+            state = await self.get_json(
+                "/sdapi/v1/progress", params={"skip_current_image": "true"}, retries=0, timeout_s=5.0
+            )
+        except BackendError as exc:  # progress is a nicety: a missed poll is not a failed render
+            log.debug("A1111 progress poll failed: %s", exc)
+            return
+        info = state.get("state") if isinstance(state, dict) else None
+        if isinstance(info, dict):
+            step, total = info.get("sampling_step"), info.get("sampling_steps")
+            if isinstance(step, int) and isinstance(total, int) and 0 < total and 0 <= step <= total:
+                progress(step, total)
+
+    async def _interrupt(self, call: asyncio.Future[Any]) -> None:
+        """Stop the server's running job and let the render call end (bounded)."""
+        try:
+            await self.request("POST", "/sdapi/v1/interrupt", retries=1, timeout_s=5.0)
+        except BackendError as exc:
+            log.info("A1111 interrupt failed: %s", exc)
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(asyncio.shield(call), 5.0)
+
+
+def _seed_of(answer: dict[str, Any], sent: int) -> int:
+    """The seed A1111 used (``info`` is a JSON *string*); the one we sent when it does not say."""
+    info = answer.get("info")
+    with contextlib.suppress(ValueError, TypeError):
+        parsed = json.loads(info) if isinstance(info, str) else info
+        if isinstance(parsed, dict) and isinstance(parsed.get("seed"), int):
+            return int(parsed["seed"])
+    return sent
