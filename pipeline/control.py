@@ -94,7 +94,8 @@ def check_control(mode: str | None, strength: float | None) -> tuple[str | None,
     value = DEFAULT_CONTROL_STRENGTH if strength is None else float(strength)
     if not MIN_CONTROL_STRENGTH <= value <= MAX_CONTROL_STRENGTH:
         raise BadRequest(
-            f"The control strength must be between {MIN_CONTROL_STRENGTH:g} and {MAX_CONTROL_STRENGTH:g} (got {value:g})."
+            f"The control strength must be between {MIN_CONTROL_STRENGTH:g} and {MAX_CONTROL_STRENGTH:g} "
+            f"(got {value:g})."
         )
     return key, round(value, 4)
 
@@ -242,19 +243,19 @@ class ControlNets:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def depth_map(self, image: Image.Image) -> Image.Image:
+    def depth_map(self, image: Image.Image, device: Any = "cpu") -> Image.Image:
         """A depth map of ``image`` (same size, greyscale as RGB) from the depth estimator."""
         if self._depth is None:
             from transformers import pipeline
 
             log.info("loading depth estimator %s", self.depth_model)
-            self._depth = pipeline("depth-estimation", model=self.depth_model, device="cpu")
+            self._depth = pipeline("depth-estimation", model=self.depth_model, device=device)
             self.loads += 1
         result = self._depth(image)
         depth = result["depth"] if isinstance(result, dict) else result[0]["depth"]
         return depth.convert("RGB").resize(image.size, Image.Resampling.BICUBIC)
 
-    def control_image(self, spec: ControlSpec, width: int, height: int) -> Image.Image:
+    def control_image(self, spec: ControlSpec, width: int, height: int, device: Any = "cpu") -> Image.Image:
         """The control image for one request at the render size."""
         if spec.mode == "palette":
             return palette_image(spec.palette, width, height)
@@ -264,5 +265,5 @@ class ControlNets:
         if spec.mode == "canny":
             return canny_edges(source)
         if spec.mode == "depth":
-            return self.depth_map(source)
+            return self.depth_map(source, device)
         return source  # pose: the image is the skeleton already

@@ -584,7 +584,7 @@ class Synthesizer(LazyModel[DiffusionPipelines]):
         if self.controls is None:
             raise BadRequest("ControlNet is not set up here (CONTROLNET_MODELS is empty).")
         return [
-            self.controls.control_image(r.control, int(r.width or 0), int(r.height or 0))
+            self.controls.control_image(r.control, int(r.width or 0), int(r.height or 0), self.device)
             for r in requests
             if r.control is not None
         ]
