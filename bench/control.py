@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "palette": ControlSpec("palette", 1.0, palette=PALETTE),
         }
         timings: dict[str, list[float]] = {name: [] for name in modes}
-        for name, spec in modes.items():
+        for spec in modes.values():
             request = RenderRequest(
                 prompt="a glowing moon over a wooden pier", seed=5, steps=steps, width=side, height=side, control=spec
             ).validated()
