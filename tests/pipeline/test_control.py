@@ -159,3 +159,18 @@ def test_a_mode_without_a_model_is_a_friendly_error(tiny_sd_dir, control_dirs):
     synthesizer.controls = None
     with pytest.raises(BadRequest, match="CONTROLNET_MODELS is empty"):
         synthesizer.render([req(ControlSpec("palette", palette=PALETTE))])
+
+
+def test_sdxl_gets_its_own_controlnet_pipeline(tiny_sdxl_dir, tmp_path):
+    net = builders.build_tiny_controlnet(tiny_sdxl_dir, tmp_path / "sdxl-net")
+    synthesizer = Synthesizer(str(tiny_sdxl_dir), "cpu", safety_checker=False)
+    synthesizer.controls = ControlNets(f"sdxl:palette={net}")
+    synthesizer.load()
+    spec = ControlSpec("palette", 1.0, palette=PALETTE)
+    a = synthesizer.render([req(spec, steps=2)])[0]
+    b = synthesizer.render([req(spec, steps=2)])[0]
+    assert a.image.size == (64, 64) and a.control_mode == "palette" and a.family.key == "sdxl"
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert type(synthesizer._control_pipes[("palette", False)]).__name__ == "StableDiffusionXLControlNetPipeline"
+    with pytest.raises(BadRequest, match="no canny ControlNet for SDXL"):
+        synthesizer.render([req(ControlSpec("canny", source=square_png()), steps=2)])
