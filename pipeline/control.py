@@ -228,7 +228,7 @@ class ControlNets:
 
             source = self.source_of(family, mode)
             log.info("loading %s ControlNet for %s from %s", mode, family, source)
-            net = ControlNetModel.from_pretrained(source, torch_dtype=dtype).to(device)  # type: ignore[no-untyped-call]
+            net = ControlNetModel.from_pretrained(source, dtype=dtype).to(device)  # type: ignore[no-untyped-call]
             self._nets[key] = net
             self.loads += 1
         return net
