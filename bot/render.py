@@ -441,6 +441,8 @@ def details_text(result: Result) -> str:
         + (f" ({result.best.family})" if result.best.family else "")
         + (f" · LoRA {model_loras(result.best)}" if result.best.loras else ""),
     ]
+    if result.best.control:
+        lines.append(f"**Control:** {result.best.control} at strength {result.best.control_strength or 1.0:g}")
     # Anyone who can see the message can press Details: the reason Gemini failed (it may quote
     # the provider's answer or a URL) is in the operator's log, not here.
     if result.director_fallback:

@@ -188,16 +188,24 @@ class JobRunner:
 
     # --- entry points ------------------------------------------------------------------------
     async def start_imagine(
-        self, interaction: discord.Interaction, idea: Idea, *, image: discord.Attachment | None = None
+        self,
+        interaction: discord.Interaction,
+        idea: Idea,
+        *,
+        image: discord.Attachment | None = None,
+        control_image: discord.Attachment | None = None,
     ) -> None:
         """/imagine: admit (or refuse privately), acknowledge, then download the start ``image``
         (if any, checked from its metadata already: downloading only after the acknowledgement
         keeps Discord's 3 s off the CDN), then run in the background."""
 
         async def request() -> JobRequest:
+            ready = idea
+            if control_image is not None:  # ControlNet's source (#18): checked like a start image
+                ready = replace(ready, control_image=await download_init_image(control_image))
             if image is None:
-                return JobRequest("text", idea)
-            return JobRequest("text", replace(idea, init_image=await download_init_image(image)))
+                return JobRequest("text", ready)
+            return JobRequest("text", replace(ready, init_image=await download_init_image(image)))
 
         await self._start_from_interaction(interaction, request)
 
@@ -289,6 +297,12 @@ class JobRunner:
             await interaction.response.send_message(_(NOT_A_PICTURE), ephemeral=True)
             return
         result = Result.model_validate_json(record.result_json)
+        control = await self.store.read_control(job_id) if result.best.control else None
+        if control is not None:  # the control image the picture was rendered with (#18)
+            await interaction.response.send_message(
+                render.details_text(result), file=discord.File(io.BytesIO(control), "control.png"), ephemeral=True
+            )
+            return
         await interaction.response.send_message(render.details_text(result), ephemeral=True)
 
     async def open_remix(self, interaction: discord.Interaction, job_id: str) -> None:
@@ -727,6 +741,7 @@ class JobRunner:
                     palette_png=output.palette_png,
                     candidate_pngs=output.candidate_pngs,
                     grid_png=output.grid_png,
+                    control_png=output.control_png,
                 )
                 return True
             except (JobStateError, JobNotFound) as exc:
@@ -940,12 +955,13 @@ def idea_to_dict(idea: Idea) -> dict[str, Any]:
     data.pop("audio", None)
     data.pop("audio_path", None)
     data.pop("init_image", None)
+    data.pop("control_image", None)
     return data
 
 
 def idea_from_record(record: JobRecord) -> Idea:
     """The idea's options from a store record (without its audio and start image)."""
-    fields = set(Idea.__dataclass_fields__) - {"audio", "audio_path", "init_image"}
+    fields = set(Idea.__dataclass_fields__) - {"audio", "audio_path", "init_image", "control_image"}
     idea = Idea(**{k: v for k, v in record.idea.items() if k in fields})
     idea.loras = tuple((str(name), float(weight)) for name, weight in idea.loras)  # JSON lists → pairs
     return idea

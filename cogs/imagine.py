@@ -10,6 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.i18n import _
+from pipeline import control as controls
 from pipeline import limits
 from pipeline.errors import BadRequest
 from pipeline.families import ASPECTS
@@ -17,7 +18,7 @@ from pipeline.images import check_image_bytes
 from pipeline.lora import lora_names
 from pipeline.registry import model_names
 from pipeline.studio import Idea
-from pipeline.styles import STYLES
+from pipeline.styles import check_style, matching_styles
 
 if TYPE_CHECKING:
     from bot.client import VoxCanvasBot
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
-STYLE_CHOICES = [app_commands.Choice(name=name, value=name) for name in list(STYLES)[:25]]
+CONTROL_CHOICES = [app_commands.Choice(name=mode, value=mode) for mode in controls.CONTROL_MODES]
 ASPECT_CHOICES = [app_commands.Choice(name=aspect, value=aspect) for aspect in ASPECTS]
 
 
@@ -52,8 +53,12 @@ class Imagine(commands.Cog):
         weight=f"The LoRA's weight ({limits.MIN_LORA_WEIGHT:g} – {limits.MAX_LORA_WEIGHT:g}); "
         f"default {limits.DEFAULT_LORA_WEIGHT:g}",
         count=f"How many candidates to render and score (1 – {limits.MAX_CANDIDATES}); the best is marked",
+        control="ControlNet: keep the edges (canny), depth or pose of control_image, or paint in the palette",
+        control_image="The image whose edges/depth/pose guide the picture (default: the starting image)",
+        control_strength=f"How strongly the control guides ({controls.MIN_CONTROL_STRENGTH:g} – "
+        f"{controls.MAX_CONTROL_STRENGTH:g}); default {controls.DEFAULT_CONTROL_STRENGTH:g}",
     )
-    @app_commands.choices(style=STYLE_CHOICES, aspect=ASPECT_CHOICES)
+    @app_commands.choices(aspect=ASPECT_CHOICES, control=CONTROL_CHOICES)
     async def imagine(
         self,
         interaction: discord.Interaction,
@@ -62,7 +67,7 @@ class Imagine(commands.Cog):
         seed: app_commands.Range[int, 0, limits.MAX_SEED] | None = None,
         steps: app_commands.Range[int, limits.MIN_STEPS, limits.MAX_STEPS] | None = None,
         guidance: app_commands.Range[float, limits.MIN_GUIDANCE, limits.MAX_GUIDANCE] | None = None,
-        style: app_commands.Choice[str] | None = None,
+        style: app_commands.Range[str, 1, 40] | None = None,
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, limits.MIN_STRENGTH, limits.MAX_STRENGTH] = limits.DEFAULT_STRENGTH,
         aspect: app_commands.Choice[str] | None = None,
@@ -70,15 +75,29 @@ class Imagine(commands.Cog):
         lora: app_commands.Range[str, 1, 64] | None = None,
         weight: app_commands.Range[float, limits.MIN_LORA_WEIGHT, limits.MAX_LORA_WEIGHT] = limits.DEFAULT_LORA_WEIGHT,
         count: app_commands.Range[int, 1, limits.MAX_CANDIDATES] | None = None,
+        control: app_commands.Choice[str] | None = None,
+        control_image: discord.Attachment | None = None,
+        control_strength: app_commands.Range[
+            float, controls.MIN_CONTROL_STRENGTH, controls.MAX_CONTROL_STRENGTH
+        ] = controls.DEFAULT_CONTROL_STRENGTH,
     ) -> None:
         if not prompt.strip():
             await interaction.response.send_message(_("🚫 The prompt is empty — tell me what to draw."), ephemeral=True)
             return
-        if image is not None:
-            problem = _image_problem(image)  # from the attachment's metadata: nothing downloaded yet
+        for attachment in (image, control_image):
+            problem = _image_problem(attachment) if attachment is not None else None  # metadata only
             if problem:
                 await interaction.response.send_message(f"🚫 {problem}", ephemeral=True)
                 return
+        try:
+            style = check_style(style)  # a typed name that is no style: said now, privately
+        except BadRequest as exc:
+            await interaction.response.send_message(f"🚫 {exc.user_message}", ephemeral=True)
+            return
+        problem = _control_problem(self.bot.settings.CONTROLNET_MODELS, control, control_image or image)
+        if problem:
+            await interaction.response.send_message(f"🚫 {problem}", ephemeral=True)
+            return
         settings = self.bot.settings
         if model is not None and model not in model_names(settings):
             names = ", ".join(model_names(settings))
@@ -92,7 +111,7 @@ class Imagine(commands.Cog):
             return
         idea = Idea(
             text=prompt,
-            style=style.value if style else None,
+            style=style,
             negative_prompt=negative_prompt,
             seed=seed,
             steps=steps,
@@ -102,9 +121,19 @@ class Imagine(commands.Cog):
             model=model,
             loras=((lora, weight),) if lora else (),
             candidates=count,
+            control=control.value if control else None,
+            control_strength=control_strength if control else None,
         )
-        # The runner downloads the image only after acknowledging: Discord's 3 s are not spent on the CDN.
-        await self.bot.runner.start_imagine(interaction, idea, image=image)
+        # The runner downloads the images only after acknowledging: Discord's 3 s are not spent on the CDN.
+        await self.bot.runner.start_imagine(
+            interaction, idea, image=image, control_image=control_image if control is not None else None
+        )
+
+    @imagine.autocomplete("style")
+    async def _style_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return [app_commands.Choice(name=n, value=n) for n in matching_styles(current)]
 
     @imagine.autocomplete("model")
     async def _model_autocomplete(
@@ -189,6 +218,19 @@ class Imagine(commands.Cog):
         else:
             text = f"I couldn't find a picture `{job_id}` of yours."
         await interaction.followup.send(text, ephemeral=True)
+
+
+def _control_problem(models: str, control: app_commands.Choice[str] | None, source: object) -> str | None:
+    """A ``control:`` that can't work, said before anything is queued."""
+    if control is None:
+        return None
+    configured = {mode for _, mode in controls.parse_controlnet_models(models)}
+    if control.value not in configured:
+        offered = ", ".join(sorted(configured)) or "none are set up"
+        return f"There is no {control.value} control here ({offered})."
+    if control.value in controls.IMAGE_MODES and source is None:
+        return f"The {control.value} control needs an image: attach one as control_image (or image)."
+    return None
 
 
 def _image_problem(image: discord.Attachment) -> str | None:

@@ -19,6 +19,7 @@ the least recently used first.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import re
@@ -34,6 +35,7 @@ from .errors import BadRequest
 from .families import ModelDefaults
 
 if TYPE_CHECKING:
+    from .control import ControlNets
     from .settings import Settings
     from .synthesis import Synthesizer
 
@@ -132,7 +134,16 @@ class ModelPool:
             defaults=defaults,
         )
         synth.loras = LoraSet(self.settings.LORA_DIR)
+        if self.settings.CONTROLNET_MODELS.strip():
+            synth.controls = self.controlnets
         return synth
+
+    @functools.cached_property
+    def controlnets(self) -> ControlNets:
+        """The ControlNets of ``CONTROLNET_MODELS``, shared by every model (one copy per mode)."""
+        from .control import ControlNets
+
+        return ControlNets(self.settings.CONTROLNET_MODELS, depth_model=self.settings.DEPTH_MODEL)
 
     @property
     def names(self) -> list[str]:

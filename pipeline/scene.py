@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
@@ -37,12 +37,15 @@ from .limits import (
 )
 from .palette import normalise_hex
 from .prompts import PROMPT_WORD_LIMIT
-from .styles import STYLES, StyleName, StyleTemplate, resolve_style
+from .styles import STYLES, StyleTemplate, resolve_style
 
-if TYPE_CHECKING:  # a Literal built at run time is no type to mypy (nor to its pydantic plugin)
-    StyleField = str
-else:
-    StyleField = StyleName
+
+def _style_schema(schema: dict[str, Any]) -> None:
+    """The style's JSON schema lists the styles in use when it is made (STYLES_FILE's included),
+    so a language model is offered exactly the names the Scene accepts."""
+    for option in schema.get("anyOf", []):
+        if option.get("type") == "string":
+            option["enum"] = list(STYLES)
 
 
 def normalise_hex_colour(value: str) -> str:
@@ -195,7 +198,11 @@ class Scene(BaseModel):
         max_length=MAX_TAGS,
         description=f"{MIN_TAGS} to {MAX_TAGS} short lowercase English tags (one or two words each).",
     )
-    style: StyleField | None = Field(default=None, description="The visual style, one of the allowed names, or null.")
+    style: str | None = Field(
+        default=None,
+        description="The visual style, one of the allowed names, or null.",
+        json_schema_extra=_style_schema,
+    )
     music_prompt: Annotated[str, AfterValidator(_music_prompt)] = Field(
         default="",
         description="A MusicGen prompt for a soundtrack to the picture, in English, one line, at most 40 words: "

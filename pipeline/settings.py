@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from . import limits
+from .control import DEFAULT_CONTROLNET_MODELS, DEFAULT_DEPTH_MODEL, parse_controlnet_models
 
 
 class Settings(BaseSettings):
@@ -53,6 +54,18 @@ class Settings(BaseSettings):
     GPU_MEMORY_BUDGET_GB: float = Field(0.0, ge=0)
     # A directory of LoRA .safetensors files, usable by file name (/imagine lora:).
     LORA_DIR: Path | None = None
+    # ControlNets by mode and family (pipeline.control): "[family:]mode=hub-id-or-dir, ..." with
+    # modes canny, depth, pose, palette and families sd (the default) and sdxl; empty: no /imagine control:.
+    CONTROLNET_MODELS: str = DEFAULT_CONTROLNET_MODELS
+    # The depth estimator for control:depth (a transformers depth-estimation model: DPT, Depth-Anything).
+    DEPTH_MODEL: str = DEFAULT_DEPTH_MODEL
+
+    # --- styles (pipeline.styles) ---
+    # A TOML file of [[style]] tables that add styles or override built-in ones (pipeline/data/styles.toml).
+    STYLES_FILE: Path | None = None
+    # A folder of short .txt/.md notes per style or subject, searched with BM25 and given to the
+    # director as context (pipeline.knowledge); empty: off.
+    STYLE_KNOWLEDGE: Path | None = None
 
     # --- render backends (pipeline/backends; README "Render backends") ---
     # Where the default model renders: this machine's GPU (diffusers) or a remote backend; a MODELS
@@ -211,7 +224,18 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("STEPS", "GUIDANCE", "WIDTH", "HEIGHT", "LORA_DIR", "CANDIDATES", "UPSCALER_MODEL", mode="before")
+    @field_validator(
+        "STEPS",
+        "GUIDANCE",
+        "WIDTH",
+        "HEIGHT",
+        "LORA_DIR",
+        "CANDIDATES",
+        "UPSCALER_MODEL",
+        "STYLES_FILE",
+        "STYLE_KNOWLEDGE",
+        mode="before",
+    )
     @classmethod
     def _blank_is_default(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -260,6 +284,28 @@ class Settings(BaseSettings):
         if self.RENDER_FALLBACK and self.RENDER_FALLBACK == self.RENDER_BACKEND:
             raise ValueError("RENDER_FALLBACK must name another backend than RENDER_BACKEND (or be empty).")
         return self
+
+    @field_validator("CONTROLNET_MODELS")
+    @classmethod
+    def _controlnets_parse(cls, value: str) -> str:
+        parse_controlnet_models(value)  # ValueError naming the bad entry
+        return value
+
+    @field_validator("STYLES_FILE")
+    @classmethod
+    def _styles_file_loads(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from .styles import BUILTIN_STYLES, load_styles_file
+
+            load_styles_file(value, base=BUILTIN_STYLES)  # StyleFileError naming the file and line
+        return value
+
+    @field_validator("STYLE_KNOWLEDGE")
+    @classmethod
+    def _knowledge_is_a_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"STYLE_KNOWLEDGE {value} is not a folder")
+        return value
 
     @field_validator("DISCORD_TOKEN", "GEMINI_API_KEY", "STABILITY_API_KEY", "REPLICATE_API_TOKEN", mode="before")
     @classmethod

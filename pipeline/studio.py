@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from . import families, limits, moderation
 from .audio import SAMPLE_RATE, decode_audio
+from .control import ControlSpec, check_control
 from .critic import GeminiCritic, QAReport, build_correction_prompt
 from .describe import Captioner, Described, GeminiDescriber
 from .directors import GeminiDirector, LocalDirector, music_idea, music_prompt_for
@@ -35,11 +36,12 @@ from .families import FamilyProfile
 from .gemini import make_client
 from .grid import make_grid
 from .images import decode_init_image
+from .knowledge import Knowledge
 from .music import Music, MusicRequest, encode_ogg_opus, encode_wav
 from .palette import extract_palette, swatch_png
 from .scene import Scene
 from .settings import Settings
-from .styles import STYLES, check_style
+from .styles import STYLES, check_style, install_styles_file
 from .synthesis import RenderedImage, RenderRequest, image_to_png, random_seed, redacted
 from .tags import tags_for
 
@@ -85,6 +87,9 @@ class Idea:
     remix: bool = False  # a Remix job: ``text`` is the edited diffusion prompt of the parent, used as is
     keep_flagged: bool = False  # where it was asked, flagged pictures may be shown (behind a spoiler): Job.keep_flagged
     reply_language: str | None = None  # the bot's replies (bot.i18n); None: the language heard (voice)
+    control: str | None = None  # a ControlNet mode (pipeline.control): canny, depth, pose, palette
+    control_image: bytes | None = field(default=None, repr=False)  # canny/depth/pose source; else init_image
+    control_strength: float | None = None  # None: 1.0
 
     @property
     def kind(self) -> str:
@@ -125,6 +130,8 @@ class Round(BaseModel):
     loras: list[tuple[str, float]] = Field(default_factory=list)
     backend: str = "diffusers"  # where it was rendered (pipeline.backends)
     backend_fallback: str | None = None  # the backend that failed when RENDER_FALLBACK rendered it
+    control: str | None = None  # the ControlNet mode, when one guided this render
+    control_strength: float | None = None
     score: int | None = None
     missing_elements: list[str] = Field(default_factory=list)
     correction_prompt: str | None = None
@@ -217,6 +224,7 @@ class Output:
     # Several candidates: each one's PNG (the best cell holds image_png) and the labelled grid.
     candidate_pngs: list[bytes] = field(default_factory=list, repr=False)
     grid_png: bytes | None = field(default=None, repr=False)
+    control_png: bytes | None = field(default=None, repr=False)  # the ControlNet's control image, if any
 
     @property
     def shown_png(self) -> bytes:
@@ -273,6 +281,8 @@ class Studio:
         gemini_client: genai.Client | None = None,
     ) -> None:
         self.settings = settings
+        install_styles_file(settings.STYLES_FILE)  # checked when the settings were read
+        self.knowledge = Knowledge.load(settings.STYLE_KNOWLEDGE) if settings.STYLE_KNOWLEDGE is not None else None
         self.executor = executor
         self.local_director = LocalDirector()
         self._decode_slots = asyncio.Semaphore(limits.MAX_CONCURRENT_DECODES)
@@ -374,6 +384,7 @@ class Studio:
             aspect=idea.aspect,
             model=idea.model,
             loras=tuple(idea.loras),
+            control=_control_spec(idea, scene),
         )
         provenance = Provenance(
             kind=idea.kind,
@@ -762,6 +773,8 @@ class Studio:
                     loras=[(name, weight) for name, weight in rendered.loras],
                     backend=rendered.backend,
                     backend_fallback=rendered.fallback_from,
+                    control=rendered.control_mode,
+                    control_strength=rendered.control_strength,
                     score=report.alignment_score,
                     missing_elements=list(report.missing_elements),
                     correction_prompt=report.correction_prompt or None,
@@ -819,6 +832,8 @@ class Studio:
             cells = [c.image for c in candidates]
             cells[best_candidate] = best_image
             candidate_pngs, grid_png = await asyncio.to_thread(_encode_candidates, cells, best_candidate, image_png)
+        control = images[best].control_image
+        control_png = await asyncio.to_thread(image_to_png, control) if control is not None else None
         result = Result(
             **dict(provenance),
             job_id=job.id,
@@ -842,14 +857,18 @@ class Studio:
             palette_png=palette_png,
             candidate_pngs=candidate_pngs,
             grid_png=grid_png,
+            control_png=control_png,
         )
 
     async def _direct(
         self, text: str, style: str | None, language: str, family: FamilyProfile | None = None
     ) -> tuple[Scene, str, str | None]:
         if self.gemini_director is not None:
+            context = self.knowledge.context(text, check_style(style)) if self.knowledge is not None else ""
             try:
-                scene = await self.gemini_director.direct(text, style=style, language=language, family=family)
+                scene = await self.gemini_director.direct(
+                    text, style=style, language=language, family=family, context=context
+                )
                 return scene, "gemini", None
             except ProviderError as exc:
                 log.warning("Gemini director failed, using the local director: %s", exc)
@@ -967,6 +986,16 @@ def _request_like(round_: Round, *, prompt: str, guidance: float, init_image: by
         model=round_.model,  # Regenerate and Vary stay on the job's model and LoRAs
         loras=tuple((name, weight) for name, weight in round_.loras),
     )
+
+
+def _control_spec(idea: Idea, scene: Scene) -> ControlSpec | None:
+    """The ControlNet part of a new idea's request: the user's control image (else the init
+    image) for canny/depth/pose, the director's palette for palette."""
+    mode, strength = check_control(idea.control, idea.control_strength)
+    if mode is None:
+        return None
+    source = idea.control_image if idea.control_image is not None else idea.init_image
+    return ControlSpec(mode, strength, source=source, palette=tuple(scene.palette))
 
 
 def _candidate_requests(request: RenderRequest, count: int) -> list[RenderRequest]:

@@ -1,18 +1,42 @@
 """Style templates: how each named style shapes a diffusion prompt, and style names as users or
-models spell them (:func:`resolve_style`, :func:`check_style`)."""
+models spell them (:func:`resolve_style`, :func:`check_style`).
+
+The templates are data: ``pipeline/data/styles.toml`` ships the built-in ones (read with the
+standard library's ``tomllib``), and ``STYLES_FILE`` names a deployment's own file in the same
+format, whose tables add styles or override fields of a built-in one of the same name
+(:func:`install_styles_file`). A broken file is a :class:`StyleFileError` naming the file and the
+line, raised when the settings are read (at start-up), never half-way through a job.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import logging
+import re
+import tomllib
+from dataclasses import dataclass, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
 
 from .errors import BadRequest
+
+log = logging.getLogger(__name__)
+
+#: The model families a style may prefer (``families`` in the file; see :mod:`.families`).
+FAMILY_KEYS = ("sd", "sdxl", "sd3", "flux")
+#: Bounds on what one styles file may hold (it is read whole at start-up).
+MAX_STYLES_FILE_BYTES = 1_000_000
+MAX_STYLES = 200
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9 '&+-]{0,38}[a-z0-9]$|^[a-z0-9]$")
+_HEX_RE = re.compile(r"^#[0-9A-Fa-f]{6}$")
 
 
 @dataclass(frozen=True)
 class StyleTemplate:
     """How one style shapes a prompt. ``keywords`` both select the style and are removed from
-    the subject (they become the medium); ``hints`` only select it and stay in the subject."""
+    the subject (they become the medium); ``hints`` only select it and stay in the subject.
+    ``negative`` is the file's ``negative_keywords``; ``examples`` its ``example_prompts`` (the
+    director's few-shot examples); ``families`` the model families it suits best (a hint)."""
 
     name: str
     medium: str
@@ -25,215 +49,212 @@ class StyleTemplate:
     keywords: tuple[str, ...] = ()
     hints: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    description: str = ""
+    examples: tuple[str, ...] = ()
+    families: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
 
     def describe(self) -> str:
         """One line for a language model: medium, descriptors, lighting."""
         return ", ".join((self.medium, *self.modifiers, self.lighting, self.composition))
 
 
-STYLES: dict[str, StyleTemplate] = {
-    t.name: t
-    for t in (
-        StyleTemplate(
-            name="photographic",
-            medium="professional photograph",
-            modifiers=("realistic", "sharp focus", "natural colours", "35mm lens"),
-            lighting="soft natural light",
-            composition="shallow depth of field",
-            quality=("highly detailed", "high resolution"),
-            negative=(
-                "painting",
-                "drawing",
-                "illustration",
-                "cartoon",
-                "anime",
-                "3d render",
-                "cgi",
-            ),
-            palette=("#2F3E46", "#84A98C", "#CAD2C5", "#E9C46A", "#52796F"),
-            keywords=(
-                "photorealistic",
-                "photo realistic",
-                "photograph",
-                "photography",
-                "photo",
-                "realistic",
-                "dslr",
-                "polaroid",
-            ),
-            hints=("portrait", "macro", "close-up", "close up", "35mm", "bokeh"),
-            tags=("photo", "realistic"),
-        ),
-        StyleTemplate(
-            name="cinematic",
-            medium="cinematic film still",
-            modifiers=("dramatic atmosphere", "anamorphic lens", "film grain", "color graded"),
-            lighting="moody volumetric lighting",
-            composition="wide shot",
-            quality=("highly detailed", "epic"),
-            negative=("cartoon", "anime", "flat lighting", "overexposed"),
-            palette=("#0B132B", "#1C2541", "#3A506B", "#F4A261", "#E76F51"),
-            keywords=("cinematic", "movie still", "film still", "movie scene", "movie", "film"),
-            hints=("noir", "blockbuster", "dramatic"),
-            tags=("cinematic", "film"),
-        ),
-        StyleTemplate(
-            name="watercolour",
-            medium="watercolour painting",
-            modifiers=("soft washes", "wet-on-wet", "visible paper texture", "delicate brushwork"),
-            lighting="gentle diffused light",
-            composition="airy composition",
-            quality=("beautiful", "artistic"),
-            negative=("photo", "photorealistic", "3d render", "harsh outlines", "oversaturated"),
-            palette=("#A8DADC", "#F1FAEE", "#E5989B", "#B5838D", "#6D6875"),
-            keywords=("watercolour", "watercolor", "aquarelle"),
-            tags=("watercolour", "painting"),
-        ),
-        StyleTemplate(
-            name="anime",
-            medium="anime illustration",
-            modifiers=("cel shading", "clean line art", "vibrant colours", "studio anime style"),
-            lighting="bright soft lighting",
-            composition="dynamic composition",
-            quality=("highly detailed", "masterpiece"),
-            negative=("photo", "photorealistic", "3d render", "western cartoon", "bad anatomy"),
-            palette=("#FFB7C5", "#8EC5FC", "#FDFD96", "#2E294E", "#F8F8FF"),
-            keywords=("anime", "manga"),
-            hints=("ghibli", "chibi", "kawaii"),
-            tags=("anime", "illustration"),
-        ),
-        StyleTemplate(
-            name="oil painting",
-            medium="oil painting on canvas",
-            modifiers=("rich impasto brushstrokes", "classical fine art", "textured canvas"),
-            lighting="warm chiaroscuro lighting",
-            composition="balanced composition",
-            quality=("masterpiece", "museum quality"),
-            negative=("photo", "photorealistic", "3d render", "digital art", "flat colours"),
-            palette=("#5C3D2E", "#B85C38", "#E0C097", "#2D4263", "#C8553D"),
-            keywords=("oil painting", "oil on canvas", "oil paint", "painting"),
-            hints=(
-                "van gogh",
-                "impressionist",
-                "impressionism",
-                "renaissance",
-                "baroque",
-                "rembrandt",
-            ),
-            tags=("oil painting", "fine art"),
-        ),
-        StyleTemplate(
-            name="pixel art",
-            medium="pixel art",
-            modifiers=("16-bit retro game style", "crisp pixels", "limited colour palette"),
-            lighting="flat lighting",
-            composition="centered sprite composition",
-            quality=("clean", "detailed pixel work"),
-            negative=("blurry", "smooth gradients", "photo", "photorealistic", "anti-aliasing"),
-            palette=("#1A1C2C", "#5D275D", "#B13E53", "#EF7D57", "#FFCD75", "#41A6F6"),
-            keywords=(
-                "pixel art",
-                "pixelart",
-                "pixelated",
-                "8-bit",
-                "8 bit",
-                "16-bit",
-                "16 bit",
-                "pixel",
-            ),
-            hints=("retro game", "video game", "sprite"),
-            tags=("pixel art", "retro"),
-        ),
-        StyleTemplate(
-            name="digital art",
-            medium="digital painting",
-            modifiers=(
-                "concept art",
-                "vivid colours",
-                "painterly details",
-                "trending on artstation",
-            ),
-            lighting="dramatic rim lighting",
-            composition="rule of thirds",
-            quality=("highly detailed", "sharp focus"),
-            negative=("photo", "sketch", "unfinished"),
-            palette=("#264653", "#2A9D8F", "#E9C46A", "#F4A261", "#E76F51"),
-            keywords=("digital art", "digital painting", "concept art", "illustration"),
-            hints=("fantasy", "sci-fi", "scifi", "cyberpunk", "steampunk"),
-            tags=("digital art", "illustration"),
-        ),
-        StyleTemplate(
-            name="3d render",
-            medium="3d render",
-            modifiers=(
-                "octane render",
-                "physically based materials",
-                "smooth surfaces",
-                "ray tracing",
-            ),
-            lighting="soft studio lighting",
-            composition="centered composition",
-            quality=("highly detailed", "8k"),
-            negative=("painting", "sketch", "flat", "2d", "low poly artifacts"),
-            palette=("#4CC9F0", "#4361EE", "#7209B7", "#F72585", "#F1F1F1"),
-            keywords=("3d render", "3d rendering", "3d model", "3d", "cgi", "blender render"),
-            hints=("isometric", "low poly", "claymation", "pixar"),
-            tags=("3d", "render"),
-        ),
-        StyleTemplate(
-            name="sketch",
-            medium="pencil sketch",
-            modifiers=("graphite on paper", "loose hatching", "expressive lines", "monochrome"),
-            lighting="soft shading",
-            composition="simple composition",
-            quality=("detailed linework",),
-            negative=("color", "colour", "photo", "3d render", "painting", "saturated"),
-            palette=("#1B1B1B", "#4A4A4A", "#8C8C8C", "#D9D9D9", "#F5F2EA"),
-            keywords=(
-                "pencil sketch",
-                "pencil drawing",
-                "charcoal drawing",
-                "line drawing",
-                "line art",
-                "sketch",
-                "doodle",
-            ),
-            hints=("pencil", "charcoal", "graphite", "ink drawing"),
-            tags=("sketch", "drawing"),
-        ),
-        StyleTemplate(
-            name="comic book",
-            medium="comic book illustration",
-            modifiers=("bold ink outlines", "halftone shading", "flat vibrant colours"),
-            lighting="high contrast lighting",
-            composition="dynamic panel composition",
-            quality=("detailed", "clean lines"),
-            negative=("photo", "photorealistic", "3d render", "blurry", "watercolour"),
-            palette=("#E63946", "#FFD60A", "#1D3557", "#F1FAEE", "#000000"),
-            keywords=("comic book", "comic", "cartoon", "graphic novel"),
-            hints=("superhero", "pop art"),
-            tags=("comic", "cartoon"),
-        ),
-    )
+class StyleFileError(ValueError):
+    """A styles file that can't be used; the message names the file and the line."""
+
+
+# file field -> (StyleTemplate field, kind); "list" fields are tuples of non-empty strings.
+_FIELDS: dict[str, tuple[str, str]] = {
+    "name": ("name", "str"),
+    "description": ("description", "str"),
+    "medium": ("medium", "str"),
+    "modifiers": ("modifiers", "list"),
+    "lighting": ("lighting", "str"),
+    "composition": ("composition", "str"),
+    "quality": ("quality", "list"),
+    "negative_keywords": ("negative", "list"),
+    "palette": ("palette", "list"),
+    "keywords": ("keywords", "list"),
+    "hints": ("hints", "list"),
+    "aliases": ("aliases", "list"),
+    "tags": ("tags", "list"),
+    "example_prompts": ("examples", "list"),
+    "families": ("families", "list"),
 }
+_REQUIRED = ("name", "medium", "modifiers", "lighting", "composition", "quality", "negative_keywords", "palette")
+_TEMPLATE_FIELDS = {f.name for f in fields(StyleTemplate)}
+
+
+def _table_lines(text: str) -> list[int]:
+    """The line number (1-based) of each ``[[style]]`` header, in order."""
+    return [i for i, line in enumerate(text.splitlines(), 1) if re.match(r"^\s*\[\[\s*style\s*\]\]", line)]
+
+
+def _field_line(text: str, start: int, key: str) -> int:
+    """The line of ``key = ...`` in the table that starts at line ``start`` (else ``start``)."""
+    lines = text.splitlines()
+    for number in range(start + 1, len(lines) + 1):
+        line = lines[number - 1]
+        if re.match(r"^\s*\[", line):
+            break
+        if re.match(rf"^\s*{re.escape(key)}\s*=", line):
+            return number
+    return start
+
+
+def parse_styles(text: str, source: str, *, base: dict[str, StyleTemplate] | None = None) -> dict[str, StyleTemplate]:
+    """The styles of one file's ``text`` (``source``: its name for messages). A table whose name is
+    in ``base`` overrides the fields it gives; a new name must give every required field.
+    Raises :class:`StyleFileError` naming ``source`` and the line."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:  # its message ends with "(at line N, column M)"
+        raise StyleFileError(f"{source}: not valid TOML: {exc}") from None
+    unknown_top = [k for k in data if k != "style"]
+    if unknown_top:
+        raise StyleFileError(f"{source}: unknown top-level key {unknown_top[0]!r} (expected [[style]] tables)")
+    tables = data.get("style", [])
+    if not isinstance(tables, list):
+        raise StyleFileError(f"{source}: 'style' must be an array of tables ([[style]])")
+    if len(tables) > MAX_STYLES:
+        raise StyleFileError(f"{source}: {len(tables)} styles; at most {MAX_STYLES}")
+    headers = _table_lines(text)
+    base = base or {}
+    styles: dict[str, StyleTemplate] = {}
+    for index, table in enumerate(tables):
+        start = headers[index] if index < len(headers) else 1
+
+        def fail(message: str, key: str | None = None, start: int = start) -> StyleFileError:
+            line = _field_line(text, start, key) if key else start
+            return StyleFileError(f"{source}, line {line}: {message}")
+
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            if key not in _FIELDS:
+                raise fail(f"unknown field {key!r} (fields: {', '.join(_FIELDS)})", key)
+            attr, kind = _FIELDS[key]
+            if kind == "str":
+                if not isinstance(value, str) or not value.strip() or len(value) > 500:
+                    raise fail(f"{key} must be a non-empty string of at most 500 characters", key)
+                values[attr] = " ".join(value.split())
+            else:
+                if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+                    raise fail(f"{key} must be a list of non-empty strings", key)
+                if len(value) > 50 or any(len(v) > 500 for v in value):
+                    raise fail(f"{key}: at most 50 entries of at most 500 characters", key)
+                values[attr] = tuple(" ".join(v.split()) for v in value)
+        name = values.get("name")
+        if name is None:
+            raise fail("a style needs a name")
+        name = name.lower()
+        if not _NAME_RE.match(name):
+            raise fail(f"style name {name!r}: lowercase letters, digits, spaces and - ' & + (1-40 characters)", "name")
+        values["name"] = name
+        if name in styles:
+            raise fail(f"style {name!r} is defined twice in this file", "name")
+        if "palette" in values:
+            bad = [c for c in values["palette"] if not _HEX_RE.match(c)]
+            if bad or not 3 <= len(values["palette"]) <= 6:
+                raise fail(f"palette must be 3 to 6 '#RRGGBB' colours (got {list(values['palette'])})", "palette")
+            values["palette"] = tuple(c.upper() for c in values["palette"])
+        if "families" in values:
+            bad = [f for f in values["families"] if f not in FAMILY_KEYS]
+            if bad:
+                raise fail(f"unknown family {bad[0]!r} (families: {', '.join(FAMILY_KEYS)})", "families")
+        for key in ("keywords", "hints", "aliases"):
+            attr = _FIELDS[key][0]
+            if attr in values:
+                values[attr] = tuple(v.lower() for v in values[attr])
+        if name in base:
+            styles[name] = replace(base[name], **values)
+        else:
+            missing = [k for k in _REQUIRED if _FIELDS[k][0] not in values]
+            if missing:
+                raise fail(f"new style {name!r} lacks {', '.join(missing)}")
+            styles[name] = StyleTemplate(**{k: v for k, v in values.items() if k in _TEMPLATE_FIELDS})
+    return styles
+
+
+def load_styles_file(path: Path | str, *, base: dict[str, StyleTemplate] | None = None) -> dict[str, StyleTemplate]:
+    """:func:`parse_styles` of a file on disk (bounded before it is read whole)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_STYLES_FILE_BYTES:
+            raise StyleFileError(f"{path}: {size} bytes; a styles file may have at most {MAX_STYLES_FILE_BYTES}")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StyleFileError(f"{path}: can't be read ({exc})") from None
+    return parse_styles(text, str(path), base=base)
+
+
+def _builtin() -> dict[str, StyleTemplate]:
+    text = (resources.files("pipeline") / "data" / "styles.toml").read_text(encoding="utf-8")
+    return parse_styles(text, "pipeline/data/styles.toml")
+
+
+BUILTIN_STYLES: dict[str, StyleTemplate] = _builtin()
+#: The styles in use: the built-in ones plus ``STYLES_FILE``'s (:func:`install_styles_file`).
+#: Callers look names up here; the dict is updated in place, never replaced.
+STYLES: dict[str, StyleTemplate] = dict(BUILTIN_STYLES)
+_installed: Path | None = None
 
 DEFAULT_STYLE = "digital art"
-StyleName = Literal[tuple(STYLES)]  # type: ignore[valid-type]
+#: The built-in names (a Literal for schemas; styles from STYLES_FILE are checked at run time).
+StyleName = Literal[tuple(BUILTIN_STYLES)]  # type: ignore[valid-type]
 
-# fmt: off
-_STYLE_ALIASES = {
-    "photo": "photographic", "photography": "photographic", "photorealistic": "photographic",
-    "realistic": "photographic", "film": "cinematic", "movie": "cinematic",
-    "watercolor": "watercolour", "aquarelle": "watercolour", "manga": "anime",
-    "oil": "oil painting", "oil-painting": "oil painting", "oilpainting": "oil painting",
-    "painting": "oil painting", "pixel": "pixel art", "pixel-art": "pixel art",
-    "pixelart": "pixel art", "digital": "digital art", "digital-art": "digital art",
-    "concept art": "digital art", "illustration": "digital art", "3d": "3d render",
-    "3d-render": "3d render", "3d rendering": "3d render", "render": "3d render",
-    "pencil sketch": "sketch", "drawing": "sketch", "comic": "comic book",
-    "comic-book": "comic book", "cartoon": "comic book",
-}
-# fmt: on
+
+def install_styles_file(path: Path | str | None) -> dict[str, StyleTemplate]:
+    """Use the built-in styles plus ``path``'s (``None``: the built-in ones only). Returns
+    :data:`STYLES`. Raises :class:`StyleFileError` (and changes nothing) for a broken file."""
+    global _installed
+    extra = load_styles_file(path, base=BUILTIN_STYLES) if path is not None else {}
+    STYLES.clear()
+    STYLES.update(BUILTIN_STYLES)
+    STYLES.update(extra)
+    _installed = Path(path) if path is not None else None
+    _rebuild_aliases()
+    if extra:
+        log.info("styles: %d built-in, %d from %s (%s)", len(BUILTIN_STYLES), len(extra), path, ", ".join(extra))
+    return STYLES
+
+
+_STYLE_ALIASES: dict[str, str] = {}
+
+
+def _rebuild_aliases() -> None:
+    _STYLE_ALIASES.clear()
+    for name, template in STYLES.items():
+        for alias in template.aliases:
+            if alias not in STYLES:
+                _STYLE_ALIASES.setdefault(alias, name)
+
+
+_rebuild_aliases()
+
+
+def matching_styles(current: str, extra: list[str] | tuple[str, ...] = (), limit: int = 25) -> list[str]:
+    """Style names for an autocomplete: those starting with what was typed first, then those
+    containing it, then those whose description or keywords contain it (``extra``: more names,
+    e.g. a server's own styles, offered first)."""
+    typed = " ".join(current.lower().split())
+    names = list(dict.fromkeys([*extra, *STYLES]))
+    if not typed:
+        return names[:limit]
+    starts = [n for n in names if n.startswith(typed)]
+    contains = [n for n in names if typed in n and n not in starts]
+    described = [
+        n
+        for n in names
+        if n in STYLES
+        and n not in starts
+        and n not in contains
+        and (
+            typed in STYLES[n].description.lower() or any(typed in k for k in (*STYLES[n].keywords, *STYLES[n].aliases))
+        )
+    ]
+    return (starts + contains + described)[:limit]
+
 
 # fmt: off
 BASE_NEGATIVE = (

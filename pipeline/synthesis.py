@@ -37,6 +37,7 @@ import torch
 from PIL import Image
 
 from . import families, limits
+from .control import ControlNets, ControlSpec
 from .errors import BadRequest, UnsafeImage
 from .families import FamilyProfile, ModelDefaults
 from .images import decode_init_image
@@ -72,6 +73,7 @@ class RenderRequest:
     # Image-to-image in tiles of this side (0: the model's native size; None: the picture whole).
     # A picture no larger than a tile is refined whole anyway. The U buttons' hires fix sets it.
     tile: int | None = None
+    control: ControlSpec | None = field(default=None, repr=False)  # ControlNet (pipeline.control)
     token_cache: dict[tuple[str, str], list[int]] = field(default_factory=dict, init=False, repr=False, compare=False)
     """(tokenizer, text) → token ids, filled by :meth:`Synthesizer.token_ids`; not part of the
     request's identity (``replace`` starts a fresh one)."""
@@ -142,8 +144,14 @@ class RenderRequest:
                 )
         seed = random_seed() if self.seed is None else int(self.seed)
         loras = tuple(sorted((str(n), round(float(w), 4)) for n, w in self.loras))
+        control = self.control.validated() if self.control is not None else None
         return replace(
-            self, prompt=prompt, negative_prompt=(self.negative_prompt or "").strip(), seed=seed, loras=loras
+            self,
+            prompt=prompt,
+            negative_prompt=(self.negative_prompt or "").strip(),
+            seed=seed,
+            loras=loras,
+            control=control,
         )
 
     def sized_init_image(self) -> Image.Image:
@@ -167,6 +175,7 @@ class RenderRequest:
             guidance,
             strength,
             self.tile if self.init_image is not None else None,
+            (self.control.mode, self.control.strength) if self.control is not None else None,
         )
 
 
@@ -192,6 +201,9 @@ class RenderedImage:
     tiles: int = 1  # image-to-image pipeline calls the picture was refined in (tiled hires fix)
     backend: str = "diffusers"  # where it was rendered (pipeline.backends)
     fallback_from: str | None = None  # the backend that failed, when RENDER_FALLBACK rendered it
+    control_mode: str | None = None  # the ControlNet mode this image was rendered with
+    control_strength: float | None = None
+    control_image: Image.Image | None = field(default=None, repr=False)  # the control image it saw
 
     def png_bytes(self) -> bytes:
         return image_to_png(self.image)
@@ -250,6 +262,8 @@ class Synthesizer(LazyModel[DiffusionPipelines]):
         self.name = name  # the MODELS name (None: the default model)
         self.defaults = defaults
         self.loras: LoraSet | None = None  # the LoRAs of LORA_DIR, when set
+        self.controls: ControlNets | None = None  # the ControlNets of CONTROLNET_MODELS, when set
+        self._control_pipes: dict[tuple[str, bool], Any] = {}  # (mode, img2img) -> pipeline over ours
 
     # -- loading -----------------------------------------------------------------------------
     def _load(self, device: torch.device, dtype: torch.dtype) -> DiffusionPipelines:
@@ -294,6 +308,7 @@ class Synthesizer(LazyModel[DiffusionPipelines]):
 
     def unload(self) -> None:
         super().unload()
+        self._control_pipes.clear()
         if self.loras is not None:
             self.loras = LoraSet(self.loras.lora_dir)  # adapters went with the weights
 
@@ -549,12 +564,40 @@ class Synthesizer(LazyModel[DiffusionPipelines]):
             self.loras.apply(self._text2img, first.loras)
         elif first.loras:
             raise BadRequest("LoRAs are not set up here (LORA_DIR is empty).")
+        control_images: list[Image.Image] = []
+        if first.control is not None:
+            control_images = self._control_images(requests)
         started = time.perf_counter()
         tiles = 1
         tile = self.tile_side(first)
         with torch.inference_mode():
             common.update(self._text_arguments(requests, shape))
-            if first.mode == "img2img" and tile is not None:
+            if first.control is not None:
+                pipe = self._control_pipeline(first)
+                scale = float(first.control.strength)
+                if first.mode == "img2img":
+                    images = [r.sized_init_image() for r in requests]
+                    if any(self.flag_unsafe(images)):
+                        raise UnsafeImage()
+                    output = pipe(
+                        image=images,
+                        control_image=control_images,
+                        strength=float(first.strength),
+                        controlnet_conditioning_scale=scale,
+                        **common,
+                    )
+                else:
+                    output = pipe(
+                        image=control_images,
+                        height=first.height,
+                        width=first.width,
+                        controlnet_conditioning_scale=scale,
+                        **common,
+                    )
+                if pipe.interrupt:
+                    raise RenderInterrupted()
+                pictures = list(output.images)
+            elif first.mode == "img2img" and tile is not None:
                 if any(self.flag_unsafe([r.sized_init_image() for r in requests])):
                     raise UnsafeImage()
                 pictures, _, tiles = self._render_tiled(requests, seeds, tile, common, progress, should_stop)
@@ -599,6 +642,9 @@ class Synthesizer(LazyModel[DiffusionPipelines]):
                     family=family,
                     loras=first.loras,
                     tiles=tiles,
+                    control_mode=first.control.mode if first.control is not None else None,
+                    control_strength=first.control.strength if first.control is not None else None,
+                    control_image=control_images[len(results)] if control_images else None,
                 )
             )
         return results
@@ -673,3 +719,24 @@ class Synthesizer(LazyModel[DiffusionPipelines]):
                 flagged[i] = flagged[i] or bool(nsfw[i])
         log.debug("refined %dx%d in %d tiles of %d px (overlap %d)", width, height, len(boxes), side, overlap)
         return [canvas.image() for canvas in canvases], flagged, len(boxes)
+
+    # -- ControlNet (pipeline.control) -------------------------------------------------------
+    def _control_images(self, requests: list[RenderRequest]) -> list[Image.Image]:
+        if self.controls is None:
+            raise BadRequest("ControlNet is not set up here (CONTROLNET_MODELS is empty).")
+        return [
+            self.controls.control_image(r.control, int(r.width or 0), int(r.height or 0), self.device)
+            for r in requests
+            if r.control is not None
+        ]
+
+    def _control_pipeline(self, request: RenderRequest) -> Any:
+        if self.controls is None or request.control is None:
+            raise BadRequest("ControlNet is not set up here (CONTROLNET_MODELS is empty).")
+        key = (request.control.mode, request.mode == "img2img")
+        pipe = self._control_pipes.get(key)
+        if pipe is None:
+            pipe = self._control_pipes[key] = self.controls.pipeline(
+                self._text2img, self.family.architecture, key[0], img2img=key[1]
+            )
+        return pipe

@@ -50,7 +50,8 @@ def candidate_file(index: int) -> str:
     return f"candidate-{int(index) + 1}.png"
 
 
-CANDIDATE_FILES: Final = tuple(candidate_file(i) for i in range(4)) + (GRID_FILE,)
+CONTROL_FILE: Final = "control.png"  # the ControlNet control image a picture was rendered with (#18)
+CANDIDATE_FILES: Final = tuple(candidate_file(i) for i in range(4)) + (GRID_FILE, CONTROL_FILE)
 MUSIC_FILE: Final = "music.ogg"  # a composed piece as Discord plays it (OGG/Opus)
 MUSIC_WAV_FILE: Final = "music.wav"  # the same piece as 16-bit PCM WAV, lossless (the HTTP API's file)
 MUSIC_RESULT_FILES: Final = (MUSIC_FILE, MUSIC_WAV_FILE, RESULT_MARKER)

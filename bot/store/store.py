@@ -22,6 +22,7 @@ from .database import Database
 from .errors import JobNotFound, JobStateError
 from .files import (
     CANDIDATE_FILES,
+    CONTROL_FILE,
     DB_NAME,
     GRID_FILE,
     IMAGE_FILE,
@@ -284,6 +285,14 @@ class JobStore:
             return None
         return await self._files.read(job_id, GRID_FILE)
 
+    async def read_control(self, job_id: str) -> bytes | None:
+        """The ControlNet control image of a finished job; None when it was rendered without one."""
+        record = await self._require(job_id)
+        path = self._files.job_dir(job_id) / CONTROL_FILE
+        if record.image_file is None or not await asyncio.to_thread(path.exists):
+            return None
+        return await self._files.read(job_id, CONTROL_FILE)
+
     async def read_palette(self, job_id: str) -> bytes:
         return await self._read_result_file(job_id, lambda record: record.palette_file)
 
@@ -461,6 +470,7 @@ class JobStore:
         palette_png: bytes,
         candidate_pngs: Sequence[bytes] = (),
         grid_png: bytes | None = None,
+        control_png: bytes | None = None,
     ) -> JobRecord:
         """→ done. Files first (image, palette, the candidates and their grid, then ``result.json``
         as marker), row second."""
@@ -472,6 +482,8 @@ class JobStore:
         extra = [(candidate_file(i), png) for i, png in enumerate(candidate_pngs)]
         if grid_png is not None:
             extra.append((GRID_FILE, grid_png))
+        if control_png is not None:
+            extra.append((CONTROL_FILE, control_png))
         await self._files.save_result(job_id, image_png, palette_png, marker, extra)
         try:
             return await self._finish_row(job_id, result_json, score, title)

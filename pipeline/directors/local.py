@@ -170,8 +170,16 @@ class LocalDirector:
         self.count_tokens = count_tokens
 
     async def direct(
-        self, idea: str, *, style: str | None = None, language: str = "en", family: FamilyProfile | None = None
+        self,
+        idea: str,
+        *,
+        style: str | None = None,
+        language: str = "en",
+        family: FamilyProfile | None = None,
+        context: str = "",
     ) -> Scene:
+        """``context`` (knowledge passages) is for a language model; the rule-based director
+        keeps to its templates and ignores it."""
         return self.scene_for(idea, style=style, language=language, family=family)
 
     # The synchronous core (it is pure string work).

@@ -1081,4 +1081,50 @@ def build_tiny_upscaler(directory: Path, seed: int = 0) -> Path:
         max_noise_level=350,
     )
     pipe.save_pretrained(directory)
+
+
+# ================================================================================================
+# ControlNet (issue #18): a tiny random ControlNet made from the tiny SD UNet, and a tiny random
+# DPT depth estimator, both saved like hub repositories for the product's from_pretrained.
+# ================================================================================================
+def build_tiny_controlnet(sd_dir: Path, directory: Path, seed: int = 0) -> Path:
+    """A ControlNet with the tiny SD UNet's structure (``ControlNetModel.from_unet``), random
+    weights (its zero convolutions made non-zero, so that the control image changes the picture)."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(sd_dir, subfolder="unet")
+    torch.manual_seed(seed)
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 8, 8))
+    with torch.no_grad():
+        for module in (*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out):
+            for parameter in module.parameters():
+                parameter.normal_(0.0, 0.5)
+    net.save_pretrained(directory)
+    return directory
+
+
+def build_tiny_depth_estimator(directory: Path, seed: int = 0) -> Path:
+    """A tiny random DPT depth estimator for transformers' ``depth-estimation`` pipeline."""
+    from transformers import DPTConfig, DPTForDepthEstimation
+
+    try:
+        from transformers import DPTImageProcessorPil as Processor  # transformers 5 without torchvision
+    except ImportError:  # pragma: no cover - older transformers
+        from transformers import DPTImageProcessor as Processor
+
+    torch.manual_seed(seed)
+    config = DPTConfig(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=37,
+        image_size=32,
+        patch_size=8,
+        backbone_out_indices=[0, 1, 2, 3],
+        neck_hidden_sizes=[8, 16, 32, 32],
+        fusion_hidden_size=16,
+        reassemble_factors=[4, 2, 1, 0.5],
+    )
+    DPTForDepthEstimation(config).eval().save_pretrained(directory)
+    Processor(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(directory)
     return directory
