@@ -25,7 +25,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from pipeline.errors import VoxCanvasError
-from pipeline.executor import GPUExecutor
+from pipeline.executor import Executor
+from pipeline.executor.factory import create_executor
 from pipeline.settings import Settings
 from pipeline.studio import Studio
 
@@ -91,7 +92,7 @@ class VoxCanvasBot(commands.Bot):
         self,
         settings: Settings,
         *,
-        executor: GPUExecutor | None = None,
+        executor: Executor | None = None,
         store: JobStore | None = None,
         gemini_client: Any = None,
         warm_up: bool = True,
@@ -110,7 +111,7 @@ class VoxCanvasBot(commands.Bot):
         )
         self.settings = settings
         self.rest_errors = rest_errors
-        self.executor = executor or GPUExecutor(settings)
+        self.executor = executor or create_executor(settings)
         self._store = store
         self._gemini_client = gemini_client
         self._warm_up = warm_up

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _run(args: argparse.Namespace) -> int:
     from .errors import ModelUnavailable, VoxCanvasError
-    from .executor import GPUExecutor
+    from .executor.factory import create_executor
     from .images import read_init_image_file
     from .settings import get_settings
     from .studio import Idea, MusicOutput, Output, Studio
@@ -162,7 +162,7 @@ async def _run(args: argparse.Namespace) -> int:
         init_image=init_image,
         **{option: getattr(args, option) for option in IDEA_OPTIONS},
     )
-    executor = GPUExecutor(settings)
+    executor = create_executor(settings)
     await executor.start()
     progress = _Progress(enabled=not args.quiet)
     job = executor.admit("cli")
