@@ -300,7 +300,7 @@ class RayExecutor:
 
         request = await asyncio.to_thread(request.validated) if request.init_image else request.validated()
         wire = await self._submit(job, "render", lambda: self._handles["render"].render.remote(job.id, request))
-        self._metrics.observe_batch(1)
+        self._metrics.observe_batch(int(wire["batch_size"]))  # (counted once per picture of the batch)
         image: RenderedImage = await asyncio.to_thread(rendered_from_wire, wire)
         return image
 
