@@ -308,6 +308,8 @@ def deploy(
             if bounds[0] == bounds[1]
             else {"autoscaling_config": {"min_replicas": bounds[0], "max_replicas": bounds[1]}}
         )
+        if stage == "render":  # one batch running, one gathering: more would pile up on one replica
+            scaling["max_ongoing_requests"] = 2 * args[3]
         app = deployment.options(ray_actor_options={"num_gpus": gpus, "num_cpus": 0 if gpus else 1}, **scaling)
         log.info("deploying %s on Ray Serve (%s, %g GPU per replica)", name, scaling, gpus)
         handles[stage] = serve.run(app.bind(*args), name=name, route_prefix=None, blocking=False)

@@ -116,7 +116,11 @@ async def test_review_and_transcribe_run_on_their_replicas(make_settings, ray_ov
     rendered = await executor.render(job, request(seed=3))
     scene = Scene.model_validate(scene_data())
     reports = await executor.review_many(job, [rendered.image, rendered.image], scene, "a red apple")
-    assert len(reports) == 2 and reports[0].score == reports[1].score and 0 <= reports[0].score <= 100
+    assert (
+        len(reports) == 2
+        and reports[0].alignment_score == reports[1].alignment_score
+        and 0 <= reports[0].alignment_score <= 100
+    )
     audio = decode_audio(make_voice_note("Please draw a red apple on a wooden table"), max_seconds=120)
     assert audio.dtype == np.float32
     transcript = await executor.transcribe(job, audio)

@@ -1,0 +1,80 @@
+"""The bot with EXECUTOR=ray, end to end through the fake Discord: the real discord.py client, the
+model stages on Serve replicas of a real local Ray cluster (tests/conftest.py ``ray_cluster``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+
+import pytest
+from PIL import Image
+
+from devkit.helpers import footer_job
+from devkit.voice import make_voice_note
+from pipeline.studio import Result
+from tests.bot.conftest import BotHarness
+from tests.bot.test_bot import RESULT_TIMEOUT, delivered_record, field, imagine, wait_result
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+async def start_ray_bot(fake_discord, bot_settings, ray_overrides, make_ray_executor):
+    from bot.client import VoxCanvasBot, configure_endpoints
+
+    harnesses: list[BotHarness] = []
+
+    async def start(**overrides) -> BotHarness:
+        settings = bot_settings(**ray_overrides, **overrides)
+        configure_endpoints(settings)
+        executor = await make_ray_executor(settings, start=False)  # the bot starts it in setup_hook
+        bot = VoxCanvasBot(settings, executor=executor, guild_ready_timeout=0.05, warm_up=False)
+        task = asyncio.create_task(bot.start(settings.DISCORD_TOKEN.get_secret_value()))
+        harness = BotHarness(fake_discord, bot, settings, task)
+        harnesses.append(harness)
+        await harness.wait_ready(timeout=240)
+        return harness
+
+    yield start
+    for harness in harnesses:
+        if not harness.bot.is_closed():
+            await harness.bot.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(harness.task, 30)
+
+
+async def test_imagine_and_voice_note_with_executor_ray(start_ray_bot, fake_discord):
+    harness = await start_ray_bot(QA_MAX_ROUNDS=0)
+    fake = fake_discord
+    from pipeline.executor.ray_serve import RayExecutor
+
+    assert isinstance(harness.bot.executor, RayExecutor)
+
+    interaction = await imagine(fake, {"prompt": "a red apple on a wooden table", "seed": 1234})
+    assert interaction.response_type == 5 and interaction.ack_latency < 3.0
+    message = await wait_result(fake, interaction, timeout=RESULT_TIMEOUT * 2)
+    assert sorted(a["filename"] for a in message["attachments"]) == ["image.png", "palette.png"]
+    upload = [c for c in fake.calls if c.files and any(f.filename == "image.png" for f in c.files)][-1]
+    image = Image.open(io.BytesIO(next(f.data for f in upload.files if f.filename == "image.png")))
+    assert image.size == (64, 64)
+    assert "/100" in field(message, "Alignment") and "CLIP" in field(message, "Judged by")
+    job_id = footer_job(message)
+    record = await delivered_record(harness, job_id)
+    assert record.state == "done" and int(record.delivered_message_id) == int(message["id"])
+    result = Result.model_validate_json(record.result_json)
+    assert result.rounds[0].seed == 1234 and result.rounds[0].steps == 4
+
+    # A voice note: Whisper on its replica, then the same path.
+    note = make_voice_note("Please draw a red apple on a wooden table")
+    sent = await fake.send_voice_message(fake.channel.id, fake.user, note, duration_secs=3.0)
+
+    def voice_result():
+        for msg in fake.find_messages(channel_id=fake.channel.id, from_bot=True):
+            ref = (msg.get("message_reference") or {}).get("message_id")
+            if ref and int(ref) == int(sent["id"]) and footer_job(msg):
+                return msg
+        return None
+
+    heard_message = await fake.wait_until(voice_result, RESULT_TIMEOUT * 2, "voice-note result", poll=0.05)
+    assert "apple" in field(heard_message, "🎙️ Heard").lower()
