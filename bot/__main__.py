@@ -58,6 +58,12 @@ def main() -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
+    if settings.EXECUTOR == "ray":
+        from pipeline.executor.ray_serve import preflight
+
+        if (problem := preflight(settings)) is not None:
+            print(f"VoxCanvas: {problem}", file=sys.stderr)
+            return EXIT_UNREACHABLE
     secrets = [key.get_secret_value() for key in settings.API_KEYS]
     if settings.GEMINI_API_KEY is not None:
         secrets.append(settings.GEMINI_API_KEY.get_secret_value())

@@ -84,6 +84,22 @@ def check_reachable(address: str, timeout_s: float = 3.0) -> None:
         raise RayUnreachable(f"The Ray cluster at RAY_ADDRESS={address} cannot be reached ({exc}).") from None
 
 
+def preflight(settings: Settings) -> str | None:
+    """Why EXECUTOR=ray cannot start (one line naming the setting), or None: checked before the
+    bot connects to Discord."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        return "EXECUTOR=ray needs Ray: pip install 'voxcanvas[ray]' (or set EXECUTOR=local)."
+    try:
+        if not settings.RAY_ADDRESS.strip():
+            raise RayUnreachable("EXECUTOR=ray needs RAY_ADDRESS: 'auto', 'host:6379' or 'ray://host:10001'.")
+        check_reachable(settings.RAY_ADDRESS.strip())
+    except RayUnreachable as exc:
+        return str(exc)
+    return None
+
+
 def connect(settings: Settings) -> bool:
     """Connect this process to the cluster (once). True when this call made the connection."""
     import ray

@@ -14,7 +14,7 @@ from devkit.helpers import footer_job
 from devkit.voice import make_voice_note
 from pipeline.studio import Result
 from tests.bot.conftest import BotHarness
-from tests.bot.test_bot import RESULT_TIMEOUT, delivered_record, field, imagine, wait_result
+from tests.bot.test_bot import RESULT_TIMEOUT, delivered_record, field, imagine, run_bot_process, wait_result
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -78,3 +78,19 @@ async def test_imagine_and_voice_note_with_executor_ray(start_ray_bot, fake_disc
 
     heard_message = await fake.wait_until(voice_result, RESULT_TIMEOUT * 2, "voice-note result", poll=0.05)
     assert "apple" in field(heard_message, "🎙️ Heard").lower()
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", ""])
+async def test_bot_with_an_unreachable_ray_address_exits_in_one_line(tmp_path, address):
+    code, out = await run_bot_process(
+        {
+            "DISCORD_TOKEN": "some-token-123456",
+            "EXECUTOR": "ray",
+            "RAY_ADDRESS": address,
+            "API_PORT": "",
+            "DATA_DIR": str(tmp_path),
+        }
+    )
+    assert code == 4, out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 and "RAY_ADDRESS" in lines[0] and "Traceback" not in out, out
