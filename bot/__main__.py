@@ -125,7 +125,7 @@ async def run(settings: Settings, token: str) -> int:
 
     from web.server import WebServerError
 
-    from .client import VoxCanvasBot, configure_endpoints
+    from .client import bot_class, configure_endpoints
     from .connectivity import DiscordUnreachable, host_of, reason_of, wait_for_discord
     from .store import StoreError
 
@@ -148,7 +148,7 @@ async def run(settings: Settings, token: str) -> int:
         from web.server import WebServer
 
         services.append(WebServer(settings))
-    bot = VoxCanvasBot(settings, store=store, services=services)
+    bot = bot_class(settings)(settings, store=store, services=services)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
 

@@ -288,3 +288,17 @@ class VoxCanvasBot(commands.Bot):
             if self._store is not None:
                 await self._store.close()
             await super().close()
+
+
+class ShardedVoxCanvasBot(VoxCanvasBot, commands.AutoShardedBot):
+    """The same bot with every gateway shard in this one process (``SHARD_COUNT``; 0: Discord's
+    recommendation from GET /gateway/bot). Limits: README "Scaling out"."""
+
+    def __init__(self, settings: Settings, **options: Any) -> None:
+        options.setdefault("shard_count", settings.SHARD_COUNT or None)
+        super().__init__(settings, **options)
+
+
+def bot_class(settings: Settings) -> type[VoxCanvasBot]:
+    """:class:`ShardedVoxCanvasBot` when ``SHARD_COUNT`` is set, else one gateway connection."""
+    return VoxCanvasBot if settings.SHARD_COUNT is None else ShardedVoxCanvasBot

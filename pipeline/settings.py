@@ -93,8 +93,9 @@ class Settings(BaseSettings):
     # How long queued work waits for a GPU worker while the cluster is unreachable before it fails.
     RAY_WAIT_S: float = Field(300.0, gt=0, le=86400)
 
-    # --- Discord gateway shards (one process runs them all; empty: Discord's recommendation) ---
-    SHARD_COUNT: int | None = Field(None, ge=1, le=1024)
+    # --- Discord gateway shards, all in this one process (AutoShardedBot); 0: Discord's
+    # recommendation; empty: one gateway connection, no sharding (enough below 2,500 servers) ---
+    SHARD_COUNT: int | None = Field(None, ge=0, le=1024)
 
     # --- storage ---
     DATA_DIR: Path = Path("./data")

@@ -226,6 +226,15 @@ class RayExecutor:
             await asyncio.to_thread(ray.shutdown)
         return [job.id for job in self._jobs.values() if not job.finished]
 
+    def health(self) -> tuple[bool, str]:
+        """For /healthz: the dispatcher runs (the replicas have Serve's own health checks)."""
+        if self._dispatcher is None or self._dispatcher.done():
+            return False, "the Ray dispatcher is not running"
+        return (
+            True,
+            f"Ray Serve ({self.settings.RAY_NAMESPACE}): {len(self._out)} calls out, {len(self._pending)} waiting",
+        )
+
     # --- jobs (as GPUExecutor, with the same policy) --------------------------------------------
     def admit(self, user_id: str | int, job_id: str | None = None, *, force: bool = False) -> Job:
         user = str(user_id)
