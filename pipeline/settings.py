@@ -90,8 +90,6 @@ class Settings(BaseSettings):
     # empty: 1 and 0.25 when the cluster has GPUs, else 0 (CPU-only clusters, tests).
     RAY_RENDER_GPUS: float | None = Field(None, ge=0, le=8)
     RAY_AUX_GPUS: float | None = Field(None, ge=0, le=8)
-    # How long queued work waits for a GPU worker while the cluster is unreachable before it fails.
-    RAY_WAIT_S: float = Field(300.0, gt=0, le=86400)
 
     # --- Discord gateway shards, all in this one process (AutoShardedBot); 0: Discord's
     # recommendation; empty: one gateway connection, no sharding (enough below 2,500 servers) ---

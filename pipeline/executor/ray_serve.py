@@ -11,7 +11,7 @@ cluster; everything else stays in the bot process and behaves as with the local 
 * **Faults**: a replica that dies during a call (its actor is gone) → the call is sent once more
   (Serve routes it to a live replica, or to the one it restarts); a second death fails the job
   with :class:`ExecutorFailure`. A cluster unreachable at start → :class:`RayUnreachable` naming
-  RAY_ADDRESS. Lost later → work waits (bounded by RAY_WAIT_S; users see "waiting for a GPU worker").
+  RAY_ADDRESS. (Not done yet: a cluster lost later fails the calls out instead of waiting for it.)
 """
 
 from __future__ import annotations
@@ -52,10 +52,6 @@ class RayUnreachable(VoxCanvasError):
     """The Ray cluster named by RAY_ADDRESS cannot be reached (an operator's error, one line)."""
 
     default_message = "The Ray cluster (RAY_ADDRESS) cannot be reached."
-
-
-class WaitingForWorker(VoxCanvasError):
-    default_message = "No GPU worker came back in time — please try again later."
 
 
 @dataclass(eq=False)
@@ -215,6 +211,10 @@ class RayExecutor:
             _set_exception(call.future, ShuttingDown())
         if self._out:
             await asyncio.wait(list(self._out.values()), timeout=timeout_s)
+        for call in list(self._out):
+            # Out of patience: the job stays in the store for the next start (its remote call
+            # finishes on the cluster and is discarded).
+            _set_exception(call.future, ShuttingDown())
         for task in (self._dispatcher, self._poller, *self._out.values()):
             if task is not None and not task.done():
                 task.cancel()
