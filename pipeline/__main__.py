@@ -163,7 +163,11 @@ async def _run(args: argparse.Namespace) -> int:
         **{option: getattr(args, option) for option in IDEA_OPTIONS},
     )
     executor = create_executor(settings)
-    await executor.start()
+    try:
+        await executor.start()
+    except VoxCanvasError as exc:  # EXECUTOR=ray: the cluster (RAY_ADDRESS) cannot be reached
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_MODEL
     progress = _Progress(enabled=not args.quiet)
     job = executor.admit("cli")
     job.listener = progress.update
