@@ -284,7 +284,7 @@ def deploy(
     handles: dict[str, Any] = {}
     for stage in stages:
         name = app_name(namespace, stage)
-        if name in running and not redeploy and str(running[name].status) == "RUNNING":
+        if name in running and not redeploy and running[name].status == "RUNNING":  # (a str enum)
             log.info("Ray Serve application %s is running: reusing its replicas", name)
             handles[stage] = serve.get_app_handle(name)
             continue
