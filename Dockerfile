@@ -30,7 +30,9 @@ COPY --chown=voxcanvas:voxcanvas cogs ./cogs
 COPY --chown=voxcanvas:voxcanvas web ./web
 # The development kit (package `devkit`, tests/kit) is part of the distribution; small, never imported at run time.
 COPY --chown=voxcanvas:voxcanvas tests/kit ./tests/kit
-RUN pip install .
+# EXTRAS="[ray]": the same image serves as a Ray head / GPU worker (compose.yaml profile "ray").
+ARG EXTRAS=""
+RUN pip install ".${EXTRAS}"
 
 VOLUME ["/data", "/cache/huggingface"]
 # The web playground and API (API_PORT). Reachable from outside the container only with

@@ -58,6 +58,12 @@ def main() -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
+    if settings.EXECUTOR == "ray":
+        from pipeline.executor.ray_serve import preflight
+
+        if (problem := preflight(settings)) is not None:
+            print(f"VoxCanvas: {problem}", file=sys.stderr)
+            return EXIT_UNREACHABLE
     secrets = [key.get_secret_value() for key in settings.API_KEYS]
     if settings.GEMINI_API_KEY is not None:
         secrets.append(settings.GEMINI_API_KEY.get_secret_value())
@@ -122,7 +128,7 @@ async def run(settings: Settings, token: str) -> int:
 
     from web.server import WebServerError
 
-    from .client import VoxCanvasBot, configure_endpoints
+    from .client import bot_class, configure_endpoints
     from .connectivity import DiscordUnreachable, host_of, reason_of, wait_for_discord
     from .store import StoreError
 
@@ -145,7 +151,7 @@ async def run(settings: Settings, token: str) -> int:
         from web.server import WebServer
 
         services.append(WebServer(settings))
-    bot = VoxCanvasBot(settings, store=store, services=services)
+    bot = bot_class(settings)(settings, store=store, services=services)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
 

@@ -25,7 +25,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from pipeline.errors import VoxCanvasError
-from pipeline.executor import GPUExecutor
+from pipeline.executor import Executor
+from pipeline.executor.factory import create_executor
 from pipeline.settings import Settings
 from pipeline.studio import Studio
 
@@ -93,7 +94,7 @@ class VoxCanvasBot(commands.Bot):
         self,
         settings: Settings,
         *,
-        executor: GPUExecutor | None = None,
+        executor: Executor | None = None,
         store: JobStore | None = None,
         gemini_client: Any = None,
         warm_up: bool = True,
@@ -113,7 +114,7 @@ class VoxCanvasBot(commands.Bot):
         )
         self.settings = settings
         self.rest_errors = rest_errors
-        self.executor = executor or GPUExecutor(settings)
+        self.executor = executor or create_executor(settings)
         self._store = store
         self._gemini_client = gemini_client
         self._warm_up = warm_up
@@ -313,3 +314,17 @@ class LocalisedTree(app_commands.CommandTree["VoxCanvasBot"]):
         except Exception:  # never refuse a command because its language could not be chosen
             log.warning("could not choose the reply language; English", exc_info=True)
         return True
+
+
+class ShardedVoxCanvasBot(VoxCanvasBot, commands.AutoShardedBot):
+    """The same bot with every gateway shard in this one process (``SHARD_COUNT``; 0: Discord's
+    recommendation from GET /gateway/bot). Limits: README "Scaling out"."""
+
+    def __init__(self, settings: Settings, **options: Any) -> None:
+        options.setdefault("shard_count", settings.SHARD_COUNT or None)
+        super().__init__(settings, **options)
+
+
+def bot_class(settings: Settings) -> type[VoxCanvasBot]:
+    """:class:`ShardedVoxCanvasBot` when ``SHARD_COUNT`` is set, else one gateway connection."""
+    return VoxCanvasBot if settings.SHARD_COUNT is None else ShardedVoxCanvasBot

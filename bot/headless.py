@@ -9,7 +9,8 @@ import contextlib
 import logging
 
 from pipeline.errors import VoxCanvasError
-from pipeline.executor import GPUExecutor
+from pipeline.executor import Executor
+from pipeline.executor.factory import create_executor
 from pipeline.settings import Settings
 from pipeline.studio import Studio
 
@@ -30,12 +31,12 @@ class Headless:
         self,
         settings: Settings,
         *,
-        executor: GPUExecutor | None = None,
+        executor: Executor | None = None,
         store: JobStore | None = None,
         warm_up: bool = True,
     ) -> None:
         self.settings = settings
-        self.executor = executor or GPUExecutor(settings)
+        self.executor = executor or create_executor(settings)
         self.store = store
         self.warm_up = warm_up
         self.studio: Studio | None = None

@@ -181,11 +181,19 @@ class Ops:
         client = self.client
         if client.is_closed():
             return Check(False, "the Discord client is closed")
-        ws = getattr(client, "ws", None)
-        if ws is None or not client.is_ready():
-            return Check(False, "not connected to the Discord gateway yet")
-        if not getattr(ws, "open", False):
-            return Check(False, "the gateway connection is down (reconnecting)")
+        shards = getattr(client, "shards", None)  # AutoShardedBot: every shard must be up
+        if shards:
+            if not client.is_ready():
+                return Check(False, "not connected to the Discord gateway yet")
+            down = sorted(shard_id for shard_id, shard in shards.items() if shard.is_closed())
+            if down:
+                return Check(False, f"the gateway connection of shard(s) {down} is down (reconnecting)")
+        else:
+            ws = getattr(client, "ws", None)
+            if ws is None or not client.is_ready():
+                return Check(False, "not connected to the Discord gateway yet")
+            if not getattr(ws, "open", False):
+                return Check(False, "the gateway connection is down (reconnecting)")
         latency = client.latency
         if not math.isfinite(latency):
             return Check(False, "no heartbeat acknowledged on the gateway")
@@ -195,6 +203,10 @@ class Ops:
         executor = self.runner.executor
         if getattr(executor, "_accepting", True) is False:
             return Check(False, "shutting down")
+        health = getattr(executor, "health", None)  # executors without a model thread (EXECUTOR=ray)
+        if callable(health):
+            ok, detail = health()
+            return Check(ok, detail)
         thread = getattr(executor, "thread", None)
         if thread is None:
             return Check(False, "the model thread is not running")

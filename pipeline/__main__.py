@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _run(args: argparse.Namespace) -> int:
     from .errors import ModelUnavailable, VoxCanvasError
-    from .executor import GPUExecutor
+    from .executor.factory import create_executor
     from .images import read_init_image_file
     from .settings import get_settings
     from .studio import Idea, MusicOutput, Output, Studio
@@ -162,8 +162,12 @@ async def _run(args: argparse.Namespace) -> int:
         init_image=init_image,
         **{option: getattr(args, option) for option in IDEA_OPTIONS},
     )
-    executor = GPUExecutor(settings)
-    await executor.start()
+    executor = create_executor(settings)
+    try:
+        await executor.start()
+    except VoxCanvasError as exc:  # EXECUTOR=ray: the cluster (RAY_ADDRESS) cannot be reached
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_MODEL
     progress = _Progress(enabled=not args.quiet)
     job = executor.admit("cli")
     job.listener = progress.update

@@ -121,6 +121,23 @@ class Settings(BaseSettings):
     MAX_BATCH: int = Field(4, ge=1, le=16)
     BATCH_WINDOW_MS: float = Field(10.0, ge=0, le=1000)
 
+    # --- executor: the model stages on this machine (local) or on a Ray cluster (README "Scaling out") ---
+    EXECUTOR: Literal["local", "ray"] = "local"
+    # A running cluster: "auto" (this machine's), "host:6379" or "ray://host:10001" (Ray Client).
+    RAY_ADDRESS: str = ""
+    RAY_NAMESPACE: str = "voxcanvas"
+    # Serve autoscaling bounds of the render deployment (the others: 1 to RAY_MAX_REPLICAS).
+    RAY_MIN_REPLICAS: int = Field(1, ge=1, le=256)
+    RAY_MAX_REPLICAS: int = Field(1, ge=1, le=256)
+    # GPUs per render replica and per Whisper / CLIP / MusicGen replica (fractions share a card);
+    # empty: 1 and 0.25 when the cluster has GPUs, else 0 (CPU-only clusters, tests).
+    RAY_RENDER_GPUS: float | None = Field(None, ge=0, le=8)
+    RAY_AUX_GPUS: float | None = Field(None, ge=0, le=8)
+
+    # --- Discord gateway shards, all in this one process (AutoShardedBot); 0: Discord's
+    # recommendation; empty: one gateway connection, no sharding (enough below 2,500 servers) ---
+    SHARD_COUNT: int | None = Field(None, ge=0, le=1024)
+
     # --- storage ---
     DATA_DIR: Path = Path("./data")
     RETENTION_DAYS: int = Field(30, ge=0)
@@ -234,6 +251,9 @@ class Settings(BaseSettings):
         "UPSCALER_MODEL",
         "STYLES_FILE",
         "STYLE_KNOWLEDGE",
+        "RAY_RENDER_GPUS",
+        "RAY_AUX_GPUS",
+        "SHARD_COUNT",
         mode="before",
     )
     @classmethod
@@ -313,6 +333,14 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
+    @model_validator(mode="after")
+    def _ray_bounds(self) -> Settings:
+        if self.RAY_MIN_REPLICAS > self.RAY_MAX_REPLICAS:
+            raise ValueError(
+                f"RAY_MIN_REPLICAS ({self.RAY_MIN_REPLICAS}) is above RAY_MAX_REPLICAS ({self.RAY_MAX_REPLICAS})."
+            )
+        return self
 
     @property
     def gemini_enabled(self) -> bool:

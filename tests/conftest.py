@@ -143,3 +143,67 @@ def tiny_lora_dir(models_dir: Path, tiny_sd_dir: Path) -> Path:
     lora_dir = models_dir / "loras"
     builders.build_tiny_lora(tiny_sd_dir, lora_dir, "tiny-style")
     return lora_dir
+
+
+# ------------------------------------------------------------------------------------------------
+# Ray (EXECUTOR=ray): one real local cluster per test session, on 127.0.0.1, CPU only; started on
+# first use and stopped at the end. The Serve deployments are shared by the Ray tests.
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+    from ray import serve
+
+    ray.init(
+        num_cpus=16,  # logical: replicas of tiny models ask for 1 each
+        num_gpus=0,
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace="voxcanvas-tests",
+        _node_ip_address="127.0.0.1",
+    )
+    yield ray
+    serve.shutdown()
+    ray.shutdown()
+
+
+RAY_STEP_DELAY_S = 0.05  # every replica step lasts this long, so a test can act mid-render
+
+
+@pytest.fixture
+def ray_overrides(ray_cluster, trained_whisper_dir):
+    """Settings for EXECUTOR=ray on the session's cluster. The first executor of the session
+    deploys the replicas with its settings, so every Ray test uses these same model settings."""
+    return dict(
+        EXECUTOR="ray",
+        RAY_ADDRESS="auto",
+        RAY_NAMESPACE="voxcanvas-tests",
+        RAY_MIN_REPLICAS=2,
+        RAY_MAX_REPLICAS=2,
+        WHISPER_MODEL=str(trained_whisper_dir),
+        MAX_BATCH=4,
+        BATCH_WINDOW_MS=100,
+    )
+
+
+@pytest.fixture
+async def make_ray_executor(ray_overrides):
+    """``await make(settings)`` → a started RayExecutor (render, transcribe and review deployed, or
+    found running); each is shut down at the end (the deployments stay for the next test)."""
+    from pipeline.executor.ray_serve import RayExecutor
+
+    made = []
+
+    async def make(settings, start=True):
+        executor = RayExecutor(
+            settings, stage_timeout_s=180, step_delay_s=RAY_STEP_DELAY_S, stages=("render", "transcribe", "review")
+        )
+        made.append(executor)
+        if start:
+            await executor.start()
+        return executor
+
+    yield make
+    for executor in made:
+        if executor._loop is not None:
+            await executor.shutdown(timeout_s=10)

@@ -1,0 +1,489 @@
+"""``EXECUTOR=ray``: the model stages run on Ray Serve deployments (:mod:`.deployments`) on a Ray
+cluster; everything else stays in the bot process and behaves as with the local executor.
+
+* **In the bot**: admission and caps, started-first order and per-user round robin (the same
+  :mod:`.policy` functions as :class:`~.local.GPUExecutor`), queue positions and ETAs, progress
+  events, cancellation, metrics. Work is sent to the cluster in service order, at most
+  ``capacity`` calls at a time (enough to fill every replica's batches), so fairness is decided
+  here and not by arrival order at the replicas.
+* **On the cluster**: the models, batching of compatible renders (``@serve.batch``, split by the
+  local batcher's key), progress reports and stop checks at every step (:class:`~.deployments.ProgressBoard`).
+* **Faults**: a replica that dies during a call (its actor is gone) → the call is sent once more
+  (Serve routes it to a live replica, or to the one it restarts); a second death fails the job
+  with :class:`ExecutorFailure`. A cluster unreachable at start → :class:`RayUnreachable` naming
+  RAY_ADDRESS. (Not done yet: a cluster lost later fails the calls out instead of waiting for it.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ExecutorFailure, JobCancelled, ShuttingDown, StageTimeout, VoxCanvasError
+from . import policy
+from .jobs import Job, ProgressEvent, WorkKind
+from .metrics import MetricsRecorder, MetricsSnapshot
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+    from PIL import Image
+
+    from ..critic import QAReport
+    from ..families import FamilyProfile
+    from ..music import Music, MusicRequest
+    from ..scene import Scene
+    from ..settings import Settings
+    from ..synthesis import RenderedImage, RenderRequest
+    from ..transcribe import Task, Transcript
+
+log = logging.getLogger(__name__)
+
+
+class RayUnreachable(VoxCanvasError):
+    """The Ray cluster named by RAY_ADDRESS cannot be reached (an operator's error, one line)."""
+
+    default_message = "The Ray cluster (RAY_ADDRESS) cannot be reached."
+
+
+@dataclass(eq=False)
+class _Call:
+    """One remote call waiting for (or out on) the cluster; what :mod:`.policy` reads of work."""
+
+    job: Job | None
+    kind: WorkKind
+    seq: int
+    send: Callable[[], Awaitable[Any]]
+    future: asyncio.Future[Any]
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+
+def check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    """Fail fast, in one line naming RAY_ADDRESS, when a ``host:port`` or ``ray://host:port``
+    address refuses connections (``ray.init`` would retry for a minute first)."""
+    target = address.removeprefix("ray://")
+    if not address or address == "auto" or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return
+    except (OSError, ValueError) as exc:
+        raise RayUnreachable(f"The Ray cluster at RAY_ADDRESS={address} cannot be reached ({exc}).") from None
+
+
+def preflight(settings: Settings) -> str | None:
+    """Why EXECUTOR=ray cannot start (one line naming the setting), or None: checked before the
+    bot connects to Discord."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        return "EXECUTOR=ray needs Ray: pip install 'voxcanvas[ray]' (or set EXECUTOR=local)."
+    try:
+        if not settings.RAY_ADDRESS.strip():
+            raise RayUnreachable("EXECUTOR=ray needs RAY_ADDRESS: 'auto', 'host:6379' or 'ray://host:10001'.")
+        check_reachable(settings.RAY_ADDRESS.strip())
+    except RayUnreachable as exc:
+        return str(exc)
+    return None
+
+
+def connect(settings: Settings) -> bool:
+    """Connect this process to the cluster (once). True when this call made the connection."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = settings.RAY_ADDRESS.strip()
+    if not address:
+        raise RayUnreachable("EXECUTOR=ray needs RAY_ADDRESS: 'auto', 'host:6379' or 'ray://host:10001'.")
+    check_reachable(address)
+    try:
+        ray.init(address=address, namespace=settings.RAY_NAMESPACE, log_to_driver=False)
+    except Exception as exc:  # ConnectionError, RuntimeError: Ray's own words, on one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RayUnreachable(f"The Ray cluster at RAY_ADDRESS={address} cannot be reached: {first}") from None
+    return True
+
+
+_REPLICA_GONE: tuple[type[BaseException], ...] = ()
+
+
+def _replica_gone_errors() -> tuple[type[BaseException], ...]:
+    global _REPLICA_GONE
+    if not _REPLICA_GONE:
+        import ray.exceptions as rex
+
+        _REPLICA_GONE = (rex.RayActorError, rex.WorkerCrashedError, rex.NodeDiedError, rex.ActorUnavailableError)
+    return _REPLICA_GONE
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """A replica's own exception (a user-facing one) out of Ray's wrapper."""
+    import ray.exceptions as rex
+
+    if isinstance(exc, rex.RayTaskError):
+        cause = exc.cause
+        if isinstance(cause, BaseException):
+            return cause
+    return exc
+
+
+class RayExecutor:
+    """The :class:`~.base.Executor` interface over Ray Serve (see the module docs)."""
+
+    STAGE_TIMEOUT_S = 600.0
+    POLL_S = 0.25  # how often step progress is read from the board while work is out
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        stage_timeout_s: float | None = None,
+        step_delay_s: float = 0.0,
+        stages: Sequence[str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stage_timeout_s = stage_timeout_s or self.STAGE_TIMEOUT_S
+        self.step_delay_s = step_delay_s
+        self.stages = tuple(stages) if stages is not None else None
+        max_batch = settings.MAX_BATCH if settings.DYNAMIC_BATCHING else 1
+        # Calls out at once: every render replica's batch twice over (one running, one gathering).
+        self.capacity = max(2, 2 * settings.RAY_MAX_REPLICAS * max_batch)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handles: dict[str, Any] = {}
+        self._board: Any = None
+        self._pending: list[_Call] = []
+        self._out: dict[_Call, asyncio.Task[None]] = {}
+        self._jobs: dict[str, Job] = {}
+        self._ring = policy.UserRing()
+        self._seq = itertools.count()
+        self._job_seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._accepting = True
+        self._stopping = False
+        self._owns_connection = False
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._metrics = MetricsRecorder()
+        self._shown: dict[str, tuple[int, int]] = {}
+        self.retries = 0  # calls sent again after their replica died
+
+    # --- life cycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect (:class:`RayUnreachable` naming RAY_ADDRESS), deploy or find the stages."""
+        from . import deployments
+
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._owns_connection = await asyncio.to_thread(connect, self.settings)
+        stages = self.stages or deployments.STAGES
+        self._handles = await asyncio.to_thread(
+            deployments.deploy, self.settings, stages=stages, step_delay_s=self.step_delay_s
+        )
+        self._board = deployments.progress_board(self.settings.RAY_NAMESPACE)
+        self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="ray-dispatch")
+        self._poller = asyncio.create_task(self._progress_loop(), name="ray-progress")
+
+    async def warm_up(self, *, whisper: bool = True, clip: bool = True) -> None:
+        """Load the models in one replica of each stage (the others load on first use)."""
+        wanted = ["render"] + (["transcribe"] if whisper else []) + (["review"] if clip else [])
+        await asyncio.gather(*(self._handles[s].warm_up.remote() for s in wanted if s in self._handles))
+
+    def stop_admitting(self) -> None:
+        self._accepting = False
+
+    async def shutdown(self, timeout_s: float = 30.0) -> list[str]:
+        """Stop admitting, let calls out finish (bounded), fail queued work with ShuttingDown.
+        The deployments keep running: a restarted bot finds them (:func:`.deployments.deploy`)."""
+        self._accepting = False
+        self._stopping = True
+        dropped, self._pending = self._pending, []
+        for call in dropped:
+            _set_exception(call.future, ShuttingDown())
+        if self._out:
+            await asyncio.wait(list(self._out.values()), timeout=timeout_s)
+        for call in list(self._out):
+            # Out of patience: the job stays in the store for the next start (its remote call
+            # finishes on the cluster and is discarded).
+            _set_exception(call.future, ShuttingDown())
+        for task in (self._dispatcher, self._poller, *self._out.values()):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        if self._owns_connection:
+            import ray
+
+            await asyncio.to_thread(ray.shutdown)
+        return [job.id for job in self._jobs.values() if not job.finished]
+
+    def health(self) -> tuple[bool, str]:
+        """For /healthz: the dispatcher runs (the replicas have Serve's own health checks)."""
+        if self._dispatcher is None or self._dispatcher.done():
+            return False, "the Ray dispatcher is not running"
+        return (
+            True,
+            f"Ray Serve ({self.settings.RAY_NAMESPACE}): {len(self._out)} calls out, {len(self._pending)} waiting",
+        )
+
+    # --- jobs (as GPUExecutor, with the same policy) --------------------------------------------
+    def admit(self, user_id: str | int, job_id: str | None = None, *, force: bool = False) -> Job:
+        user = str(user_id)
+        if not self._accepting:
+            raise ShuttingDown()
+        if not force:
+            policy.check_admission(
+                self._jobs.values(),
+                user,
+                max_jobs_per_user=self.settings.MAX_JOBS_PER_USER,
+                max_queue=self.settings.MAX_QUEUE,
+            )
+        if job_id is not None and job_id in self._jobs:
+            raise ValueError(f"job {job_id} is already admitted")
+        job = Job(self, job_id or uuid.uuid4().hex[:12], user, next(self._job_seq))
+        self._jobs[job.id] = job
+        self._ring.join(user)
+        return job
+
+    def get_job(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def jobs_of(self, user_id: str | int) -> list[Job]:
+        return [j for j in self._jobs.values() if j.user_id == str(user_id) and not j.finished]
+
+    def finish(self, job: Job, outcome: str = "done") -> None:
+        if job.finished:
+            return
+        job.finished = True
+        self._jobs.pop(job.id, None)
+        self._shown.pop(job.id, None)
+        if not any(j.user_id == job.user_id for j in self._jobs.values()):
+            self._ring.leave(job.user_id)
+        self._metrics.job_finished(time.monotonic() - job.admitted_at, outcome, cancelled=job.cancelled)
+        if self._board is not None:
+            self._board.forget.remote([job.id])
+        self._notify_positions()
+
+    def cancel(self, job: Job) -> None:
+        job.cancelled = True
+        dropped = [c for c in self._pending if c.job is job]
+        for call in dropped:
+            self._pending.remove(call)
+            _set_exception(call.future, JobCancelled())
+        if self._board is not None:
+            self._board.cancel.remote(job.id)  # the replica stops at its next step
+        self._notify_positions()
+
+    def position_of(self, job: Job) -> int | None:
+        if job.started or job.finished:
+            return None
+        return policy.queue_position(job, policy.service_order(self._jobs.values(), self._ring))
+
+    def eta_of(self, job: Job) -> float | None:
+        pos = self.position_of(job)
+        return None if pos is None else self._eta_at(pos)
+
+    def _eta_at(self, position: int) -> float:
+        replicas = max(1, self.settings.RAY_MIN_REPLICAS)
+        return policy.eta_at(
+            position,
+            running_jobs=sum(1 for j in self._jobs.values() if j.started and not j.finished),
+            mean_job_s=self._metrics.mean_job_seconds(),
+            mean_batch_size=self._metrics.mean_batch_size() * replicas,
+        )
+
+    @property
+    def recorder(self) -> MetricsRecorder:
+        return self._metrics
+
+    def metrics(self) -> MetricsSnapshot:
+        active = [j for j in self._jobs.values() if not j.finished]
+        return self._metrics.snapshot(
+            queue_depth=sum(1 for j in active if not j.started),
+            running_jobs=sum(1 for j in active if j.started),
+            pending_items=len(self._pending),
+        )
+
+    # --- model stages --------------------------------------------------------------------------
+    async def transcribe(self, job: Job, audio: NDArray[np.float32], task: Task = "auto") -> Transcript:
+        transcript: Transcript = await self._submit(
+            job, "transcribe", lambda: self._handles["transcribe"].transcribe.remote(job.id, audio, task)
+        )
+        return transcript
+
+    async def render(self, job: Job, request: RenderRequest) -> RenderedImage:
+        from .deployments import rendered_from_wire
+
+        request = await asyncio.to_thread(request.validated) if request.init_image else request.validated()
+        wire = await self._submit(job, "render", lambda: self._handles["render"].render.remote(job.id, request))
+        self._metrics.observe_batch(int(wire["batch_size"]))  # (counted once per picture of the batch)
+        image: RenderedImage = await asyncio.to_thread(rendered_from_wire, wire)
+        return image
+
+    async def review(self, job: Job, image: Image.Image, scene: Scene, prompt: str) -> QAReport:
+        return (await self.review_many(job, [image], scene, prompt))[0]
+
+    async def review_many(self, job: Job, images: Sequence[Image.Image], scene: Scene, prompt: str) -> list[QAReport]:
+        from .deployments import image_to_png
+
+        pngs = await asyncio.to_thread(lambda: [image_to_png(image) for image in images])
+        reports: list[QAReport] = await self._submit(
+            job, "review", lambda: self._handles["review"].review_many.remote(job.id, pngs, scene, prompt)
+        )
+        return reports
+
+    async def compose(self, job: Job, request: MusicRequest) -> Music:
+        request = request.validated()
+        music: Music = await self._submit(job, "music", lambda: self._handles["music"].compose.remote(job.id, request))
+        return music
+
+    async def call(self, job: Job | None, kind: WorkKind, fn: Callable[..., Any], *args: Any) -> Any:
+        """Any callable, in a thread of the bot process (an arbitrary callable cannot be assumed
+        picklable; the model stages above are the ones that go to the cluster)."""
+
+        async def run() -> Any:
+            return await asyncio.to_thread(fn, *args)
+
+        return await self._submit(job, kind, run)
+
+    def count_tokens(self, text: str) -> int | None:
+        return None  # the tokenizer lives in the replicas
+
+    def lora_choices(self, model: str | None) -> list[str]:
+        from ..lora import lora_names
+
+        return lora_names(self.settings.LORA_DIR)
+
+    def family(self, model: str | None) -> FamilyProfile | None:
+        return None  # nothing is loaded in this process
+
+    # --- dispatch ------------------------------------------------------------------------------
+    async def _submit(self, job: Job | None, kind: WorkKind, send: Callable[[], Awaitable[Any]]) -> Any:
+        if self._loop is None:
+            raise RuntimeError("RayExecutor.start() was not awaited")
+        if job is not None and job.cancelled:
+            raise JobCancelled()
+        if self._stopping:
+            raise ShuttingDown()
+        future: asyncio.Future[Any] = self._loop.create_future()
+        call = _Call(job=job, kind=kind, seq=next(self._seq), send=send, future=future)
+        self._pending.append(call)
+        self._wake.set()
+        self._notify_positions()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.stage_timeout_s)
+        except TimeoutError:
+            if job is not None:
+                job.cancel()
+            raise StageTimeout() from None
+        except asyncio.CancelledError:
+            if call in self._pending:
+                self._pending.remove(call)
+            raise
+
+    async def _dispatch_loop(self) -> None:
+        """Send pending calls in service order while fewer than ``capacity`` are out."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending and len(self._out) < self.capacity:
+                call = policy.priority_order(self._pending, self._ring)[0]
+                self._pending.remove(call)
+                self._ring.served([call])
+                if call.job is not None:
+                    call.job.started = True
+                self._out[call] = asyncio.create_task(self._run(call), name=f"ray-{call.kind}")
+                self._notify_positions()
+
+    async def _run(self, call: _Call) -> None:
+        began = time.monotonic()
+        self._metrics.observe_wait(began - call.enqueued_at)
+        if call.job is not None:
+            self._emit(call.job, ProgressEvent(call.job.id, call.kind))
+        try:
+            result = await self._send_with_retry(call)
+        except BaseException as exc:
+            _set_exception(call.future, exc if isinstance(exc, Exception) else ExecutorFailure())
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if call.job is not None and call.job.cancelled:
+                _set_exception(call.future, JobCancelled())
+            else:
+                _set_result(call.future, result)
+        finally:
+            self._metrics.observe_stage(call.kind, time.monotonic() - began)
+            self._out.pop(call, None)
+            self._wake.set()
+
+    async def _send_with_retry(self, call: _Call) -> Any:
+        gone = _replica_gone_errors()
+        for attempt in (1, 2):
+            try:
+                return await call.send()
+            except gone as exc:
+                self._metrics.restarts += 1
+                if attempt == 2:
+                    log.error("%s of %s: the replica died again (%s); failing it", call.kind, call.job, exc)
+                    raise ExecutorFailure(
+                        "The GPU worker failed twice while working on this job — please try again."
+                    ) from None
+                self.retries += 1
+                log.warning("%s of %s: the replica died (%s); sending it once more", call.kind, call.job, exc)
+                if call.job is not None and call.job.cancelled:
+                    raise JobCancelled() from None
+            except Exception as exc:
+                raise _unwrap(exc) from None
+        raise AssertionError("unreachable")
+
+    # --- progress ------------------------------------------------------------------------------
+    async def _progress_loop(self) -> None:
+        """Read the steps replicas reported for the jobs whose renders or music are out."""
+        while True:
+            await asyncio.sleep(self.POLL_S)
+            watched = {c.job.id: c for c in self._out if c.job is not None and c.kind in ("render", "music")}
+            if not watched or self._board is None:
+                continue
+            try:
+                steps: dict[str, tuple[int, int]] = await self._board.snapshot.remote(list(watched))
+            except Exception:
+                log.debug("progress board unreachable", exc_info=True)
+                continue
+            for job_id, (step, total) in steps.items():
+                call = watched[job_id]
+                if call.job is None or call.job.cancelled or self._shown.get(job_id) == (step, total) or not total:
+                    continue
+                self._shown[job_id] = (step, total)
+                self._emit(call.job, ProgressEvent(job_id, call.kind, step, total))
+
+    def _emit(self, job: Job, event: ProgressEvent) -> None:
+        job.stage = event.stage
+        if job.listener is not None:
+            try:
+                job.listener(event)
+            except Exception:
+                log.exception("progress listener failed")
+
+    def _notify_positions(self) -> None:
+        for pos, job in enumerate(policy.service_order(self._jobs.values(), self._ring), start=1):
+            if job.listener is not None:
+                self._emit(job, ProgressEvent(job.id, "queued", position=pos, eta_s=self._eta_at(pos)))
+
+
+def _set_result(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

@@ -1,0 +1,142 @@
+"""The bot with EXECUTOR=ray, end to end through the fake Discord: the real discord.py client, the
+model stages on Serve replicas of a real local Ray cluster (tests/conftest.py ``ray_cluster``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+
+import pytest
+from PIL import Image
+
+from devkit.helpers import footer_job
+from devkit.voice import make_voice_note
+from pipeline.studio import Result
+from tests.bot.conftest import BotHarness
+from tests.bot.test_bot import RESULT_TIMEOUT, delivered_record, field, imagine, run_bot_process, wait_result
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+async def start_ray_bot(fake_discord, bot_settings, ray_overrides, make_ray_executor):
+    from bot.client import VoxCanvasBot, configure_endpoints
+
+    harnesses: list[BotHarness] = []
+
+    async def start(**overrides) -> BotHarness:
+        settings = bot_settings(**ray_overrides, **overrides)
+        configure_endpoints(settings)
+        executor = await make_ray_executor(settings, start=False)  # the bot starts it in setup_hook
+        bot = VoxCanvasBot(settings, executor=executor, guild_ready_timeout=0.05, warm_up=False)
+        task = asyncio.create_task(bot.start(settings.DISCORD_TOKEN.get_secret_value()))
+        harness = BotHarness(fake_discord, bot, settings, task)
+        harnesses.append(harness)
+        await harness.wait_ready(timeout=240)
+        return harness
+
+    yield start
+    for harness in harnesses:
+        if not harness.bot.is_closed():
+            await harness.bot.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(harness.task, 30)
+
+
+async def test_imagine_and_voice_note_with_executor_ray(start_ray_bot, fake_discord):
+    harness = await start_ray_bot(QA_MAX_ROUNDS=0)
+    fake = fake_discord
+    from pipeline.executor.ray_serve import RayExecutor
+
+    assert isinstance(harness.bot.executor, RayExecutor)
+
+    interaction = await imagine(fake, {"prompt": "a red apple on a wooden table", "seed": 1234})
+    assert interaction.response_type == 5 and interaction.ack_latency < 3.0
+    message = await wait_result(fake, interaction, timeout=RESULT_TIMEOUT * 2)
+    assert sorted(a["filename"] for a in message["attachments"]) == ["image.png", "palette.png"]
+    upload = [c for c in fake.calls if c.files and any(f.filename == "image.png" for f in c.files)][-1]
+    image = Image.open(io.BytesIO(next(f.data for f in upload.files if f.filename == "image.png")))
+    assert image.size == (64, 64)
+    assert "/100" in field(message, "Alignment") and "CLIP" in field(message, "Judged by")
+    job_id = footer_job(message)
+    record = await delivered_record(harness, job_id)
+    assert record.state == "done" and int(record.delivered_message_id) == int(message["id"])
+    result = Result.model_validate_json(record.result_json)
+    assert result.rounds[0].seed == 1234 and result.rounds[0].steps == 4
+
+    # A voice note: Whisper on its replica, then the same path.
+    note = make_voice_note("Please draw a red apple on a wooden table")
+    sent = await fake.send_voice_message(fake.channel.id, fake.user, note, duration_secs=3.0)
+
+    def voice_result():
+        for msg in fake.find_messages(channel_id=fake.channel.id, from_bot=True):
+            ref = (msg.get("message_reference") or {}).get("message_id")
+            if ref and int(ref) == int(sent["id"]) and footer_job(msg):
+                return msg
+        return None
+
+    heard_message = await fake.wait_until(voice_result, RESULT_TIMEOUT * 2, "voice-note result", poll=0.05)
+    assert "apple" in field(heard_message, "🎙️ Heard").lower()
+
+
+async def test_bot_restarted_while_ray_keeps_running_loses_nothing_delivers_once(start_ray_bot, fake_discord):
+    from tests.bot.test_reliability import results_by_job
+
+    fake = fake_discord
+    # 100 steps of >= 50 ms each: the bot is closed while renders are out on the cluster. (Asked per
+    # request: rendering defaults such as STEPS are those of the settings the replicas were deployed with.)
+    options = dict(QA_MAX_ROUNDS=0, MAX_JOBS_PER_USER=4, DYNAMIC_BATCHING=False)
+    first = await start_ray_bot(**options)
+    prompts = [f"a {colour} kite" for colour in ("red", "blue", "green", "yellow")]
+    interactions = [
+        await fake.slash_command("imagine", {"prompt": p, "seed": i, "steps": 100}) for i, p in enumerate(prompts)
+    ]
+    for interaction in interactions:
+        await fake.wait_for_response(interaction)
+    await fake.wait_until(lambda: first.bot.executor._out or None, 60, "a render out on the cluster", poll=0.02)
+    await first.bot.close()  # drains (bounded); the replicas keep running; the store keeps the rest
+
+    await start_ray_bot(**options)  # the same DATA_DIR; finds the deployments running
+    await fake.wait_until(lambda: len(results_by_job(fake)) >= 4 or None, 240, "all four results", poll=0.05)
+    await asyncio.sleep(1.0)  # anything duplicated would arrive now
+    by_job = results_by_job(fake)
+    assert len(by_job) == 4 and all(len(m) == 1 for m in by_job.values()), {j: len(m) for j, m in by_job.items()}
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", ""])
+async def test_bot_with_an_unreachable_ray_address_exits_in_one_line(tmp_path, address):
+    code, out = await run_bot_process(
+        {
+            "DISCORD_TOKEN": "some-token-123456",
+            "EXECUTOR": "ray",
+            "RAY_ADDRESS": address,
+            "API_PORT": "",
+            "DATA_DIR": str(tmp_path),
+        }
+    )
+    assert code == 4, out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 and "RAY_ADDRESS" in lines[0] and "Traceback" not in out, out
+
+
+@pytest.mark.parametrize("shards, expected", [(2, 2), (0, 1)])  # 0: Discord's recommendation (the fake says 1)
+async def test_shards_in_one_process_serve_imagine(fake_discord, bot_settings, shards, expected):
+    """SHARD_COUNT (local executor): every shard identifies, the bot is ready, /imagine is served."""
+    from bot.client import ShardedVoxCanvasBot, bot_class, configure_endpoints
+
+    settings = bot_settings(SHARD_COUNT=shards, QA_MAX_ROUNDS=0)
+    assert bot_class(settings) is ShardedVoxCanvasBot and bot_class(bot_settings()) is not ShardedVoxCanvasBot
+    configure_endpoints(settings)
+    bot = bot_class(settings)(settings, guild_ready_timeout=0.05, warm_up=False)
+    task = asyncio.create_task(bot.start(settings.DISCORD_TOKEN.get_secret_value()))
+    try:
+        await fake_discord.wait_until(lambda: bot.is_ready() or None, 30, "bot ready", poll=0.02)
+        assert bot.shard_count == expected and sorted(bot.shards) == list(range(expected))
+        interaction = await imagine(fake_discord, {"prompt": "a red apple", "seed": 1})
+        message = await wait_result(fake_discord, interaction)
+        assert footer_job(message)
+    finally:
+        await bot.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)

@@ -1,0 +1,145 @@
+"""EXECUTOR=ray on a real local Ray cluster (tests/conftest.py ``ray_cluster``): the tiny models
+deployed as Serve replicas (two render replicas), called through the real handles."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.errors import JobCancelled, TooManyJobs
+from pipeline.executor.jobs import ProgressEvent
+from pipeline.synthesis import RenderRequest
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def request(seed: int, steps: int = 4, **kw) -> RenderRequest:
+    return RenderRequest(prompt="a red apple on a wooden table", seed=seed, steps=steps, **kw)
+
+
+async def wait_for(predicate, timeout: float, what: str):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (value := predicate()):
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+    return value
+
+
+async def test_burst_is_batched_across_two_replicas_and_fair(make_settings, ray_overrides, make_ray_executor):
+    from pipeline.executor import deployments
+
+    executor = await make_ray_executor(make_settings(**ray_overrides, MAX_JOBS_PER_USER=8))
+    jobs = [executor.admit(user) for user in ("ann", "bob") for _ in range(6)]
+    extra = [executor.admit("ann"), executor.admit("ann")]
+    with pytest.raises(TooManyJobs):  # caps are decided in the bot process, as locally
+        executor.admit("ann")
+    for job in extra:
+        job.finish()
+    images = await asyncio.gather(*(executor.render(job, request(seed=i)) for i, job in enumerate(jobs)))
+    for i, rendered in enumerate(images):
+        assert isinstance(rendered.image, Image.Image) and rendered.image.size == (64, 64)
+        assert rendered.seed == i and rendered.steps == 4
+    # Serve gathered compatible requests into shared pipeline calls, and both replicas served.
+    assert max(r.batch_size for r in images) > 1
+    where = await asyncio.gather(*(executor._board.where.remote(job.id) for job in jobs))
+    assert len(set(where)) == 2, where
+    # Same seed, same picture (up to float rounding of batched math), whichever replica rendered it.
+    again = await executor.render(jobs[0], request(seed=0))
+    diff = np.abs(np.asarray(again.image, dtype=np.int16) - np.asarray(images[0].image, dtype=np.int16))
+    assert diff.max() <= 2
+    # Incompatible requests (another size) are never batched together with these.
+    job = jobs[1]
+    mixed = await asyncio.gather(
+        executor.render(job, request(seed=1)), executor.render(jobs[2], request(seed=2, width=128, height=64))
+    )
+    assert mixed[0].image.size == (64, 64) and mixed[1].image.size == (128, 64)
+    assert mixed[1].batch_size == 1
+    for j in jobs:
+        j.finish()
+    assert executor.metrics().queue_depth == 0
+    assert deployments.app_name("voxcanvas-tests", "render") == "voxcanvas-tests-render"
+
+
+async def test_progress_and_cancel_reach_the_remote_render(make_settings, ray_overrides, make_ray_executor):
+    executor = await make_ray_executor(make_settings(**ray_overrides))
+    job = executor.admit("carol")
+    events: list[ProgressEvent] = []
+    job.listener = events.append
+    task = asyncio.create_task(executor.render(job, request(seed=5, steps=60)))  # ~3 s of steps
+    await wait_for(lambda: [e for e in events if e.stage == "render" and e.step >= 2], 120, "remote steps")
+    assert all(e.total == 60 for e in events if e.stage == "render" and e.total)
+    job.cancel()
+    with pytest.raises(JobCancelled):
+        await asyncio.wait_for(task, 30)
+    # The replica stopped at its next step: it never reached the last one.
+    steps = await executor._board.snapshot.remote([job.id])
+    assert steps[job.id][0] < 60
+    job.finish("cancelled")
+
+
+async def test_replica_killed_mid_render_is_retried_on_another(
+    make_settings, ray_overrides, make_ray_executor, ray_cluster
+):
+    ray = ray_cluster
+    executor = await make_ray_executor(make_settings(**ray_overrides))
+    job = executor.admit("dave")
+    events: list[ProgressEvent] = []
+    job.listener = events.append
+    task = asyncio.create_task(executor.render(job, request(seed=9, steps=40)))
+    await wait_for(lambda: [e for e in events if e.stage == "render" and e.step >= 2], 120, "remote steps")
+    victim = await executor._board.where.remote(job.id)
+    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=False)
+    rendered = await asyncio.wait_for(task, 120)
+    assert rendered.image.size == (64, 64) and rendered.seed == 9
+    assert executor.retries == 1
+    assert await executor._board.where.remote(job.id) != victim  # finished elsewhere (or on a fresh replica)
+    job.finish()
+
+
+async def test_review_and_transcribe_run_on_their_replicas(make_settings, ray_overrides, make_ray_executor):
+    import numpy as np
+
+    from devkit.voice import make_voice_note
+    from pipeline.audio import decode_audio
+    from pipeline.scene import Scene
+    from tests.pipeline.scenes import scene_data
+
+    executor = await make_ray_executor(make_settings(**ray_overrides))
+    job = executor.admit("erin")
+    rendered = await executor.render(job, request(seed=3))
+    scene = Scene.model_validate(scene_data())
+    reports = await executor.review_many(job, [rendered.image, rendered.image], scene, "a red apple")
+    assert (
+        len(reports) == 2
+        and reports[0].alignment_score == reports[1].alignment_score
+        and 0 <= reports[0].alignment_score <= 100
+    )
+    audio = decode_audio(make_voice_note("Please draw a red apple on a wooden table"), max_seconds=120)
+    assert audio.dtype == np.float32
+    transcript = await executor.transcribe(job, audio)
+    assert "apple" in transcript.text.lower()
+    job.finish()
+
+
+def test_unreachable_cluster_at_start_is_one_line_naming_ray_address():
+    code = (
+        "import asyncio\n"
+        "from pipeline.settings import Settings\n"
+        "from pipeline.executor.ray_serve import RayExecutor, RayUnreachable\n"
+        "s = Settings(EXECUTOR='ray', RAY_ADDRESS='127.0.0.1:1', _env_file=None)\n"
+        "try:\n"
+        "    asyncio.run(RayExecutor(s).start())\n"
+        "except RayUnreachable as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1, out
+    assert "RAY_ADDRESS=127.0.0.1:1" in lines[0] and "cannot be reached" in lines[0]
