@@ -1081,6 +1081,7 @@ def build_tiny_upscaler(directory: Path, seed: int = 0) -> Path:
         max_noise_level=350,
     )
     pipe.save_pretrained(directory)
+    return directory
 
 
 # ================================================================================================
