@@ -231,8 +231,18 @@ def build_sd3(directory: Path, *, t5_from: Path | None = None, seed: int = 0) ->
     return directory
 
 
-def ensure_family_models(cache_dir: Path, *, tiny: bool) -> dict[str, Path]:
-    """The family models by MODELS name: real size (cached, built once) or the test suite's tiny ones."""
+FAMILY_ORDER = ("sdxl", "sdxl-turbo", "flux-schnell", "sd3")  # sd3 links flux-schnell's T5-XXL
+
+
+def family_model_dirs(cache_dir: Path, *, tiny: bool) -> dict[str, Path]:
+    """Where each family model lives (built or not): ``MODELS`` name → directory."""
+    prefix = "tiny-family-" if tiny else "family-"
+    return {name: Path(cache_dir) / f"{prefix}{name}" for name in FAMILY_ORDER}
+
+
+def ensure_family_model(cache_dir: Path, name: str, *, tiny: bool) -> Path:
+    """Build one family model into the cache unless it is there already (real size, or the test
+    suite's tiny one); its directory."""
     cache_dir = Path(cache_dir)
     if tiny:
         makers = {
@@ -241,30 +251,23 @@ def ensure_family_models(cache_dir: Path, *, tiny: bool) -> dict[str, Path]:
             "sd3": builders.build_tiny_sd3,
             "flux-schnell": builders.build_tiny_flux,
         }
-        prefix = "tiny-family-"
     else:
         makers = {
             "sdxl": build_sdxl,
             "sdxl-turbo": lambda d: build_sdxl(d, turbo=True),
             "flux-schnell": build_flux,
-            "sd3": lambda d: build_sd3(d, t5_from=cache_dir / "family-flux-schnell"),
+            "sd3": lambda d: build_sd3(d, t5_from=ensure_family_model(cache_dir, "flux-schnell", tiny=False)),
         }
-        prefix = "family-"
-    out: dict[str, Path] = {}
-    for name, maker in makers.items():
-        directory = cache_dir / f"{prefix}{name}"
-        marker = directory / "voxcanvas-bench.json"
-        if not (marker.exists() and json.loads(marker.read_text()).get("version") == BUILD_VERSION):
-            if directory.exists():
-                import shutil
+    directory = family_model_dirs(cache_dir, tiny=tiny)[name]
+    marker = directory / "voxcanvas-bench.json"
+    if not (marker.exists() and json.loads(marker.read_text()).get("version") == BUILD_VERSION):
+        if directory.exists():
+            import shutil
 
-                shutil.rmtree(directory)
-            started = time.perf_counter()
-            maker(directory)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            marker.write_text(
-                json.dumps({"version": BUILD_VERSION, "build_s": round(time.perf_counter() - started, 1)})
-            )
-        out[name] = directory
-    return out
+            shutil.rmtree(directory)
+        started = time.perf_counter()
+        makers[name](directory)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        marker.write_text(json.dumps({"version": BUILD_VERSION, "build_s": round(time.perf_counter() - started, 1)}))
+    return directory

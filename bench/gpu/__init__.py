@@ -115,10 +115,12 @@ async def run(args, results: dict, *, path: Path, save: Callable[[], None]) -> N
             results["tables"] = prior.get("tables", [])
             results["notes"] = prior.get("notes", [])
     started = time.perf_counter()
+    base_models = any(name != "families" for name in sections)  # families builds and loads its own
+    models: dict[str, Path] = {}
     if args.models == "tiny":
-        models = ensure_tiny_models(Path(args.cache))
+        models = ensure_tiny_models(Path(args.cache)) if base_models else {}
         plan = replace(plan, size=64)
-    else:
+    elif base_models:
         models = ensure_real_models(Path(args.cache))
     build_s = time.perf_counter() - started
     results["settings"] = {
@@ -138,7 +140,8 @@ async def run(args, results: dict, *, path: Path, save: Callable[[], None]) -> N
     save()
     with tempfile.TemporaryDirectory(prefix="voxcanvas-bench-gpu-") as tmp:
         bench = GpuBench(args, results, save, plan, models, Path(tmp))
-        await bench.start()
+        if base_models:
+            await bench.start()
         save()
         try:
             for name in sections:

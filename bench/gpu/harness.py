@@ -152,9 +152,6 @@ class GpuBench:
         )
         values: dict[str, Any] = dict(
             defaults,
-            DIFFUSION_MODEL=str(self.models["sd15"]),
-            WHISPER_MODEL=str(self.models["whisper-large-v3-turbo"]),
-            CLIP_MODEL=str(self.models["clip-vit-large-patch14"]),
             DEVICE="auto",
             WIDTH=self.plan.size,
             HEIGHT=self.plan.size,
@@ -168,6 +165,13 @@ class GpuBench:
             RETENTION_DAYS=0,
             LOG_LEVEL="WARNING",
         )
+        for setting, model in (
+            ("DIFFUSION_MODEL", "sd15"),
+            ("WHISPER_MODEL", "whisper-large-v3-turbo"),
+            ("CLIP_MODEL", "clip-vit-large-patch14"),
+        ):
+            if model in self.models:  # a families-only run builds none of the base models
+                values[setting] = str(self.models[model])
         values.update(overrides)
         return Settings(_env_file=None, **values)
 
