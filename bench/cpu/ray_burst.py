@@ -6,8 +6,9 @@
   (1 replica) and through the local executor, same models and requests (median difference).
 
 Starts its own local Ray cluster (127.0.0.1, CPU only) and stops it. Results go to
-``bench/results/ray-cpu-<date>.json``. On a GPU machine, the same script with ``--device cuda``
-compares replicas sharing one GPU (``RAY_RENDER_GPUS=0.5``) against one.
+``bench/results/ray-cpu-<date>.json``. On a GPU machine, ``--device cuda --model real --size 512
+--steps 25`` renders SD 1.5's real-size architecture (random weights, :mod:`bench.models`) and compares
+two replicas sharing one GPU (``RAY_RENDER_GPUS=0.5`` each) against one.
 """
 
 from __future__ import annotations
@@ -67,14 +68,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.settings import Settings
 
     work = Path(tempfile.mkdtemp(prefix="ray-bench-"))
-    sd = builders.build_tiny_stable_diffusion(work / "tiny-sd")
+    if args.model == "real":
+        from ..models import ensure_real_models
+
+        sd = ensure_real_models(args.cache, names=("sd15",))["sd15"]
+    else:
+        sd = builders.build_tiny_stable_diffusion(work / "tiny-sd")
+    gpus = {"RAY_RENDER_GPUS": 0.5} if args.device == "cuda" else {}  # two replicas fit on one GPU
     base = dict(
         DIFFUSION_MODEL=str(sd), DEVICE=args.device, WIDTH=args.size, HEIGHT=args.size, GEMINI_API_KEY="",
         DATA_DIR=work / "data", MAX_JOBS_PER_USER=1000, MAX_QUEUE=1000, EXECUTOR="ray", RAY_ADDRESS="auto",
-        _env_file=None,
+        _env_file=None, **gpus,
     )  # fmt: skip
     ray.init(num_cpus=16, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
-    out: dict[str, Any] = {"machine": args.machine, "jobs": args.jobs, "steps": args.steps, "size": args.size}
+    out: dict[str, Any] = {"machine": args.machine, "jobs": args.jobs, "steps": args.steps, "size": args.size,
+                           "model": "SD 1.5 architecture, random weights" if args.model == "real" else "tiny SD",
+                           **{k.lower(): v for k, v in gpus.items()}}  # fmt: skip
     try:
         for replicas in (1, 2):
             settings = Settings(**base, RAY_NAMESPACE=f"bench-{replicas}", RAY_MIN_REPLICAS=replicas,
@@ -117,10 +126,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--machine", default="2-core CPU sandbox (shared)")
+    parser.add_argument("--model", choices=("tiny", "real"), default="tiny")
+    parser.add_argument("--cache", type=Path, default=RESULTS.parents[1] / ".cache" / "bench-models")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     out = asyncio.run(run(args))
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"ray-{args.device}-{datetime.date.today().isoformat()}.json"
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"ray-{args.device}-{datetime.date.today().isoformat()}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
     print(f"→ {path}")
