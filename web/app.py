@@ -247,6 +247,16 @@ async def own_job(job_id: str, user: User, request: Request) -> JobRecord:
 OwnJob = Annotated[JobRecord, Depends(own_job)]
 
 
+def kept_flagged(record: JobRecord) -> bool:
+    """The job's pictures were kept as rendered although the safety checker flagged one of them."""
+    if not record.result_json:
+        return False
+    try:
+        return bool(json.loads(record.result_json).get("flagged_kept"))
+    except (ValueError, AttributeError):
+        return True  # unreadable: refuse rather than guess
+
+
 # --- the app ------------------------------------------------------------------------------------
 def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] | None = None) -> FastAPI:
     """The FastAPI app serving ``api``. ``base_url`` gives the absolute URL prefix (PUBLIC_URL, or
@@ -578,14 +588,29 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
             yield ServerSentEvent(event=event.name, id=str(event.seq), data=data)
 
     async def result_file(
-        record: JobRecord, read: Callable[[str], Awaitable[bytes]], media_type: str = "image/png"
+        record: JobRecord,
+        read: Callable[[str], Awaitable[bytes]],
+        media_type: str = "image/png",
+        *,
+        picture: bool = True,
     ) -> Response:
+        """``read``'s bytes for a finished job. A picture kept as rendered although the safety checker
+        flagged it (for a spoiler in an age-restricted Discord channel) is never served here: 451.
+        API jobs always black flagged pictures out, and API keys only reach their own jobs, so this
+        guards the rule rather than a path a client can take today."""
         music = media_type.startswith("audio/")
         if record.state != "done":
             raise ApiError(409, "That job isn't finished yet.", job_id=record.id)
         if music != record.is_music:
             what = "a piece of music, not a picture" if record.is_music else "a picture, not music"
             raise ApiError(404, f"That job made {what}.", job_id=record.id)
+        if picture and kept_flagged(record):
+            raise ApiError(
+                451,
+                "The safety checker flagged this picture: it is shown only behind a spoiler in an "
+                "age-restricted Discord channel, never over the API.",
+                job_id=record.id,
+            )
         try:
             data = await read(record.id)
         except (VoxCanvasError, StoreError) as exc:
@@ -620,21 +645,21 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
 
     @app.get("/api/jobs/{job_id}/palette.png", response_class=Response, responses=png, tags=["jobs"])
     async def job_palette(record: OwnJob) -> Response:
-        return await result_file(record, store.read_palette)
+        return await result_file(record, store.read_palette, picture=False)  # colours only
 
     @app.get(
         "/api/jobs/{job_id}/music.ogg", response_class=Response, responses=media("audio/ogg", "OGG/Opus"), tags=["jobs"]
     )
     async def job_music(record: OwnJob) -> Response:
         """A music job's piece as OGG/Opus (48 kHz; what Discord plays)."""
-        return await result_file(record, store.read_music, "audio/ogg")
+        return await result_file(record, store.read_music, "audio/ogg", picture=False)
 
     @app.get(
         "/api/jobs/{job_id}/music.wav", response_class=Response, responses=media("audio/wav", "WAV"), tags=["jobs"]
     )
     async def job_music_wav(record: OwnJob) -> Response:
         """A music job's piece as WAV (the model's 32 kHz, mono, 16-bit PCM; lossless)."""
-        return await result_file(record, store.read_music_wav, "audio/wav")
+        return await result_file(record, store.read_music_wav, "audio/wav", picture=False)
 
     async def follow_up(
         record: JobRecord, user: int, kind: Literal["regenerate", "vary", "soundtrack"], seconds: float | None = None

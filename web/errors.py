@@ -111,6 +111,7 @@ ERROR_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
         (415, "Not audio / not an image this server reads"),
         (422, "Invalid options, silent or too long audio, no words heard"),
         (429, "This key already has the maximum number of jobs in progress (see Retry-After)"),
+        (451, "The safety checker flagged this picture; it is shown only behind a spoiler in Discord"),
         (503, "The queue is full, the server is restarting, or a model is unavailable (see Retry-After)"),
     )
 }
