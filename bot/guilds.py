@@ -15,12 +15,15 @@ import logging
 from dataclasses import replace
 from typing import Final, Literal
 
+from babel.dates import format_date, format_timedelta
 from pydantic import BaseModel, Field, ValidationError
 
 from pipeline.errors import BadRequest, TooManyJobs
 from pipeline.moderation import MAX_GUILD_RULES
 from pipeline.studio import Idea
 
+from . import i18n
+from .i18n import _
 from .store import JobStore
 
 log = logging.getLogger(__name__)
@@ -93,24 +96,48 @@ def next_reset(now: dt.datetime | None = None) -> dt.datetime:
 
 
 def _span(seconds: float) -> str:
+    """A wait in words in the language at hand (Babel): "5 hours 23 minutes", "5時間 23分"."""
     seconds = max(1, int(seconds + 0.999))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours} h {minutes:02d} min"
-    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+    parts = [(hours, 3600), (minutes, 60)] if hours else [(minutes, 60), (secs, 1)] if minutes else [(secs, 1)]
+    language = i18n.current()
+    return " ".join(
+        format_timedelta(dt.timedelta(seconds=n * unit), threshold=1, format="long", locale=language)
+        for n, unit in parts
+        if n
+    )
 
 
 def quota_message(scope: str, value: float, now: dt.datetime | None = None) -> str:
+    """Why a job is refused for a quota or a cooldown, and when it can run, in the language at hand."""
     now = now or dt.datetime.now(dt.UTC)
     if scope == "cooldown":
-        return f"Easy there — this server has a cooldown between pictures. Try again in {_span(value)}."
+        return _("Easy there — this server has a cooldown between pictures. Try again in {wait}.").format(
+            wait=_span(value)
+        )
     reset = next_reset(now)
-    whose = "your daily limit" if scope == "user" else "this server's daily limit per member"
-    return (
-        f"You've used {whose} of {int(value)} picture{'s' if int(value) != 1 else ''}. It resets at "
-        f"00:00 UTC ({reset:%Y-%m-%d}), in {_span((reset - now).total_seconds())}."
-    )
+    count = int(value)
+    if scope == "user":
+        text = (
+            _("You've used your daily limit of 1 picture. It resets at 00:00 UTC ({date}), in {wait}.")
+            if count == 1
+            else _("You've used your daily limit of {count} pictures. It resets at 00:00 UTC ({date}), in {wait}.")
+        )
+    else:
+        text = (
+            _(
+                "You've used this server's daily limit per member of 1 picture. "
+                "It resets at 00:00 UTC ({date}), in {wait}."
+            )
+            if count == 1
+            else _(
+                "You've used this server's daily limit per member of {count} pictures. "
+                "It resets at 00:00 UTC ({date}), in {wait}."
+            )
+        )
+    date = format_date(reset.date(), format="medium", locale=i18n.current())
+    return text.format(count=count, date=date, wait=_span((reset - now).total_seconds()))
 
 
 class Guilds:

@@ -125,17 +125,17 @@ class RemixModal(discord.ui.Modal):
     and seed, prefilled; submitting starts a new job with the edited text."""
 
     def __init__(self, job_id: str, *, prompt: str, negative_prompt: str, style: str, seed: int) -> None:
-        super().__init__(title="Remix", custom_id=f"voxcanvas:remix-modal:{job_id}", timeout=15 * 60)
+        super().__init__(title=_("Remix"), custom_id=f"voxcanvas:remix-modal:{job_id}", timeout=15 * 60)
         self.job_id = job_id
         self.prompt: discord.ui.TextInput[RemixModal] = discord.ui.TextInput(
-            label="Prompt",
+            label=_("Prompt"),
             style=discord.TextStyle.paragraph,
             default=prompt[: limits.MAX_PROMPT_CHARS],
             max_length=min(4000, limits.MAX_PROMPT_CHARS),
             custom_id="prompt",
         )
         self.negative: discord.ui.TextInput[RemixModal] = discord.ui.TextInput(
-            label="Negative prompt",
+            label=_("Negative prompt"),
             style=discord.TextStyle.paragraph,
             default=negative_prompt[: limits.MAX_NEGATIVE_PROMPT_CHARS] or None,
             required=False,
@@ -143,10 +143,10 @@ class RemixModal(discord.ui.Modal):
             custom_id="negative",
         )
         self.style: discord.ui.TextInput[RemixModal] = discord.ui.TextInput(
-            label="Style", default=style or None, required=False, max_length=40, custom_id="style"
+            label=_("Style"), default=style or None, required=False, max_length=40, custom_id="style"
         )
         self.seed: discord.ui.TextInput[RemixModal] = discord.ui.TextInput(
-            label="Seed", default=str(seed), required=False, max_length=10, custom_id="seed"
+            label=_("Seed"), default=str(seed), required=False, max_length=10, custom_id="seed"
         )
         for item in (self.prompt, self.negative, self.style, self.seed):
             self.add_item(item)
@@ -170,7 +170,7 @@ class SuggestionButton(discord.ui.DynamicItem[Button], template=r"voxcanvas:sugg
     def __init__(self, number: int) -> None:
         super().__init__(
             discord.ui.Button(
-                label=f"Imagine {number}",
+                label=_("Imagine {number}").format(number=number),
                 emoji="🎨",
                 style=discord.ButtonStyle.primary,
                 custom_id=f"voxcanvas:suggest:{number}",

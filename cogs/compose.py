@@ -10,6 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.i18n import _
 from pipeline import limits
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ class Compose(commands.Cog):
     ) -> None:
         if not description.strip():
             await interaction.response.send_message(
-                "🚫 The description is empty — tell me what the music should sound like.", ephemeral=True
+                _("🚫 The description is empty — tell me what the music should sound like."), ephemeral=True
             )
             return
         length = float(seconds) if seconds is not None else self.bot.settings.MUSIC_SECONDS

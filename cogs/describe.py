@@ -12,6 +12,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.i18n import N_, _
 from bot.runner import download_init_image
 from bot.views import suggestion_view
 from cogs.imagine import _image_problem
@@ -26,19 +27,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PALETTE_NAME = "palette.png"
-NO_IMAGE = "🚫 That message has no PNG, JPEG or WebP image to describe."
+NO_IMAGE = N_("🚫 That message has no PNG, JPEG or WebP image to describe.")
 
 
 def describe_embed(described: Described) -> discord.Embed:
     """The suggestions, numbered (the Imagine buttons read them back from here), and the palette."""
-    embed = discord.Embed(title="Prompts for this picture", colour=0x5865F2)
+    embed = discord.Embed(title=_("Prompts for this picture"), colour=0x5865F2)
     for number, prompt in enumerate(described.prompts, start=1):
         embed.add_field(name=str(number), value=prompt[:1024], inline=False)
-    embed.add_field(name="Palette", value=" ".join(f"`{c}`" for c in described.palette), inline=False)
-    source = "Gemini" if described.source == "gemini" else "the local captioner"
+    embed.add_field(name=_("Palette"), value=" ".join(f"`{c}`" for c in described.palette), inline=False)
+    source = "Gemini" if described.source == "gemini" else _("the local captioner")
     if described.fallback:
-        source += " (Gemini was unavailable)"
-    embed.set_footer(text=f"Described by {source}")
+        source += _(" (Gemini was unavailable)")
+    embed.set_footer(text=_("Described by {source}").format(source=source))
     embed.set_image(url=f"attachment://{PALETTE_NAME}")
     return embed
 
@@ -65,25 +66,25 @@ class Describe(commands.Cog):
     async def describe_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
         image = next((a for a in message.attachments if _image_problem(a) is None), None)
         if image is None:
-            await interaction.response.send_message(NO_IMAGE, ephemeral=True)
+            await interaction.response.send_message(_(NO_IMAGE), ephemeral=True)
             return
         await self._describe(interaction, image, limits.MAX_CANDIDATES)
 
     async def _describe(self, interaction: discord.Interaction, image: discord.Attachment, count: int) -> None:
         problem = _image_problem(image)  # from the metadata: nothing downloaded yet
         if problem:
-            await interaction.response.send_message(f"🚫 {problem}", ephemeral=True)
+            await interaction.response.send_message("🚫 " + _(problem), ephemeral=True)
             return
         await interaction.response.defer(thinking=True)
         try:
             data = await download_init_image(image)
             described = await self.bot.studio.describe(data, count)
         except VoxCanvasError as exc:
-            await interaction.edit_original_response(content=f"⚠️ {exc.user_message}")
+            await interaction.edit_original_response(content="⚠️ " + _(exc.user_message))
             return
         except Exception:
             log.exception("describing attachment %s failed", image.id)
-            await interaction.edit_original_response(content="😵 Sorry — I couldn't describe that image.")
+            await interaction.edit_original_response(content=_("😵 Sorry — I couldn't describe that image."))
             return
         swatch = discord.File(io.BytesIO(swatch_png(described.palette)), filename=PALETTE_NAME)
         await interaction.edit_original_response(

@@ -87,27 +87,30 @@ class Imagine(commands.Cog):
         for attachment in (image, control_image):
             problem = _image_problem(attachment) if attachment is not None else None  # metadata only
             if problem:
-                await interaction.response.send_message(f"🚫 {problem}", ephemeral=True)
+                await interaction.response.send_message("🚫 " + _(problem), ephemeral=True)
                 return
         try:
             style = check_style(style)  # a typed name that is no style: said now, privately
         except BadRequest as exc:
-            await interaction.response.send_message(f"🚫 {exc.user_message}", ephemeral=True)
+            await interaction.response.send_message("🚫 " + _(exc.user_message), ephemeral=True)
             return
         problem = _control_problem(self.bot.settings.CONTROLNET_MODELS, control, control_image or image)
         if problem:
-            await interaction.response.send_message(f"🚫 {problem}", ephemeral=True)
+            await interaction.response.send_message("🚫 " + _(problem), ephemeral=True)
             return
         settings = self.bot.settings
         if model is not None and model not in model_names(settings):
             names = ", ".join(model_names(settings))
             await interaction.response.send_message(
-                f"🚫 There is no model called {model!r}. Try: {names}.", ephemeral=True
+                _("🚫 There is no model called {model}. Try: {names}.").format(model=repr(model), names=names),
+                ephemeral=True,
             )
             return
         if lora is not None and lora not in lora_names(settings.LORA_DIR):
-            names = ", ".join(lora_names(settings.LORA_DIR)) or "none are set up"
-            await interaction.response.send_message(f"🚫 There is no LoRA called {lora!r} ({names}).", ephemeral=True)
+            names = ", ".join(lora_names(settings.LORA_DIR)) or _("none are set up")
+            await interaction.response.send_message(
+                _("🚫 There is no LoRA called {lora} ({names}).").format(lora=repr(lora), names=names), ephemeral=True
+            )
             return
         idea = Idea(
             text=prompt,
@@ -160,15 +163,15 @@ class Imagine(commands.Cog):
         for job in jobs:
             pos = job.position()
             if pos is None:
-                lines.append(f"• `{job.id}` — {job.stage} (running)")
+                lines.append(_("• `{job}` — {stage} (running)").format(job=job.id, stage=job.stage))
             else:
                 eta = job.eta_s()
-                lines.append(f"• `{job.id}` — position {pos}" + (f", about {max(1, round(eta))} s" if eta else ""))
-        head = (
-            f"Queue: {metrics.queue_depth} waiting, {metrics.running_jobs} running · "
-            f"limit {self.bot.settings.MAX_JOBS_PER_USER} per person"
+                line = _("• `{job}` — position {position}").format(job=job.id, position=pos)
+                lines.append(line + (_(", about {seconds} s").format(seconds=max(1, round(eta))) if eta else ""))
+        head = _("Queue: {waiting} waiting, {running} running · limit {limit} per person").format(
+            waiting=metrics.queue_depth, running=metrics.running_jobs, limit=self.bot.settings.MAX_JOBS_PER_USER
         )
-        body = "\n".join(lines) if lines else "You have nothing in progress. Try /imagine or send a voice note!"
+        body = "\n".join(lines) if lines else _("You have nothing in progress. Try /imagine or send a voice note!")
         await interaction.response.send_message(f"{head}\n{body}", ephemeral=True)
 
     @app_commands.command(name="history", description="Your recent pictures")
@@ -177,22 +180,21 @@ class Imagine(commands.Cog):
         records = await self.bot.store.history(interaction.user.id, limit=count)
         if not records:
             await interaction.response.send_message(
-                "No pictures yet — try /imagine or send a voice note!", ephemeral=True
+                _("No pictures yet — try /imagine or send a voice note!"), ephemeral=True
             )
             return
         lines = []
+        open_label = _("open")
         for r in records:
             when = f"<t:{int(r.created_at)}:R>"  # the store keeps UTC epoch seconds
-            title = (r.title or r.idea.get("text") or "untitled")[:80]
+            title = (r.title or r.idea.get("text") or _("untitled"))[:80]
             score = f"{r.score}/100" if r.score is not None else r.state
             link = ""
             if r.delivered_message_id and r.delivered_channel_id:
                 guild = r.guild_id or "@me"
-                link = (
-                    f" · [open](https://discord.com/channels/{guild}/{r.delivered_channel_id}/{r.delivered_message_id})"
-                )
+                link = f" · [{open_label}](https://discord.com/channels/{guild}/{r.delivered_channel_id}/{r.delivered_message_id})"
             lines.append(f"• **{title}** — {score} · {when} · `{r.id}`{link}")
-        lines.append("Delete one with `/forget job:<id>`.")
+        lines.append(_("Delete one with `/forget job:<id>`."))
         await interaction.response.send_message("\n".join(lines)[:1990], ephemeral=True)
 
     @app_commands.command(name="forget", description="Delete one of your pictures from my history (record and images)")
@@ -203,7 +205,7 @@ class Imagine(commands.Cog):
         record = await self.bot.store.get(job_id)
         deleted = await self.bot.store.delete(job_id, user_id=interaction.user.id)
         if deleted:
-            text = f"🗑️ Deleted `{job_id}` — its record, images and post are gone."
+            text = _("🗑️ Deleted `{job}` — its record, images and post are gone.").format(job=job_id)
             if record is not None and record.delivered_message_id and record.delivered_channel_id:
                 post = self.bot.get_partial_messageable(record.delivered_channel_id).get_partial_message(
                     record.delivered_message_id
@@ -214,9 +216,11 @@ class Imagine(commands.Cog):
                     pass
                 except discord.HTTPException as exc:
                     log.info("job %s: could not delete its post: %s", job_id, exc)
-                    text = f"🗑️ Deleted `{job_id}` — its record and images are gone (I couldn't remove the post)."
+                    text = _("🗑️ Deleted `{job}` — its record and images are gone (I couldn't remove the post).").format(
+                        job=job_id
+                    )
         else:
-            text = f"I couldn't find a picture `{job_id}` of yours."
+            text = _("I couldn't find a picture `{job}` of yours.").format(job=job_id)
         await interaction.followup.send(text, ephemeral=True)
 
 
@@ -226,17 +230,19 @@ def _control_problem(models: str, control: app_commands.Choice[str] | None, sour
         return None
     configured = {mode for _, mode in controls.parse_controlnet_models(models)}
     if control.value not in configured:
-        offered = ", ".join(sorted(configured)) or "none are set up"
-        return f"There is no {control.value} control here ({offered})."
+        offered = ", ".join(sorted(configured)) or _("none are set up")
+        return _("There is no {mode} control here ({offered}).").format(mode=control.value, offered=offered)
     if control.value in controls.IMAGE_MODES and source is None:
-        return f"The {control.value} control needs an image: attach one as control_image (or image)."
+        return _("The {mode} control needs an image: attach one as control_image (or image).").format(
+            mode=control.value
+        )
     return None
 
 
 def _image_problem(image: discord.Attachment) -> str | None:
     content_type = (image.content_type or "").split(";")[0].strip().lower()
     if content_type not in IMAGE_TYPES:
-        return "The attachment must be a PNG, JPEG or WebP image."
+        return _("The attachment must be a PNG, JPEG or WebP image.")
     try:
         check_image_bytes(image.size)
     except BadRequest as exc:

@@ -30,14 +30,16 @@ LANGUAGE_CHOICES = [app_commands.Choice(name=name, value=code) for code, name in
 
 
 def describe(prefs: Preferences) -> str:
+    _ = i18n._
+    language = LANGUAGES.get(prefs.language or "") or _("— (your Discord language)")
     return "\n".join(
         [
-            "**Your VoxCanvas preferences**",
-            f"• Style: {prefs.style or '— (picked from your words)'}",
-            f"• Aspect: {prefs.aspect or '— (the model’s native frame)'}",
-            f"• Candidates: {prefs.candidates or '—'}",
-            f"• Private replies: {'on' if prefs.private else 'off'}",
-            f"• Language of replies: {LANGUAGES.get(prefs.language or '', '— (your Discord language)')}",
+            _("**Your VoxCanvas preferences**"),
+            _("• Style: {style}").format(style=prefs.style or _("— (picked from your words)")),
+            _("• Aspect: {aspect}").format(aspect=prefs.aspect or _("— (the model’s native frame)")),
+            _("• Candidates: {candidates}").format(candidates=prefs.candidates or "—"),
+            _("• Private replies: {state}").format(state=_("on") if prefs.private else _("off")),
+            _("• Language of replies: {language}").format(language=language),
         ]
     )
 
@@ -79,13 +81,16 @@ class UserPreferences(commands.GroupCog, group_name="preferences", group_descrip
         if language is not None:
             changes["language"] = language.value
         prefs = await guilds.set_preferences(interaction.user.id, prefs.model_copy(update=changes))
-        await interaction.followup.send("✅ Saved.\n" + describe(prefs), ephemeral=True)
+        if language is not None:
+            i18n.use(language.value)  # answered in the language just chosen
+        await interaction.followup.send(i18n._("✅ Saved.") + "\n" + describe(prefs), ephemeral=True)
 
     @app_commands.command(name="clear", description="Forget all your preferences")
     async def clear(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         prefs = await self.bot.runner.guilds.set_preferences(interaction.user.id, Preferences())
-        await interaction.followup.send("✅ Cleared.\n" + describe(prefs), ephemeral=True)
+        i18n.use(interaction.locale)  # no preference any more: the Discord client's language
+        await interaction.followup.send(i18n._("✅ Cleared.") + "\n" + describe(prefs), ephemeral=True)
 
 
 async def setup(bot: VoxCanvasBot) -> None:

@@ -17,6 +17,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.guilds import GuildConfig, utc_day
+from bot.i18n import _
 from pipeline.moderation import MAX_GUILD_RULES, BadRule, guild_rule
 from pipeline.registry import model_names
 from pipeline.styles import STYLES
@@ -44,19 +45,23 @@ def _admin_only(interaction: discord.Interaction) -> bool:
 
 
 def describe(config: GuildConfig) -> str:
-    channels = ", ".join(f"<#{c}>" for c in config.allowed_channels) or "all channels"
-    blocklist = f"{len(config.blocklist)} entr{'y' if len(config.blocklist) == 1 else 'ies'}"
+    channels = ", ".join(f"<#{c}>" for c in config.allowed_channels) or _("all channels")
+    nsfw = _("spoiler in age-restricted channels") if config.nsfw == "spoiler" else _("withhold")
+    modlog = f"<#{config.modlog_channel}>" if config.modlog_channel else _("off")
     return "\n".join(
         [
-            "**This server's VoxCanvas settings**",
-            f"• Channels: {channels}",
-            f"• Voice notes: {'on' if config.voice_notes else 'off'}",
-            f"• Default style: {config.style or '—'} · model: {config.model or '—'} · "
-            f"candidates: {config.candidates or '—'}",
-            f"• Daily quota per member: {config.daily_quota or 'no limit'} · cooldown: {config.cooldown_s} s",
-            f"• NSFW: {'spoiler in age-restricted channels' if config.nsfw == 'spoiler' else 'withhold'}",
-            f"• Blocklist additions: {blocklist} (plus the default list)",
-            f"• Moderation log: {f'<#{config.modlog_channel}>' if config.modlog_channel else 'off'}",
+            _("**This server's VoxCanvas settings**"),
+            _("• Channels: {channels}").format(channels=channels),
+            _("• Voice notes: {state}").format(state=_("on") if config.voice_notes else _("off")),
+            _("• Default style: {style} · model: {model} · candidates: {candidates}").format(
+                style=config.style or "—", model=config.model or "—", candidates=config.candidates or "—"
+            ),
+            _("• Daily quota per member: {quota} · cooldown: {cooldown} s").format(
+                quota=config.daily_quota or _("no limit"), cooldown=config.cooldown_s
+            ),
+            _("• NSFW: {policy}").format(policy=nsfw),
+            _("• Blocklist additions: {count} (plus the default list)").format(count=len(config.blocklist)),
+            _("• Moderation log: {channel}").format(channel=modlog),
         ]
     )
 
@@ -78,7 +83,7 @@ class ServerSettings(commands.GroupCog, group_name="settings", group_description
         config = (await guilds.get(interaction.guild.id)).model_copy(update=changes)
         config = await guilds.update(interaction.guild.id, config, by=interaction.user.id)
         log.info("server %d: settings changed by %d: %s", interaction.guild.id, interaction.user.id, sorted(changes))
-        await interaction.followup.send("✅ Saved.\n" + describe(config), ephemeral=True)
+        await interaction.followup.send(_("✅ Saved.") + "\n" + describe(config), ephemeral=True)
 
     async def _config(self, interaction: discord.Interaction) -> GuildConfig:
         assert interaction.guild is not None
@@ -102,7 +107,7 @@ class ServerSettings(commands.GroupCog, group_name="settings", group_description
         if action.value == "all":
             allowed = []
         elif channel is None:
-            await interaction.response.send_message("🚫 Pick the channel to add or remove.", ephemeral=True)
+            await interaction.response.send_message(_("🚫 Pick the channel to add or remove."), ephemeral=True)
             return
         elif action.value == "add" and channel.id not in allowed:
             allowed.append(channel.id)
@@ -125,7 +130,9 @@ class ServerSettings(commands.GroupCog, group_name="settings", group_description
     ) -> None:
         if model is not None and model not in model_names(self.bot.settings):
             known = ", ".join(model_names(self.bot.settings))
-            await interaction.response.send_message(f"🚫 Unknown model. Known: {known}", ephemeral=True)
+            await interaction.response.send_message(
+                _("🚫 Unknown model. Known: {known}").format(known=known), ephemeral=True
+            )
             return
         await self._change(interaction, style=style.value if style else None, model=model, candidates=candidates)
 
@@ -157,7 +164,7 @@ class ServerSettings(commands.GroupCog, group_name="settings", group_description
         if action.value == "clear":
             entries = []
         elif entry is None:
-            await interaction.response.send_message("🚫 Give the entry to add or remove.", ephemeral=True)
+            await interaction.response.send_message(_("🚫 Give the entry to add or remove."), ephemeral=True)
             return
         elif action.value == "add":
             try:
@@ -166,7 +173,9 @@ class ServerSettings(commands.GroupCog, group_name="settings", group_description
                 await interaction.response.send_message(f"🚫 {exc}", ephemeral=True)
                 return
             if len(entries) >= MAX_GUILD_RULES:
-                await interaction.response.send_message(f"🚫 At most {MAX_GUILD_RULES} entries.", ephemeral=True)
+                await interaction.response.send_message(
+                    _("🚫 At most {count} entries.").format(count=MAX_GUILD_RULES), ephemeral=True
+                )
                 return
             if entry.strip() not in entries:
                 entries.append(entry.strip())
@@ -196,8 +205,10 @@ class Stats(commands.Cog):
         rate = f"{corrected / done:.0%}" if done else "—"
         score = f"{average:.0f}/100" if average is not None else "—"
         await interaction.followup.send(
-            f"**Today (UTC) in this server**\n• Jobs: {jobs} ({done} finished, {admitted} admitted)\n"
-            f"• Average score: {score}\n• Correction rate: {rate}",
+            _(
+                "**Today (UTC) in this server**\n• Jobs: {jobs} ({done} finished, {admitted} admitted)\n"
+                "• Average score: {score}\n• Correction rate: {rate}"
+            ).format(jobs=jobs, done=done, admitted=admitted, score=score, rate=rate),
             ephemeral=True,
         )
 

@@ -34,6 +34,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bot.api_jobs import ApiJobs, api_user_id
+from bot.i18n import _
 from bot.ops import CONTENT_TYPE as OPS_CONTENT_TYPE
 from bot.ops import Ops
 from bot.runner import JobRequest
@@ -48,6 +49,7 @@ from pipeline.styles import STYLES, check_style
 from pipeline.tags import tags_for
 
 from .errors import ERROR_RESPONSES, ApiError, ErrorBody, api_error
+from .language import LanguageMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +220,7 @@ async def caller(request: Request) -> int:
     if not keys:
         return api_user_id(None)
     header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+    scheme, _space, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(
             401, "Send your API key as 'Authorization: Bearer <key>'.", headers={"WWW-Authenticate": "Bearer"}
@@ -270,6 +272,7 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
         max_body_size=JSON_BODY_BYTES,
         responses=ERROR_RESPONSES,
     )
+    app.add_middleware(LanguageMiddleware)  # Accept-Language → the language of messages (web/language.py)
     keys = [key.get_secret_value().encode() for key in settings.API_KEYS]
     app.state.keys = keys
     app.state.api = api
@@ -283,14 +286,16 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
     # --- errors: one place --------------------------------------------------------------------
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        body = ErrorBody(message=exc.message, job_id=exc.job_id, detail=exc.problems)
+        body = ErrorBody(message=_(exc.message), job_id=exc.job_id, detail=exc.problems)
         return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = {413: "The request body is too large."}.get(exc.status_code, str(exc.detail))
         return JSONResponse(
-            ErrorBody(message=message).model_dump(), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+            ErrorBody(message=_(message)).model_dump(),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
         )
 
     @app.exception_handler(RequestValidationError)
@@ -377,7 +382,7 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
             position=position,
             eta_s=round(eta, 1) if eta is not None else None,
             stage=events.latest_stage if record.active else None,
-            error=record.error if record.state in ("failed", "cancelled") else None,
+            error=_(record.error) if record.error and record.state in ("failed", "cancelled") else None,
             created_at=record.created_at,
             finished_at=record.finished_at,
             result=result,
@@ -464,7 +469,7 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
     async def image_from_prompt(body: PromptRequest, user: User) -> Generation:
         """A text prompt → a picture (through the director, renderer and critic). Waits for it."""
         options = validated(JobOptions, {"text": body.prompt, **body.model_dump(exclude={"prompt"})})
-        record, _ = await finished_picture(await submit(user, JobRequest("text", options.idea())))
+        record, _data = await finished_picture(await submit(user, JobRequest("text", options.idea())))
         return Generation(generation_id=record.id, file_path=url(f"/api/jobs/{record.id}/image.png"))
 
     @app.post(
@@ -484,7 +489,7 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
         options = validated(
             JobOptions, {"text": fields.get("prompt") or DEFAULT_IMAGE_PROMPT, **pick(fields, "strength")}
         )
-        record, _ = await finished_picture(await submit(user, JobRequest("text", options.idea(init_image=image))))
+        record, _data = await finished_picture(await submit(user, JobRequest("text", options.idea(init_image=image))))
         return Generation(generation_id=record.id, file_path=url(f"/api/jobs/{record.id}/image.png"))
 
     @app.post("/generate/tags", response_model=TagsResponse, tags=["source designs"])
@@ -500,7 +505,7 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
         """A description → music (MusicGen), ``seconds`` long (MUSIC_SECONDS without it): an id and
         the absolute URL of the WAV (32 kHz mono, 16-bit). Waits for it."""
         idea = Idea(text=body.description, seconds=body.seconds, seed=body.seed)
-        record, _ = await finished(await submit(user, JobRequest("compose", idea)))
+        record, _data = await finished(await submit(user, JobRequest("compose", idea)))
         return Generation(generation_id=record.id, file_path=url(f"/api/jobs/{record.id}/music.wav"))
 
     # --- jobs ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from devkit.voice import make_voice_note
 from pipeline.studio import Result
 from tests.bot.test_bot import imagine, wait_result
 from tests.bot.test_preferences import preferences
-from tests.bot.test_settings import answer
+from tests.bot.test_settings import answer, settings
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -125,3 +125,52 @@ async def test_a_french_voice_note_is_answered_in_french(start_bot, fake_discord
     assert result.kind == "voice" and result.language == "fr"  # what Whisper detected
     assert "Palette :" in message["content"]  # the French catalog
     assert "Fidélité" in field_names(message) and "Régénérer" in labels(message)
+
+
+async def test_admin_and_personal_commands_quota_and_remix_in_the_users_language(start_bot, fake_discord, bot_settings):
+    """Issue #17: /settings, /stats, /preferences, /queue, /history, the quota refusal (its reset
+    date and wait formatted by Babel for the language) and the Remix form answer in the user's locale."""
+    harness = await start_bot(bot_settings(QA_MAX_ROUNDS=0, DAILY_QUOTA=1))
+    fake = fake_discord
+
+    shown = await answer(fake, await settings(fake, "show", locale="de"))
+    assert shown.startswith("**VoxCanvas-Einstellungen dieses Servers**") and "• Sprachnachrichten: an" in shown
+    stats = await answer(fake, await settings_stats(fake, locale="fr"))
+    assert stats.startswith("**Aujourd'hui (UTC) sur ce serveur**") and "Score moyen" in stats
+    mine = await answer(fake, await preferences(fake, "show", locale="es-ES"))
+    assert mine.startswith("**Tus preferencias de VoxCanvas**") and "— (tu idioma de Discord)" in mine
+    # Choosing a language answers in it at once.
+    chosen = await answer(fake, await preferences(fake, "set", {"language": "fr"}, locale="en-US"))
+    assert chosen.startswith("✅ Enregistré.") and "• Langue des réponses : Français" in chosen
+    await answer(fake, await preferences(fake, "clear", locale="en-US"))
+
+    queue = await fake.slash_command("queue", {}, locale="ja")
+    await fake.wait_for_response(queue)
+    assert queue.response_body["data"]["content"].startswith("キュー: 待機中 0")
+
+    message = await wait_result(fake, await imagine(fake, {"prompt": "a red kite", "seed": 3}, locale="ja"))
+    job_id = footer_job(message)
+    history = await fake.slash_command("history", {}, locale="ja")
+    await fake.wait_for_response(history)
+    assert f"`{job_id}`" in history.response_body["data"]["content"]
+    assert "`/forget job:<id>` で削除できます。" in history.response_body["data"]["content"]
+
+    # The daily quota (1) is used: the refusal in Spanish, with a Spanish date and wait.
+    refused = await imagine(fake, {"prompt": "otra cometa"}, locale="es-ES")
+    text = refused.response_body["data"]["content"]
+    assert "Has usado tu límite diario de 1 imagen. Se reinicia a las 00:00 UTC (" in text, text
+    assert any(unit in text for unit in ("horas", "hora", "minutos", "minuto", "segundos")), text
+
+    # The Remix form in French.
+    opened = await fake.click_button(message["id"], f"voxcanvas:remix:{job_id}", locale="fr")
+    await fake.wait_for_response(opened)
+    assert opened.response_type == 9 and opened.modal["title"] == "Remixer"
+    form_labels = [c.get("label") for row in opened.modal["components"] for c in row.get("components", [])]
+    assert "Prompt négatif" in form_labels and "Graine" in form_labels, form_labels
+    assert harness.bot.is_ready()
+
+
+async def settings_stats(fake, **kw):
+    interaction = await fake.slash_command("stats", {}, **kw)
+    await fake.wait_for_response(interaction)
+    return interaction

@@ -45,7 +45,7 @@ async def test_settings_are_for_admins_only(start_bot, fake_discord):
     refused = await settings(fake, "blocklist", {"action": "add", "entry": "clown"}, user=fake.other_user)
     assert refused.ephemeral and "Manage Server" in await answer(fake, refused)
     shown = await settings(fake, "show")  # the owner
-    assert "Blocklist additions: 0 entries" in await answer(fake, shown)
+    assert "Blocklist additions: 0 (plus the default list)" in await answer(fake, shown)
     refused = await fake.slash_command("stats", {}, user=fake.other_user)
     await fake.wait_for_response(refused)
     assert "Manage Server" in await answer(fake, refused)
@@ -96,7 +96,11 @@ async def test_admin_settings_apply_to_jobs(start_bot, fake_discord):
     # Stored, and shown; survives in the store (a fresh cache reads it back).
     harness.bot.runner.guilds._cache.clear()
     shown = await answer(fake, await settings(fake, "show"))
-    assert "Voice notes: off" in shown and "Blocklist additions: 1 entry" in shown and "all channels" in shown
+    assert (
+        "Voice notes: off" in shown
+        and "Blocklist additions: 1 (plus the default list)" in shown
+        and "all channels" in shown
+    )
 
     stats = await fake.slash_command("stats", {})
     await fake.wait_for_response(stats)
