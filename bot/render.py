@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import discord
+from babel import Locale, UnknownLocaleError
 from PIL import Image
 
 from pipeline.errors import VoxCanvasError
@@ -61,8 +62,8 @@ TITLE = "title"
 #: What a too-long result embed gives up first: tags, then the prompt (the Details button shows
 #: it in full), the missing elements, the scene description, what was heard, the title.
 RESULT_SHRINK_ORDER = (TAGS_FIELD, PROMPT_FIELD, MISSING_FIELD, DESCRIPTION, HEARD_FIELD, TITLE)
-FALLBACK_DIRECTOR = "local director (Gemini unavailable)"
-FALLBACK_CRITIC = "CLIP critic (Gemini unavailable)"
+FALLBACK_DIRECTOR = N_("local director (Gemini unavailable)")
+FALLBACK_CRITIC = N_("CLIP critic (Gemini unavailable)")
 
 LANGUAGE_NAMES = {
     "en": "English",
@@ -97,9 +98,14 @@ def _clip(text: str, limit: int = FIELD_LIMIT) -> str:
 
 
 def language_name(code: str | None) -> str:
+    """The name of a language Whisper heard, in the language at hand (Babel's CLDR names)."""
     if not code:
-        return "unknown"
-    return LANGUAGE_NAMES.get(code, code)
+        return _("unknown")
+    try:
+        name = Locale.parse(code).get_display_name(current())
+    except (ValueError, TypeError, UnknownLocaleError):
+        name = None
+    return name or LANGUAGE_NAMES.get(code, code)
 
 
 def result_embed(result: Result) -> discord.Embed:
@@ -115,25 +121,32 @@ def result_embed(result: Result) -> discord.Embed:
     )
     if result.transcript is not None:
         heard = f"“{_clip(result.transcript, 900)}”\n*{language_name(result.language)}"
-        heard += ", translated to English*" if result.translated else "*"
+        heard += _(", translated to English") + "*" if result.translated else "*"
         embed.add_field(name=HEARD_FIELD, value=heard, inline=False)
 
-    alignment = f"**{score}/100**" if score is not None else "not scored"
-    alignment += " ✅" if passed else f" (below {result.threshold})"
+    alignment = f"**{score}/100**" if score is not None else _("not scored")
+    alignment += " ✅" if passed else _(" (below {threshold})").format(threshold=result.threshold)
     if result.corrected:
         first = result.rounds[0].score
-        alignment += f"\nCorrected automatically (first try scored {first})."
+        alignment += "\n" + _("Corrected automatically (first try scored {first}).").format(first=first)
     elif len(result.rounds) > 1:
-        alignment += f"\n{len(result.rounds) - 1} correction round(s) tried; showing the best."
+        tried = _("{count} correction round(s) tried; showing the best.").format(count=len(result.rounds) - 1)
+        alignment += "\n" + tried
     embed.add_field(name="Alignment", value=alignment, inline=True)
     if len(result.candidates) > 1:
         embed.add_field(name=CANDIDATES_FIELD, value=candidates_text(result), inline=False)
     embed.add_field(
         name="Settings",
-        value=f"seed `{best.seed}`\n{best.width}×{best.height} · {best.steps} steps · guidance {best.guidance:g}"
-        + (f"\nmodel `{best.model}`" if best.model else "")
+        value=_("seed `{seed}`\n{width}×{height} · {steps} steps · guidance {guidance}").format(
+            seed=best.seed, width=best.width, height=best.height, steps=best.steps, guidance=f"{best.guidance:g}"
+        )
+        + ("\n" + _("model `{model}`").format(model=best.model) if best.model else "")
         + (f"\nLoRA {model_loras(best)}" if best.loras else "")
-        + (f"\nimage-to-image, strength {best.strength:g}" if best.mode == "img2img" else "")
+        + (
+            "\n" + _("image-to-image, strength {strength}").format(strength=f"{best.strength:g}")
+            if best.mode == "img2img"
+            else ""
+        )
         + backend_line(best),
         inline=True,
     )
@@ -196,7 +209,7 @@ def candidates_text(result: Result) -> str:
     parts = []
     for c in result.candidates:
         score = "–" if c.score is None else str(c.score)
-        text = f"{c.index + 1} · {score}" + (" (corrected)" if c.corrected else "")
+        text = f"{c.index + 1} · {score}" + (_(" (corrected)") if c.corrected else "")
         parts.append(f"**{text} ★**" if c.index == result.best_candidate else text)
     return "  ".join(parts)
 
@@ -207,21 +220,21 @@ def music_embed(result: MusicResult) -> discord.Embed:
     embed = discord.Embed(title=_clip(title, EMBED_TITLE_CHARS), colour=EMBED_COLOUR_MUSIC)
     if result.transcript is not None:
         embed.add_field(name=HEARD_FIELD, value=f"“{_clip(result.transcript, 900)}”", inline=False)
-    embed.add_field(name="Music prompt", value=_clip(result.music_prompt), inline=False)
-    composer = {"user": "your description", "gemini": "Gemini (director)", "local": "local director"}
-    embed.add_field(name="Written by", value=composer.get(result.director, result.director), inline=True)
+    embed.add_field(name=_("Music prompt"), value=_clip(result.music_prompt), inline=False)
+    composer = {"user": _("your description"), "gemini": _("Gemini (director)"), "local": _("local director")}
+    embed.add_field(name=_("Written by"), value=composer.get(result.director, result.director), inline=True)
     embed.add_field(
-        name="Audio", value=f"{result.duration_s:g} s · {result.sample_rate // 1000} kHz · seed `{result.seed}`"
+        name=_("Audio"), value=f"{result.duration_s:g} s · {result.sample_rate // 1000} kHz · seed `{result.seed}`"
     )
-    embed.add_field(name="Time", value=f"{result.total_s:.1f} s", inline=True)
+    embed.add_field(name=_("Time"), value=f"{result.total_s:.1f} s", inline=True)
     embed.set_footer(text=f"job {result.job_id}")
     return fit_embed(embed)
 
 
 def music_content(result: MusicResult) -> str:
     if result.kind == "soundtrack":
-        return "A soundtrack for the picture:"
-    return "Your music:"
+        return _("A soundtrack for the picture:")
+    return _("Your music:")
 
 
 def music_files(music_ogg: bytes) -> list[Upload]:
@@ -284,19 +297,18 @@ def backend_line(round_: Round) -> str:
     """Where a remote picture was rendered, and why there when the configured backend failed."""
     from pipeline.backends import LABELS
 
+    backend = LABELS.get(round_.backend, round_.backend)
     if round_.backend_fallback:
-        return (
-            f"\nrendered on {LABELS.get(round_.backend, round_.backend)} — "
-            f"{LABELS.get(round_.backend_fallback, round_.backend_fallback)} was unavailable"
-        )
-    return f"\nrendered on {LABELS.get(round_.backend, round_.backend)}" if round_.backend != "diffusers" else ""
+        fallback = LABELS.get(round_.backend_fallback, round_.backend_fallback)
+        return "\n" + _("rendered on {backend} — {fallback} was unavailable").format(backend=backend, fallback=fallback)
+    return "\n" + _("rendered on {backend}").format(backend=backend) if round_.backend != "diffusers" else ""
 
 
 def provider_line(provider: str, fallback: str | None, *, critic: bool = False) -> str:
     if provider == "gemini":
         return "Gemini"
-    local = "CLIP (local)" if critic else "local director"
-    return f"{local} — Gemini unavailable" if fallback else local
+    local = _("CLIP (local)") if critic else _("local director")
+    return _("{local} — Gemini unavailable").format(local=local) if fallback else local
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,45 +438,68 @@ def model_loras(round_: Round) -> str:
 
 
 def details_text(result: Result) -> str:
-    """The ephemeral Details view: the full scene and every round's QA report."""
+    """The ephemeral Details view: the full scene and every round's QA report (labels in the
+    language at hand; what the director and the critic wrote as they wrote it)."""
     scene = result.scene
+    best = result.best
+    model = (best.model or _("default")) + (f" ({best.family})" if best.family else "")
+    model += f" · LoRA {model_loras(best)}" if best.loras else ""
     lines = [
         f"**{scene.title}**",
         scene.scene_description,
         "",
-        f"**Elements:** {', '.join(scene.elements)}",
-        f"**Style:** {scene.style or 'auto'}",
-        f"**Negative prompt:** {scene.negative_prompt or '—'}",
-        f"**Palette:** {' '.join(result.palette)} (from the {result.palette_source})",
-        f"**Tags:** {', '.join(result.tags)}",
-        f"**Model:** {result.best.model or 'default'}"
-        + (f" ({result.best.family})" if result.best.family else "")
-        + (f" · LoRA {model_loras(result.best)}" if result.best.loras else ""),
+        _("**Elements:** {elements}").format(elements=", ".join(scene.elements)),
+        _("**Style:** {style}").format(style=scene.style or "auto"),
+        _("**Negative prompt:** {negative}").format(negative=scene.negative_prompt or "—"),
+        _("**Palette:** {colours} (from the {source})").format(
+            colours=" ".join(result.palette), source=result.palette_source
+        ),
+        _("**Tags:** {tags}").format(tags=", ".join(result.tags)),
+        _("**Model:** {model}").format(model=model),
     ]
-    if result.best.control:
-        lines.append(f"**Control:** {result.best.control} at strength {result.best.control_strength or 1.0:g}")
+    if best.control:
+        lines.append(
+            _("**Control:** {mode} at strength {strength}").format(
+                mode=best.control, strength=f"{best.control_strength or 1.0:g}"
+            )
+        )
     # Anyone who can see the message can press Details: the reason Gemini failed (it may quote
     # the provider's answer or a URL) is in the operator's log, not here.
     if result.director_fallback:
-        lines.append(f"**Director:** fallback: {FALLBACK_DIRECTOR}")
+        lines.append(_("**Director:** fallback: {fallback}").format(fallback=_(FALLBACK_DIRECTOR)))
     if result.critic_fallback:
-        lines.append(f"**Critic:** fallback: {FALLBACK_CRITIC}")
+        lines.append(_("**Critic:** fallback: {fallback}").format(fallback=_(FALLBACK_CRITIC)))
     for r in result.rounds:
-        marker = " ← shown" if r.index == result.best_round else ""
+        marker = _(" ← shown") if r.index == result.best_round else ""
         lines += [
             "",
-            f"**Round {r.index + 1}**{marker}: score {r.score}/100 · seed {r.seed} · "
-            f"{r.width}×{r.height} · {r.steps} steps · guidance {r.guidance:g}",
-            f"prompt: {r.prompt}",
+            _(
+                "**Round {number}**{marker}: score {score}/100 · seed {seed} · {width}×{height} · {steps} steps · "
+                "guidance {guidance}"
+            ).format(
+                number=r.index + 1,
+                marker=marker,
+                score=r.score,
+                seed=r.seed,
+                width=r.width,
+                height=r.height,
+                steps=r.steps,
+                guidance=f"{r.guidance:g}",
+            ),  # fmt: skip
+            _("prompt: {prompt}").format(prompt=r.prompt),
         ]
         if r.prompt_chunks > 1:
-            lines.append(f"(long prompt: {r.prompt_tokens} tokens encoded in {r.prompt_chunks} windows)")
+            lines.append(
+                _("(long prompt: {tokens} tokens encoded in {windows} windows)").format(
+                    tokens=r.prompt_tokens, windows=r.prompt_chunks
+                )
+            )
         if r.missing_elements:
-            lines.append(f"missing: {', '.join(r.missing_elements)}")
+            lines.append(_("missing: {elements}").format(elements=", ".join(r.missing_elements)))
         if r.correction_prompt:
-            lines.append(f"correction: {r.correction_prompt}")
+            lines.append(_("correction: {prompt}").format(prompt=r.correction_prompt))
         if r.critic_notes:
-            lines.append(f"notes: {r.critic_notes}")
+            lines.append(_("notes: {notes}").format(notes=r.critic_notes))
     return _clip("\n".join(lines), 1990)
 
 

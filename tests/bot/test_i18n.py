@@ -150,6 +150,8 @@ async def test_admin_and_personal_commands_quota_and_remix_in_the_users_language
 
     message = await wait_result(fake, await imagine(fake, {"prompt": "a red kite", "seed": 3}, locale="ja"))
     job_id = footer_job(message)
+    values = {f["name"]: f["value"] for embed in message["embeds"] for f in embed.get("fields", [])}
+    assert "シード `3`" in values[i18n.gettext_in("ja", "Settings")] and "ステップ" in values["設定"]
     history = await fake.slash_command("history", {}, locale="ja")
     await fake.wait_for_response(history)
     assert f"`{job_id}`" in history.response_body["data"]["content"]
