@@ -84,6 +84,42 @@ def parse_controlnet_models(text: str) -> dict[tuple[str, str], str]:
     return models
 
 
+def parse_remote_controlnet_models(text: str, setting: str) -> dict[str, str]:
+    """``A1111_CONTROLNET_MODELS`` / ``COMFYUI_CONTROLNET_MODELS`` → {mode: the server's model name}.
+    Raises ValueError naming the setting and the bad entry."""
+    models: dict[str, str] = {}
+    for raw in (text or "").split(","):
+        part = raw.strip()
+        if not part:
+            continue
+        mode, sep, name = (piece.strip() for piece in part.partition("="))
+        if not sep or not name or len(name) > 200:
+            raise ValueError(f"{setting} entry {part!r} must look like mode=model-name")
+        if mode not in CONTROL_MODES:
+            raise ValueError(f"{setting} entry {part!r}: mode must be one of {', '.join(CONTROL_MODES)}")
+        if mode in models:
+            raise ValueError(f"{setting} names {mode} twice")
+        models[mode] = name
+    return models
+
+
+def remote_control_image(spec: ControlSpec, width: int, height: int) -> tuple[bytes, str]:
+    """The control image a remote backend is sent (PNG at the render size) and the preprocessor the
+    server must still run on it: canny edges and palette bands are made here, a pose skeleton is
+    sent as given; depth needs an estimator, so the user's picture goes with ``depth_midas`` (A1111's
+    preprocessor; a backend without one refuses depth). Pure numpy/PIL: any thread."""
+    if spec.mode == "palette":
+        return png(palette_image(spec.palette, width, height)), "none"
+    if spec.source is None:
+        raise BadRequest(f"The {spec.mode} control needs an image.")
+    source = decode_init_image(spec.source).convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+    if spec.mode == "canny":
+        return png(canny_edges(source)), "none"
+    if spec.mode == "depth":
+        return png(source), "depth_midas"
+    return png(source), "none"
+
+
 def check_control(mode: str | None, strength: float | None) -> tuple[str | None, float]:
     """A user's ``control:`` and ``control_strength:`` → (mode or None, strength). BadRequest."""
     if mode is None or not str(mode).strip() or str(mode).strip().lower() == "none":

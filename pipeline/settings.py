@@ -82,6 +82,15 @@ class Settings(BaseSettings):
     COMFYUI_CHECKPOINT: str = "sd_xl_base_1.0.safetensors"  # {{checkpoint}} of the workflow
     COMFYUI_WORKFLOW: Path | None = None  # an API-format workflow JSON with {{prompt}} ... placeholders
     COMFYUI_IMG2IMG_WORKFLOW: Path | None = None
+    # ControlNet on a remote backend: mode=the server's model name (sd-webui-controlnet's model list
+    # for A1111/Forge; a file in ComfyUI's models/controlnet). A mode not listed is refused there.
+    A1111_CONTROLNET_MODELS: str = (
+        "canny=control_v11p_sd15_canny, depth=control_v11f1p_sd15_depth, pose=control_v11p_sd15_openpose, "
+        "palette=control_v11f1e_sd15_tile"
+    )
+    COMFYUI_CONTROLNET_MODELS: str = (
+        "canny=control_v11p_sd15_canny.pth, pose=control_v11p_sd15_openpose.pth, palette=control_v11f1e_sd15_tile.pth"
+    )
     STABILITY_API_KEY: SecretStr | None = None
     STABILITY_MODEL: str = "sd3.5-large"  # sd3.5-large, sd3.5-large-turbo, sd3.5-medium, core, ultra
     STABILITY_URL: str = "https://api.stability.ai"
@@ -310,6 +319,14 @@ class Settings(BaseSettings):
                 "are not routed through Ray: use them with EXECUTOR=local."
             )
         return self
+
+    @field_validator("A1111_CONTROLNET_MODELS", "COMFYUI_CONTROLNET_MODELS")
+    @classmethod
+    def _remote_controlnets_parse(cls, value: str, info: ValidationInfo) -> str:
+        from .control import parse_remote_controlnet_models
+
+        parse_remote_controlnet_models(value, str(info.field_name))  # ValueError naming the entry
+        return value
 
     @field_validator("CONTROLNET_MODELS")
     @classmethod

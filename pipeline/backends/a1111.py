@@ -10,6 +10,10 @@
 
 The checkpoint is chosen per request with ``override_settings.sd_model_checkpoint`` (empty: the
 one the server has loaded); LoRAs use the web UI's own ``<lora:name:weight>`` prompt syntax.
+ControlNet goes through the sd-webui-controlnet extension (built into Forge):
+``alwayson_scripts.controlnet.args`` with the control image (made here: canny edges, palette bands,
+a pose skeleton; for depth the picture itself with the ``depth_midas`` preprocessor), the model
+from ``A1111_CONTROLNET_MODELS`` and the strength as ``weight``.
 """
 
 from __future__ import annotations
@@ -44,7 +48,9 @@ SAMPLER = "Euler a"
 
 class A1111Backend(HttpBackend):
     name = "a1111"
-    capabilities = Capabilities(progress=True, cancel=True, loras=True)
+    capabilities = Capabilities(
+        progress=True, cancel=True, loras=True, controls=frozenset({"canny", "depth", "pose", "palette"})
+    )
 
     def __init__(self, base_url: str, *, model: str = "", sampler: str = SAMPLER, **kwargs: Any) -> None:
         super().__init__(base_url, **kwargs)
@@ -73,6 +79,26 @@ class A1111Backend(HttpBackend):
         if job.init_image is not None:
             payload["init_images"] = [base64.b64encode(job.init_image).decode("ascii")]
             payload["denoising_strength"] = job.strength
+        if job.control is not None:  # the sd-webui-controlnet extension's API (Forge has it built in)
+            payload["alwayson_scripts"] = {
+                "controlnet": {
+                    "args": [
+                        {
+                            "enabled": True,
+                            "image": base64.b64encode(job.control.image).decode("ascii"),
+                            "module": job.control.preprocessor,
+                            "model": job.control.model,
+                            "weight": job.control.strength,
+                            "resize_mode": "Crop and Resize",
+                            "processor_res": min(job.width, job.height),
+                            "pixel_perfect": False,
+                            "guidance_start": 0.0,
+                            "guidance_end": 1.0,
+                            "control_mode": "Balanced",
+                        }
+                    ]
+                }
+            }
         return payload
 
     async def render(self, job: RemoteJob, *, progress: ProgressFn, should_stop: StopFn) -> RemoteResult:

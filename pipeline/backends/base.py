@@ -122,6 +122,20 @@ class Capabilities:
     sizes: Literal["any", "aspect"] = "any"  # "aspect": only aspect ratios, the service picks the pixels
     max_batch: int = 1
     loras: bool = False
+    controls: frozenset[str] = frozenset()  # ControlNet modes the backend can apply (pipeline.control)
+
+
+@dataclass(frozen=True)
+class RemoteControl:
+    """ControlNet for a remote render: the control image made here (canny edges, the palette bands,
+    the pose skeleton as given) or, for ``depth``, the user's picture for the server's own depth
+    preprocessor (``preprocessor``); ``model``: the server's ControlNet model name for the mode."""
+
+    mode: str
+    strength: float
+    image: bytes  # PNG at the render size
+    model: str
+    preprocessor: str = "none"  # A1111's module name: "none" (the image is the control) or "depth_midas"
 
 
 @dataclass(frozen=True)
@@ -140,6 +154,7 @@ class RemoteJob:
     init_image: bytes | None = None  # PNG/JPEG/WebP, already checked
     strength: float = limits.DEFAULT_STRENGTH
     loras: tuple[tuple[str, float], ...] = ()
+    control: RemoteControl | None = None
 
     @property
     def mode(self) -> Literal["text2img", "img2img"]:
@@ -182,8 +197,17 @@ class HttpBackend:
     capabilities: Capabilities
     default_model: str = ""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 60.0, retries: int = 3, backoff_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 60.0,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        controlnet_models: dict[str, str] | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.controlnet_models = dict(controlnet_models or {})  # mode -> the server's ControlNet model
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s

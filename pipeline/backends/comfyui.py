@@ -39,7 +39,7 @@ from typing import Any
 import aiohttp
 
 from .. import limits
-from ..errors import JobCancelled
+from ..errors import BadRequest, JobCancelled
 from .base import (
     MAX_JSON_BYTES,
     POLL_INTERVAL_S,
@@ -132,9 +132,45 @@ def fill(graph: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     return {node_id: sub(copy.deepcopy(node)) for node_id, node in graph.items()}
 
 
+#: Node ids added to a workflow for ControlNet (strings, like ComfyUI's own; unlikely in a user's graph).
+CONTROL_NODES = {"image": "voxcanvas_control_image", "loader": "voxcanvas_controlnet", "apply": "voxcanvas_control"}
+SAMPLERS = ("KSampler", "KSamplerAdvanced")
+
+
+def with_control(graph: dict[str, Any], image_name: str, model: str, strength: float) -> dict[str, Any]:
+    """``graph`` with ControlNet between its text encodings and its sampler: ``LoadImage`` (the
+    uploaded control image) and ``ControlNetLoader`` feed ``ControlNetApplyAdvanced``, whose
+    conditioning replaces the sampler's ``positive``/``negative`` (ComfyUI's core nodes; the
+    preprocessing — canny edges, palette bands — is done before the upload)."""
+    samplers = [node for node in graph.values() if isinstance(node, dict) and node.get("class_type") in SAMPLERS]
+    if len(samplers) != 1:
+        raise BadRequest("ControlNet needs a ComfyUI workflow with exactly one KSampler.")
+    sampler = samplers[0]["inputs"]
+    if not isinstance(sampler.get("positive"), list) or not isinstance(sampler.get("negative"), list):
+        raise BadRequest("ControlNet needs the workflow's KSampler to take its positive and negative from nodes.")
+    out = dict(graph)
+    out[CONTROL_NODES["image"]] = {"class_type": "LoadImage", "inputs": {"image": image_name}}
+    out[CONTROL_NODES["loader"]] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": model}}
+    out[CONTROL_NODES["apply"]] = {
+        "class_type": "ControlNetApplyAdvanced",
+        "inputs": {
+            "positive": sampler["positive"],
+            "negative": sampler["negative"],
+            "control_net": [CONTROL_NODES["loader"], 0],
+            "image": [CONTROL_NODES["image"], 0],
+            "strength": strength,
+            "start_percent": 0.0,
+            "end_percent": 1.0,
+        },
+    }
+    sampler["positive"] = [CONTROL_NODES["apply"], 0]
+    sampler["negative"] = [CONTROL_NODES["apply"], 1]
+    return out
+
+
 class ComfyUIBackend(HttpBackend):
     name = "comfyui"
-    capabilities = Capabilities(progress=True, cancel=True)
+    capabilities = Capabilities(progress=True, cancel=True, controls=frozenset({"canny", "pose", "palette"}))
 
     def __init__(
         self,
@@ -151,7 +187,7 @@ class ComfyUIBackend(HttpBackend):
         self.img2img = load_workflow(img2img_workflow, "comfyui_img2img.json")
         self.client_id = uuid.uuid4().hex
 
-    def graph_for(self, job: RemoteJob, image_name: str = "") -> dict[str, Any]:
+    def graph_for(self, job: RemoteJob, image_name: str = "", control_name: str = "") -> dict[str, Any]:
         values: dict[str, Any] = {
             "prompt": job.prompt,
             "negative_prompt": job.negative_prompt,
@@ -164,13 +200,17 @@ class ComfyUIBackend(HttpBackend):
             "denoise": job.strength if job.init_image is not None else 1.0,
             "image": image_name,
         }
-        return fill(self.img2img if job.init_image is not None else self.text2img, values)
+        graph = fill(self.img2img if job.init_image is not None else self.text2img, values)
+        if job.control is not None:
+            graph = with_control(graph, control_name, job.control.model, job.control.strength)
+        return graph
 
     async def render(self, job: RemoteJob, *, progress: ProgressFn, should_stop: StopFn) -> RemoteResult:
         image_name = ""
         if job.init_image is not None:
             image_name = await self._upload(job.init_image, should_stop)
-        graph = self.graph_for(job, image_name)
+        control_name = await self._upload(job.control.image, should_stop) if job.control is not None else ""
+        graph = self.graph_for(job, image_name, control_name)
         client_id = uuid.uuid4().hex  # one socket per render: its messages are ours alone
         try:
             ws = await self.session().ws_connect(

@@ -18,6 +18,7 @@ model of that backend) and the result says so (:attr:`RenderedImage.fallback_fro
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import logging
 import re
@@ -25,6 +26,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
+
+from PIL import Image
 
 from .. import families
 from ..errors import BadRequest, JobCancelled
@@ -34,12 +37,14 @@ from .base import (
     POLL_INTERVAL_S,
     BackendError,
     HttpBackend,
+    RemoteControl,
     RemoteJob,
     family_profile,
     remote_source,
 )
 
 if TYPE_CHECKING:
+    from ..control import ControlSpec
     from ..executor.jobs import Job, ProgressEvent
     from ..families import FamilyProfile, ModelDefaults
     from ..settings import Settings
@@ -222,6 +227,8 @@ class RenderRouter:
         if request.init_image is not None and not caps.img2img:
             raise BadRequest(f"{LABELS[route.backend]} with this model can't start from a picture.")
         remote = resolve(request, route)
+        if request.control is not None:
+            remote = replace(remote, control=await remote_control(backend, request.control, remote))
         gate = self.gate(route.backend)
         await gate.acquire(job)
         try:
@@ -259,6 +266,9 @@ class RenderRouter:
             family=route.profile,
             loras=request.loras,
             backend=route.backend,
+            control_mode=remote.control.mode if remote.control else None,
+            control_strength=remote.control.strength if remote.control else None,
+            control_image=_control_preview(remote.control),
         )
 
 
@@ -292,6 +302,33 @@ def resolve(request: RenderRequest, route: Route) -> RemoteJob:
     )
 
 
+async def remote_control(backend: HttpBackend, spec: ControlSpec, job: RemoteJob) -> RemoteControl:
+    """The ControlNet part of a remote job, or a clear refusal: the backend applies no ControlNet,
+    not this mode, or its settings name no model for it."""
+    from ..control import remote_control_image
+
+    label = LABELS[backend.name]
+    if spec.mode not in backend.capabilities.controls:
+        if not backend.capabilities.controls:
+            raise BadRequest(f"{label} can't apply a ControlNet control; pick a model rendered elsewhere.")
+        offered = ", ".join(sorted(backend.capabilities.controls))
+        raise BadRequest(f"{label} can't apply the {spec.mode} control (it can: {offered}).")
+    model = backend.controlnet_models.get(spec.mode)
+    if not model:
+        setting = f"{backend.name.upper()}_CONTROLNET_MODELS"
+        raise BadRequest(f"{label} has no ControlNet model for {spec.mode} ({setting} names none).")
+    image, preprocessor = await asyncio.to_thread(remote_control_image, spec, job.width, job.height)
+    return RemoteControl(spec.mode, float(spec.strength), image, model, preprocessor)
+
+
+def _control_preview(control: RemoteControl | None) -> Image.Image | None:
+    """The control image sent (for Details), or None."""
+    if control is None:
+        return None
+    with Image.open(io.BytesIO(control.image)) as image:
+        return image.convert("RGB")
+
+
 def nearest_aspect(width: int, height: int) -> str:
     ratio = width / height
     return min(families.ASPECTS, key=lambda a: abs(_ratio(a) - ratio))
@@ -316,11 +353,20 @@ def _unknown_profile() -> FamilyProfile:
 
 def build_backend(name: str, settings: Settings) -> HttpBackend:
     """One backend from its settings. Raises ValueError naming the setting that is missing."""
+    from ..control import parse_remote_controlnet_models
+
     common: dict[str, Any] = {"timeout_s": settings.REMOTE_TIMEOUT_S, "retries": settings.REMOTE_RETRIES}
     if name == "a1111":
         from .a1111 import A1111Backend
 
-        return A1111Backend(settings.A1111_URL, model=settings.A1111_MODEL, **common)
+        return A1111Backend(
+            settings.A1111_URL,
+            model=settings.A1111_MODEL,
+            controlnet_models=parse_remote_controlnet_models(
+                settings.A1111_CONTROLNET_MODELS, "A1111_CONTROLNET_MODELS"
+            ),
+            **common,
+        )
     if name == "comfyui":
         from .comfyui import ComfyUIBackend
 
@@ -329,6 +375,9 @@ def build_backend(name: str, settings: Settings) -> HttpBackend:
             checkpoint=settings.COMFYUI_CHECKPOINT,
             workflow=settings.COMFYUI_WORKFLOW,
             img2img_workflow=settings.COMFYUI_IMG2IMG_WORKFLOW,
+            controlnet_models=parse_remote_controlnet_models(
+                settings.COMFYUI_CONTROLNET_MODELS, "COMFYUI_CONTROLNET_MODELS"
+            ),
             **common,
         )
     if name == "stability":

@@ -38,7 +38,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..backends.router import RenderRouter
 from ..errors import ExecutorFailure, JobCancelled, OutOfMemory, ShuttingDown, StageTimeout
 from ..synthesis import RenderedImage, RenderInterrupted, RenderRequest
 from . import policy
@@ -91,6 +90,8 @@ class GPUExecutor:
         self._lora_fit_cache: dict[tuple[str, float], bool] = {}
         # Remote render backends (pipeline.backends): renders for their models never reach the
         # GPU thread. Built now, so a missing key or a broken workflow file fails at start-up.
+        from ..backends.router import RenderRouter  # here: the router needs this package's policy
+
         self.router = RenderRouter(settings)
 
     # --- life cycle -------------------------------------------------------------------------

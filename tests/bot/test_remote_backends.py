@@ -70,3 +70,26 @@ async def test_backend_down_without_fallback_is_a_clear_message(start_bot, fake_
         interaction = await imagine(fake_discord, {"prompt": "a windmill"})
         message = await wait_result(fake_discord, interaction)
         assert "A1111/Forge renderer is unavailable" in (message.get("content") or ""), message.get("content")
+
+
+async def test_imagine_with_a_canny_control_on_a1111(start_bot, fake_discord):
+    """ControlNet on a remote backend (#18 item 3): the edges are made here and sent to the
+    extension's unit with the configured model; the result records the control like a local one."""
+    from tests.bot.test_control import square_png
+
+    async with FakeA1111(step_s=0.01) as a1111:
+        harness = await start_bot(RENDER_BACKEND="a1111", A1111_URL=a1111.url, QA_MAX_ROUNDS=0)
+        fake = fake_discord
+        interaction = await fake.slash_command(
+            "imagine",
+            {"prompt": "a red kite", "control": "canny", "control_strength": 0.7},
+            attachments={"control_image": ("edges.png", square_png(), "image/png")},
+        )
+        message = await wait_result(fake, interaction)
+        job_id = footer_job(message)
+        result = Result.model_validate_json((await harness.bot.store.get(job_id)).result_json)
+        assert result.best.backend == "a1111" and (result.best.control, result.best.control_strength) == ("canny", 0.7)
+        (unit,) = a1111.payloads[0]["alwayson_scripts"]["controlnet"]["args"]
+        assert unit["model"] == "control_v11p_sd15_canny" and unit["module"] == "none" and unit["weight"] == 0.7
+        assert a1111.controlnet_images[0].size == (result.best.width, result.best.height)
+        assert await harness.bot.store.read_control(job_id) is not None  # shown in Details

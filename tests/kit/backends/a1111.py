@@ -25,6 +25,14 @@ class FakeA1111(FakeBackend):
         self.steps = 0
         self._interrupt = False
         self.payloads: list[dict[str, Any]] = []
+        #: The ControlNet models the sd-webui-controlnet extension has (GET /controlnet/model_list).
+        self.controlnet_models = {
+            "control_v11p_sd15_canny",
+            "control_v11f1p_sd15_depth",
+            "control_v11p_sd15_openpose",
+            "control_v11f1e_sd15_tile",
+        }
+        self.controlnet_images: list[Image.Image] = []  # the control images received, decoded
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/sdapi/v1/txt2img", self.txt2img)
@@ -51,6 +59,9 @@ class FakeA1111(FakeBackend):
                 Image.open(io.BytesIO(data)).verify()
             except (KeyError, IndexError, binascii.Error, OSError):
                 return web.json_response({"error": "ValueError", "detail": "bad init image"}, status=422)
+        problem = self._controlnet_problem(payload)
+        if problem:  # what the extension answers for a unit it can't run
+            return web.json_response({"error": "RuntimeError", "detail": problem}, status=422)
         async with self.lock:
             self.renders_started += 1
             self._interrupt = False
@@ -96,3 +107,27 @@ class FakeA1111(FakeBackend):
         self._interrupt = True
         self.interrupted += 1
         return web.json_response({})
+
+    def _controlnet_problem(self, payload: dict[str, Any]) -> str | None:
+        """sd-webui-controlnet's checks of ``alwayson_scripts.controlnet.args``: a known model, a
+        known preprocessor, a decodable image, a weight."""
+        scripts = payload.get("alwayson_scripts") or {}
+        if "controlnet" not in scripts:
+            return None
+        args = scripts["controlnet"].get("args") if isinstance(scripts["controlnet"], dict) else None
+        if not isinstance(args, list) or not args:
+            return "controlnet: args must be a list of units"
+        for unit in args:
+            if unit.get("model") not in self.controlnet_models:
+                return f"ControlNet model {unit.get('model')!r} not found"
+            if unit.get("module") not in {"none", "canny", "depth_midas", "openpose"}:
+                return f"unknown preprocessor {unit.get('module')!r}"
+            if not isinstance(unit.get("weight"), int | float):
+                return "weight must be a number"
+            try:
+                data = base64.b64decode(unit["image"], validate=True)
+                with Image.open(io.BytesIO(data)) as image:
+                    self.controlnet_images.append(image.convert("RGB"))
+            except (KeyError, binascii.Error, OSError):
+                return "controlnet: the image is not a picture"
+        return None

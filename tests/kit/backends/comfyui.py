@@ -30,6 +30,32 @@ class FakeComfyUI(FakeBackend):
         self.deleted: list[str] = []
         self.send_ws = True  # False: say nothing on the socket (the client must read /history)
 
+    #: The files in the fake server's models/controlnet.
+    controlnets = frozenset(
+        {"control_v11p_sd15_canny.pth", "control_v11p_sd15_openpose.pth", "control_v11f1e_sd15_tile.pth"}
+    )
+
+    def _graph_problem(self, graph: dict[str, Any]) -> str | None:
+        """ComfyUI's own validation of links and of the ControlNet nodes: every ``[node, output]``
+        input names a node of the graph; a ControlNetLoader names a model it has; a
+        ControlNetApplyAdvanced has its conditioning, net, image and a strength."""
+        for node_id, node in graph.items():
+            for name, value in node.get("inputs", {}).items():
+                if isinstance(value, list) and len(value) == 2 and str(value[0]) not in graph:
+                    return f"node {node_id} input {name}: no node {value[0]}"
+            if (
+                node["class_type"] == "ControlNetLoader"
+                and node["inputs"].get("control_net_name") not in self.controlnets
+            ):
+                return f"Value not in list: control_net_name: {node['inputs'].get('control_net_name')!r}"
+            if node["class_type"] == "ControlNetApplyAdvanced":
+                inputs = node["inputs"]
+                if not all(isinstance(inputs.get(k), list) for k in ("positive", "negative", "control_net", "image")):
+                    return f"node {node_id}: ControlNetApplyAdvanced is missing a link"
+                if not isinstance(inputs.get("strength"), int | float):
+                    return f"node {node_id}: strength must be a number"
+        return None
+
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/prompt", self.prompt)
         app.router.add_get("/ws", self.ws)
@@ -104,8 +130,13 @@ class FakeComfyUI(FakeBackend):
                     },
                     status=400,
                 )
-        if "LoadImage" in by_type:
-            name = by_type["LoadImage"][1]["inputs"]["image"]
+        problem = self._graph_problem(graph)
+        if problem is not None:
+            return web.json_response(
+                {"error": {"type": "prompt_outputs_failed_validation", "message": problem, "details": ""}},
+                status=400,
+            )
+        for name in [n["inputs"]["image"] for n in graph.values() if n["class_type"] == "LoadImage"]:
             sub, _, filename = name.rpartition("/")
             if ("input", sub, filename) not in self.files:
                 return web.json_response(
