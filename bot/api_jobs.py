@@ -188,6 +188,7 @@ class ApiJobs:
             return await self.submit(user_id, JobRequest(kind, Idea(seconds=seconds), previous))
         idea = idea_from_record(parent)
         idea.init_image = await self.store.read_init_image(parent.id)
+        idea.control_image = await self.store.read_control_input(parent.id)
         return await self.submit(user_id, JobRequest(kind, idea, previous))
 
     def owns(self, admitted: AdmittedJob) -> bool:

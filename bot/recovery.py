@@ -87,6 +87,7 @@ class Recovery:
         regenerate / vary the picture it reworks (``None`` if that has been deleted since)."""
         idea = idea_from_record(record)
         idea.init_image = await self.store.read_init_image(record.id)
+        idea.control_image = await self.store.read_control_input(record.id)  # ControlNet's source (#18)
         previous = None
         if record.parent_job_id is not None:
             parent = await self.store.get(record.parent_job_id)

@@ -247,11 +247,13 @@ class JobRunner:
             if candidate is not None:
                 idea = replace(idea_from_record(parent), candidate=candidate, upscale=upscale, candidates=None)
                 idea.init_image = await self.store.read_candidate(parent_id, candidate)
+                idea.control_image = await self.store.read_control_input(parent_id)  # the same control (#18)
                 return JobRequest("vary", idea, previous)
             if kind == "soundtrack":  # from the picture's scene; no start image, the default length
                 return JobRequest(kind, Idea(), previous)
             idea = idea_from_record(parent)
             idea.init_image = await self.store.read_init_image(parent_id)
+            idea.control_image = await self.store.read_control_input(parent_id)
             return JobRequest(kind, idea, previous)
 
         await self._start_from_interaction(interaction, request)
@@ -374,6 +376,7 @@ class JobRunner:
         )
 
         async def request() -> JobRequest:
+            idea.control_image = await self.store.read_control_input(parent_id)  # keeps its control (#18)
             return JobRequest("vary", idea, previous)
 
         await self._start_from_interaction(interaction, request)
@@ -536,6 +539,7 @@ class JobRunner:
             audio=idea.audio,
             audio_ext=audio_ext(idea.audio_filename),
             init_image=idea.init_image,
+            control_image=idea.control_image,
         )
 
     def channel_surface(
@@ -646,13 +650,19 @@ class JobRunner:
                 negative_prompt=idea.negative_prompt,
                 style=idea.style,
                 seed=idea.seed,
+                control_image=idea.control_image,
             )
         if request.kind == "vary" and idea.upscale:
             return lambda job: self.studio.upscale(job, previous, init_image=idea.init_image, candidate=idea.candidate)
         if request.kind == "vary" and idea.candidate is not None:
-            return lambda job: self.studio.vary(job, previous, init_image=idea.init_image, candidate=idea.candidate)
-        rework = self.studio.regenerate if request.kind == "regenerate" else self.studio.vary
-        return lambda job: rework(job, previous, init_image=idea.init_image)
+            return lambda job: self.studio.vary(
+                job, previous, init_image=idea.init_image, candidate=idea.candidate, control_image=idea.control_image
+            )
+        if request.kind == "regenerate":
+            return lambda job: self.studio.regenerate(
+                job, previous, init_image=idea.init_image, control_image=idea.control_image
+            )
+        return lambda job: self.studio.vary(job, previous, init_image=idea.init_image, control_image=idea.control_image)
 
     async def _run(self, admitted: AdmittedJob) -> None:
         """Run the job and always end it with a message to its user, whatever part fails: the

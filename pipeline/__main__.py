@@ -5,6 +5,7 @@
     python -m pipeline --text "a lighthouse in a storm" --style watercolour --out out/
     python -m pipeline --music "a calm seaside ambience" --seconds 10 --out out/
     python -m pipeline note.ogg --soundtrack --out out/     # the picture, and music for it
+    python -m pipeline --text "a lighthouse" --control canny --control-image edges.png --control-strength 0.8
 
 An idea that asks for music ("compose a calm seaside ambience"), spoken or typed, is composed
 instead of drawn.
@@ -95,6 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
         f"default {limits.DEFAULT_STRENGTH:g})",
     )
     p.add_argument(
+        "--control",
+        metavar="MODE",
+        help="a ControlNet control: canny, depth or pose (from --control-image, else --image) or palette "
+        "(the director's palette; writes control.png)",
+    )
+    p.add_argument("--control-image", type=Path, help="the control's source image (canny/depth/pose)")
+    p.add_argument(
+        "--control-strength",
+        type=float,
+        help="how strongly the control guides the picture (0-2; default 1)",
+    )
+    p.add_argument(
         "--task",
         choices=["auto", "transcribe", "translate"],
         default="auto",
@@ -138,6 +151,19 @@ async def _run(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"error: invalid settings: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from .control import IMAGE_MODES, check_control
+
+    try:
+        control, control_strength = check_control(args.control, args.control_strength)
+    except VoxCanvasError as exc:  # an unknown mode or a strength out of bounds
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if control is None and (args.control_image is not None or args.control_strength is not None):
+        print("error: --control-image and --control-strength go with --control MODE", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if control in IMAGE_MODES and args.control_image is None and args.image is None:
+        print(f"error: the {control} control needs an image: give --control-image PATH", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         audio = args.audio.read_bytes() if args.audio is not None else None
         init_image = read_init_image_file(args.image) if args.image is not None else None
@@ -146,6 +172,14 @@ async def _run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     except VoxCanvasError as exc:  # an init image that is too large or not PNG/JPEG/WebP
         print(f"error: {args.image}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:  # bounded exactly like an init image
+        control_image = read_init_image_file(args.control_image) if args.control_image is not None else None
+    except OSError as exc:
+        print(f"error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except VoxCanvasError as exc:
+        print(f"error: {args.control_image}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     from .lora import parse_lora
 
@@ -160,6 +194,9 @@ async def _run(args: argparse.Namespace) -> int:
         audio=audio,
         audio_filename=args.audio.name if args.audio is not None else None,
         init_image=init_image,
+        control=control,
+        control_image=control_image,
+        control_strength=control_strength if control is not None else None,
         **{option: getattr(args, option) for option in IDEA_OPTIONS},
     )
     executor = create_executor(settings)
@@ -208,6 +245,10 @@ async def _run(args: argparse.Namespace) -> int:
     result = output.result
     (args.out / "image.png").write_bytes(output.image_png)
     (args.out / "palette.png").write_bytes(output.palette_png)
+    wrote = ["image.png", "palette.png", "result.json"] + (["music.wav"] if soundtrack is not None else [])
+    if output.control_png is not None:  # the control image the picture was rendered with
+        (args.out / "control.png").write_bytes(output.control_png)
+        wrote.append("control.png")
     record = result.model_dump(mode="json")
     if soundtrack is not None:
         (args.out / "music.wav").write_bytes(soundtrack.wav)
@@ -230,7 +271,8 @@ async def _run(args: argparse.Namespace) -> int:
     print(f"seed:      {best.seed}  steps {best.steps}  guidance {best.guidance:g}  size {best.width}x{best.height}")
     print(f"model:     {best.model or 'default'} ({best.family})" + (f"  LoRA {best.loras}" if best.loras else ""))
     print(f"palette:   {' '.join(result.palette)}")
-    wrote = ["image.png", "palette.png", "result.json"] + (["music.wav"] if soundtrack is not None else [])
+    if best.control is not None:
+        print(f"control:   {best.control} at strength {best.control_strength or 0:g}")
     if soundtrack is not None:
         _print_music(soundtrack)
     print(f"wrote:     {', '.join(str(args.out / name) for name in wrote)}")

@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 
 from . import families, limits, moderation
 from .audio import SAMPLE_RATE, decode_audio
-from .control import ControlSpec, check_control
+from .control import DEFAULT_CONTROL_STRENGTH, ControlSpec, check_control
 from .critic import GeminiCritic, QAReport, build_correction_prompt
 from .describe import Captioner, Described, GeminiDescriber
 from .directors import GeminiDirector, LocalDirector, music_idea, music_prompt_for
@@ -415,9 +415,12 @@ class Studio:
 
         return limits.MAX_CANDIDATES if torch.cuda.is_available() else 1
 
-    async def regenerate(self, job: Job, previous: Result, *, init_image: bytes | None = None) -> Output:
+    async def regenerate(
+        self, job: Job, previous: Result, *, init_image: bytes | None = None, control_image: bytes | None = None
+    ) -> Output:
         """The Regenerate button: the last correction prompt (or the prompt), a new seed,
-        guidance +1.5; then review again (and correct again if still below the threshold)."""
+        guidance +1.5; then review again (and correct again if still below the threshold). A
+        ControlNet job keeps its control (mode, strength, ``control_image``)."""
         last = previous.rounds[-1]
         request = _request_like(
             last,
@@ -425,17 +428,26 @@ class Studio:
             guidance=min(limits.MAX_GUIDANCE, last.guidance + families.guidance_step_of(last.family)),
             init_image=init_image,
         )
+        request = replace(request, control=_follow_up_control(last, previous, control_image, init_image))
         return await self._follow_up(job, previous, request, kind="regenerate")
 
     async def vary(
-        self, job: Job, previous: Result, *, init_image: bytes | None = None, candidate: int | None = None
+        self,
+        job: Job,
+        previous: Result,
+        *,
+        init_image: bytes | None = None,
+        candidate: int | None = None,
+        control_image: bytes | None = None,
     ) -> Output:
         """The Vary button: the shown picture's prompt and settings with a new seed. A V button
         (``candidate`` n, ``init_image`` that candidate's picture): variations of it, as many as
-        the parent had candidates, image-to-image at VARY_STRENGTH with new seeds."""
+        the parent had candidates, image-to-image at VARY_STRENGTH with new seeds. A ControlNet
+        job keeps its control (mode, strength, ``control_image``)."""
         if candidate is None:
             best = previous.best
             request = _request_like(best, prompt=best.prompt, guidance=best.guidance, init_image=init_image)
+            request = replace(request, control=_follow_up_control(best, previous, control_image, init_image))
             return await self._follow_up(job, previous, request, kind="vary")
         if init_image is None:
             raise BadRequest("There's no picture to vary.")
@@ -444,6 +456,7 @@ class Studio:
             _request_like(round_, prompt=round_.prompt, guidance=round_.guidance, init_image=init_image),
             strength=limits.VARY_STRENGTH,
             steps=max(round_.steps, math.ceil(1 / limits.VARY_STRENGTH)),
+            control=_follow_up_control(round_, previous, control_image, None),
         )
         count = max(1, len(previous.candidates))
         return await self._follow_up(job, previous, request, kind="vary", count=count)
@@ -457,9 +470,11 @@ class Studio:
         negative_prompt: str | None,
         style: str | None,
         seed: int | None,
+        control_image: bytes | None = None,
     ) -> Output:
         """The Remix modal: the parent's settings with the prompt, negative prompt and style as the
-        user edited them, and its seed unless they changed it; as many candidates as the parent."""
+        user edited them, and its seed unless they changed it; as many candidates as the parent
+        (and its ControlNet control: mode, strength, ``control_image``)."""
         best = previous.best
         style_key = check_style(style)
         text = prompt.strip()
@@ -471,6 +486,7 @@ class Studio:
             _request_like(best, prompt=text, guidance=best.guidance, init_image=None),
             negative_prompt=(negative_prompt or "").strip(),
             seed=first_seed if seed is None else seed,
+            control=_follow_up_control(best, previous, control_image, None),
         )
         provenance = previous.follow_up("remix", parent_job_id=previous.job_id)
         if style_key is not None:
@@ -996,6 +1012,22 @@ def _control_spec(idea: Idea, scene: Scene) -> ControlSpec | None:
         return None
     source = idea.control_image if idea.control_image is not None else idea.init_image
     return ControlSpec(mode, strength, source=source, palette=tuple(scene.palette))
+
+
+def _follow_up_control(
+    round_: Round, previous: Result, control_image: bytes | None, init_image: bytes | None
+) -> ControlSpec | None:
+    """The ControlNet part of a Regenerate / Vary / V / Remix: the round's mode and strength with
+    the job's stored control image (else its start image) or, for palette, the job's palette.
+    None when the round had no control — or its source image is gone (then it renders plain)."""
+    if round_.control is None:
+        return None
+    source = control_image if control_image is not None else init_image
+    if round_.control != "palette" and source is None:
+        log.warning("a %s control's source image is gone; rendering without it", round_.control)
+        return None
+    strength = round_.control_strength if round_.control_strength is not None else DEFAULT_CONTROL_STRENGTH
+    return ControlSpec(round_.control, strength, source=source, palette=tuple(previous.palette))
 
 
 def _candidate_requests(request: RenderRequest, count: int) -> list[RenderRequest]:

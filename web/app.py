@@ -41,6 +41,13 @@ from bot.runner import JobRequest
 from bot.store import JobRecord, StoreError
 from pipeline import limits
 from pipeline.audio import audio_duration, audio_too_long, is_too_long
+from pipeline.control import (
+    IMAGE_MODES,
+    MAX_CONTROL_STRENGTH,
+    MIN_CONTROL_STRENGTH,
+    ControlMode,
+    parse_controlnet_models,
+)
 from pipeline.errors import AudioTooLarge, BadRequest, EmptyAudio, VoxCanvasError
 from pipeline.images import check_image_bytes, inspect_init_image
 from pipeline.settings import Settings
@@ -93,6 +100,17 @@ class JobOptions(BaseModel):
         le=limits.MAX_CANDIDATES,
         description="Candidates rendered in one batch and all scored by the critic (default: CANDIDATES)",
     )
+    control: ControlMode | None = Field(
+        None,
+        description="A ControlNet control: canny, depth or pose (from the 'control_image' upload, else the start "
+        "'image'), or palette (the director's palette; no image)",
+    )
+    control_strength: float | None = Field(
+        None,
+        ge=MIN_CONTROL_STRENGTH,
+        le=MAX_CONTROL_STRENGTH,
+        description="How strongly the control guides the picture (default 1)",
+    )
 
     model_config = {"extra": "forbid"}
 
@@ -119,6 +137,8 @@ class JobOptions(BaseModel):
             strength=self.strength,
             seconds=self.seconds,
             candidates=self.count,
+            control=self.control,
+            control_strength=self.control_strength if self.control is not None else None,
             **extra,
         )
 
@@ -204,6 +224,7 @@ class JobStatus(BaseModel):
     wav_url: str | None = None  # the same piece as WAV
     grid_url: str | None = None  # a picture with several candidates: the labelled 2×2 grid
     candidate_urls: list[str] | None = None  # … and each candidate's picture, in order (scores: result.candidates)
+    control_url: str | None = None  # a picture rendered with a ControlNet control: its control image
 
 
 class Deleted(BaseModel):
@@ -374,6 +395,8 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
         media: dict[str, Any] = media_urls(record.id, "music" if record.is_music else "image") if done else {}
         if done and not record.is_music:
             media.update(candidate_links(record.id, result))
+            if any(r.get("control") for r in (result or {}).get("rounds") or []):
+                media["control_url"] = url(f"/api/jobs/{record.id}/control.png")
         return JobStatus(
             job_id=record.id,
             state=record.state,
@@ -523,7 +546,12 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
                         "schema": JobOptions.model_json_schema(ref_template="#/components/schemas/{model}")
                     },
                     **multipart_schema(
-                        {"audio": "binary", "image": "binary", **dict.fromkeys(JobOptions.model_fields, "string")},
+                        {
+                            "audio": "binary",
+                            "image": "binary",
+                            "control_image": "binary",
+                            **dict.fromkeys(JobOptions.model_fields, "string"),
+                        },
                         required=[],
                     )["requestBody"]["content"],
                 },
@@ -532,13 +560,15 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
     )
     async def create_job(request: Request, user: User) -> JSONResponse:
         """Start a job and return at once: JSON options, or a multipart form with an ``audio`` voice
-        note and/or a start ``image`` and the same options as fields. Follow it at ``events_url``."""
+        note and/or a start ``image`` (and a ControlNet ``control_image``) and the same options as
+        fields. Follow it at ``events_url``."""
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        audio = image = None
+        audio = image = control_image = None
         if content_type == "multipart/form-data":
             form = await read_form(request)
             audio = await audio_field(form, "audio", settings)
             image = await image_field(form, "image")
+            control_image = await image_field(form, "control_image")  # bounded exactly like the start image
             fields = text_fields(form, tuple(JobOptions.model_fields))
             options = validated(JobOptions, {k: v for k, v in fields.items() if v != ""})
         elif content_type == "application/json":
@@ -553,16 +583,27 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
             raise ApiError(415, "Send the options as application/json, or as multipart/form-data with files.")
         if audio is None and options.text is None:
             raise ApiError(422, "There's nothing to draw yet — send an idea as 'text', or a voice note as 'audio'.")
+        offered = {mode for _, mode in parse_controlnet_models(settings.CONTROLNET_MODELS)}
+        if options.control is not None and options.control not in offered:
+            raise ApiError(
+                422, f"There is no {options.control} control here ({', '.join(sorted(offered)) or 'none are set up'})."
+            )
+        if control_image is not None and options.control is None:
+            raise ApiError(422, "A 'control_image' goes with a 'control' mode (canny, depth or pose).")
+        if options.control in IMAGE_MODES and control_image is None and image is None:
+            raise ApiError(
+                422, f"The {options.control} control needs an image: upload one as 'control_image' (multipart)."
+            )
         if options.kind == "music":
-            if audio is not None or image is not None or options.text is None:
+            if audio is not None or image is not None or control_image is not None or options.text is None:
                 raise ApiError(422, "Music is composed from a description: send it as 'text' (no files).")
             music = Idea(text=options.text, seconds=options.seconds, seed=options.seed)
             return created(await submit(user, JobRequest("compose", music)))
         if audio is not None:
-            idea = options.idea(audio=audio[0], audio_filename=audio[1], init_image=image)
+            idea = options.idea(audio=audio[0], audio_filename=audio[1], init_image=image, control_image=control_image)
             job_request = JobRequest("voice", idea)
         else:
-            job_request = JobRequest("text", options.idea(init_image=image))
+            job_request = JobRequest("text", options.idea(init_image=image, control_image=control_image))
         return created(await submit(user, job_request))
 
     @app.get("/api/jobs/{job_id}", response_model=JobStatus, tags=["jobs"])
@@ -640,6 +681,19 @@ def create_app(settings: Settings, api: ApiJobs, *, base_url: Callable[[], str] 
             if grid is None:
                 raise ApiError(404, "That job made one picture, so there is no grid.", job_id=job_id)
             return grid
+
+        return await result_file(record, read)
+
+    @app.get("/api/jobs/{job_id}/control.png", response_class=Response, responses=png, tags=["jobs"])
+    async def job_control(record: OwnJob) -> Response:
+        """The ControlNet control image a picture was rendered with (its edge/depth map, pose or
+        palette bands); 404 for a picture rendered without a control."""
+
+        async def read(job_id: str) -> bytes:
+            control = await store.read_control(job_id)
+            if control is None:
+                raise ApiError(404, "That picture was rendered without a control.", job_id=job_id)
+            return control
 
         return await result_file(record, read)
 

@@ -5,7 +5,7 @@ Layout under ``DATA_DIR``::
     voxcanvas.db          SQLite (WAL), one row per job in ``jobs``
     voxcanvas.db-wal/-shm SQLite's write-ahead log (present while open, or after a crash)
     voxcanvas.lock        advisory lock: one VoxCanvas process per DATA_DIR
-    jobs/<job_id>/        audio.<ext>, init.png, image.png, palette.png, result.json
+    jobs/<job_id>/        audio.<ext>, init.png, control-input.png, image.png, palette.png, result.json
 
 The package, by room:
 

@@ -51,6 +51,10 @@ def candidate_file(index: int) -> str:
 
 
 CONTROL_FILE: Final = "control.png"  # the ControlNet control image a picture was rendered with (#18)
+#: The user's ControlNet source image (canny/depth/pose), a job *input* saved with the job like
+#: ``init.png`` so a restart or a Regenerate renders with it again; :data:`CONTROL_FILE` is the
+#: control image computed from it (the edge/depth map), a *result*.
+CONTROL_INPUT_FILE: Final = "control-input.png"
 CANDIDATE_FILES: Final = tuple(candidate_file(i) for i in range(4)) + (GRID_FILE, CONTROL_FILE)
 MUSIC_FILE: Final = "music.ogg"  # a composed piece as Discord plays it (OGG/Opus)
 MUSIC_WAV_FILE: Final = "music.wav"  # the same piece as 16-bit PCM WAV, lossless (the HTTP API's file)
@@ -64,22 +68,27 @@ DB_FILES: Final = (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", f"{DB_NAME}-jour
 
 @dataclass(frozen=True)
 class JobInputs:
-    """A new job's input files (``audio.<ext>``, ``init.png``), saved before its row."""
+    """A new job's input files (``audio.<ext>``, ``init.png``, ``control-input.png``), saved before its row."""
 
     audio_file: str | None
     init_image_file: str | None
     files: tuple[tuple[str, bytes], ...]
+    control_image_file: str | None = None
 
     @classmethod
-    def of(cls, audio: bytes | None, audio_ext: str, init_image: bytes | None) -> JobInputs:
+    def of(
+        cls, audio: bytes | None, audio_ext: str, init_image: bytes | None, control_image: bytes | None = None
+    ) -> JobInputs:
         """Name the inputs; ``ValueError`` for an audio extension that can't be a file name's."""
         ext = audio_ext.lower().lstrip(".")
         if audio is not None and not _AUDIO_EXT.fullmatch(ext):
             raise ValueError(f"audio_ext must be a short alphanumeric extension, not {audio_ext!r}")
         audio_file = f"audio.{ext}" if audio is not None else None
         init_file = INIT_IMAGE_FILE if init_image is not None else None
-        named = ((audio_file, audio), (init_file, init_image))
-        return cls(audio_file, init_file, tuple((name, data) for name, data in named if name and data is not None))
+        control_file = CONTROL_INPUT_FILE if control_image is not None else None
+        named = ((audio_file, audio), (init_file, init_image), (control_file, control_image))
+        files = tuple((name, data) for name, data in named if name and data is not None)
+        return cls(audio_file, init_file, files, control_file)
 
 
 def fsync_dir(path: Path) -> None:

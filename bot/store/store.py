@@ -23,6 +23,7 @@ from .errors import JobNotFound, JobStateError
 from .files import (
     CANDIDATE_FILES,
     CONTROL_FILE,
+    CONTROL_INPUT_FILE,
     DB_NAME,
     GRID_FILE,
     IMAGE_FILE,
@@ -187,20 +188,28 @@ class JobStore:
         audio: bytes | None = None,
         audio_ext: str = "ogg",
         init_image: bytes | None = None,
+        control_image: bytes | None = None,
         job_id: str | None = None,
     ) -> JobRecord:
-        """Admit a job in state ``queued``. Its audio / init image are saved first, then the row.
+        """Admit a job in state ``queued``. Its audio / init image / ControlNet source image are
+        saved first, then the row.
 
-        ``idea`` holds the request options (JSON-serializable); ``has_audio`` and
-        ``has_init_image`` are set in the stored copy. The job gets its ``delivery_nonce`` here.
+        ``idea`` holds the request options (JSON-serializable); ``has_audio``,
+        ``has_init_image`` and ``has_control_image`` are set in the stored copy. The job gets its
+        ``delivery_nonce`` here.
         Raises :class:`JobNotFound` when ``parent_job_id`` no longer exists.
         """
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {sorted(KINDS)}, not {kind!r}")
         job_id = job_id or uuid.uuid4().hex
         self.job_dir(job_id)  # checks the id
-        inputs = JobInputs.of(audio, audio_ext, init_image)
-        stored_idea = dict(idea, has_audio=audio is not None, has_init_image=init_image is not None)
+        inputs = JobInputs.of(audio, audio_ext, init_image, control_image)
+        stored_idea = dict(
+            idea,
+            has_audio=audio is not None,
+            has_init_image=init_image is not None,
+            has_control_image=control_image is not None,
+        )
         now = self._now()
         if interaction_token is not None and interaction_created_at is None:
             interaction_created_at = now
@@ -301,6 +310,14 @@ class JobStore:
 
     async def read_init_image(self, job_id: str) -> bytes | None:
         return await self._read_input_file(job_id, lambda record: record.init_image_file)
+
+    async def read_control_input(self, job_id: str) -> bytes | None:
+        """The ControlNet source image the job was asked with (canny/depth/pose; an input, kept
+        until the job is deleted); None without one. Not the computed control image of
+        :meth:`read_control`."""
+        return await self._read_input_file(
+            job_id, lambda record: CONTROL_INPUT_FILE if record.idea.get("has_control_image") else None
+        )
 
     async def unfinished(self) -> list[JobRecord]:
         """Queued and running jobs, oldest first: re-queue these at start-up."""

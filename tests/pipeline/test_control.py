@@ -4,6 +4,7 @@ ControlNet made from the tiny SD UNet, loaded through the product's own from_pre
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from devkit import builders
+from pipeline import limits
 from pipeline.control import (
     ControlNets,
     ControlSpec,
@@ -21,6 +23,7 @@ from pipeline.control import (
 )
 from pipeline.errors import BadRequest
 from pipeline.synthesis import RenderRequest, Synthesizer
+from tests.pipeline.test_studio import cli_env  # noqa: F401 (a fixture)
 
 PALETTE = ("#D62828", "#1E63D6", "#FFD60A")
 
@@ -174,3 +177,39 @@ def test_sdxl_gets_its_own_controlnet_pipeline(tiny_sdxl_dir, tmp_path):
     assert type(synthesizer._control_pipes[("palette", False)]).__name__ == "StableDiffusionXLControlNetPipeline"
     with pytest.raises(BadRequest, match="no canny ControlNet for SDXL"):
         synthesizer.render([req(ControlSpec("canny", source=square_png()), steps=2)])
+
+
+# ------------------------------------------------------------------------------------------------
+# The CLI: --control MODE --control-image PATH --control-strength X (#18)
+# ------------------------------------------------------------------------------------------------
+async def test_cli_canny_control_and_its_refusals(control_dirs, cli_env, tmp_path):  # noqa: F811
+    from tests.pipeline.test_studio import cli
+
+    env = {**cli_env, "CONTROLNET_MODELS": f"canny={control_dirs['canny']}", "QA_MAX_ROUNDS": "0"}
+    edges = tmp_path / "edges.png"
+    edges.write_bytes(square_png())
+    args = ["--text", "a lighthouse", "--seed", "5", "--out", "out", "--quiet", "--control", "canny"]
+    code, out, err = await cli([*args, "--control-image", str(edges), "--control-strength", "0.6"], env, tmp_path)
+    assert code == 0, err
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert (result["rounds"][0]["control"], result["rounds"][0]["control_strength"]) == ("canny", 0.6)
+    control = Image.open(tmp_path / "out" / "control.png")
+    assert control.size == Image.open(tmp_path / "out" / "image.png").size == (64, 64)
+    assert "control:   canny at strength 0.6" in out
+
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * (limits.MAX_IMAGE_BYTES + 1))
+    refusals = [
+        (["--control-strength", "2.5", "--control-image", str(edges)], "control strength must be between 0 and 2"),
+        ([], "the canny control needs an image"),
+        (["--control-image", str(big)], "big.png"),
+        (["--control-image", str(tmp_path / "missing.png")], "missing.png"),
+    ]
+    (tmp_path / "refused").mkdir()
+    for extra, words in refusals:
+        code, _, err = await cli([*args, *extra], env, tmp_path / "refused")
+        assert code == 2 and words in err and "Traceback" not in err, err
+    code, _, err = await cli(["--text", "x", "--control", "sketch"], env, tmp_path)
+    assert code == 2 and "Unknown control mode 'sketch'" in err
+    code, _, err = await cli(["--text", "x", "--control-image", str(edges)], env, tmp_path)
+    assert code == 2 and "go with --control MODE" in err

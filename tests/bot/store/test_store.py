@@ -58,7 +58,7 @@ async def test_create_get_round_trip_all_fields(store: JobStore, data_dir: Path)
     assert got == job
     assert (got.user_id, got.guild_id, got.channel_id, got.kind) == (7, 99, 11, "vary")
     assert got.parent_job_id == parent.id
-    assert got.idea == dict(idea, has_audio=True, has_init_image=True)
+    assert got.idea == dict(idea, has_audio=True, has_init_image=True, has_control_image=False)
     assert (got.source_message_id, got.interaction_id, got.progress_message_id) == (555, 666, 777)
     assert got.interaction_token == "secret-token"
     assert before <= got.interaction_created_at <= time.time()
@@ -75,7 +75,12 @@ async def test_create_get_round_trip_all_fields(store: JobStore, data_dir: Path)
     assert await store.read_audio(parent.id) is None
     assert await store.read_init_image(parent.id) is None
     assert not (data_dir / "jobs" / parent.id).exists()
-    assert parent.idea == {"text": "a red apple", "has_audio": False, "has_init_image": False}
+    assert parent.idea == {
+        "text": "a red apple",
+        "has_audio": False,
+        "has_init_image": False,
+        "has_control_image": False,
+    }
     assert await store.get("no-such-job") is None
     assert await store.get("../../etc") is None  # ids become paths: never traverse
     with pytest.raises(ValueError):
@@ -377,3 +382,27 @@ async def test_closed_store_says_so(data_dir: Path) -> None:
     await store.close()  # idempotent
     with pytest.raises(StoreError, match="closed"):
         await new_job(store)
+
+
+async def test_control_input_is_a_job_input_apart_from_the_rendered_control(store: JobStore, data_dir: Path) -> None:
+    """#18: the user's ControlNet source image is saved with the job (``control-input.png``), read
+    back by :meth:`read_control_input`; the control image rendered from it is ``control.png``."""
+    source, init = b"\x89PNG-edges" + os.urandom(64), b"\x89PNG-init" + os.urandom(64)
+    job = await store.create_job(
+        user_id=7, channel_id=11, kind="text", idea={"text": "x", "control": "canny"}, init_image=init,
+        control_image=source,
+    )  # fmt: skip
+    assert job.idea == {"text": "x", "control": "canny", "has_audio": False, "has_init_image": True,
+                        "has_control_image": True}  # fmt: skip
+    assert tree_files(data_dir / "jobs" / job.id) == ["control-input.png", "init.png"]
+    assert await store.read_control_input(job.id) == source and await store.read_init_image(job.id) == init
+    assert await store.read_control(job.id) is None  # nothing rendered yet
+    await store.mark_running(job.id)
+    await store.complete(job.id, image_png=PNG, palette_png=PALETTE, result_json=RESULT, score=90, title="t",
+                         control_png=b"edge-map")  # fmt: skip
+    assert await store.read_control(job.id) == b"edge-map"
+    assert await store.read_control_input(job.id) == source  # the input stays beside the result
+    plain = await new_job(store)
+    assert await store.read_control_input(plain.id) is None
+    assert await store.delete(job.id, user_id=7)
+    assert not (data_dir / "jobs" / job.id).exists()
