@@ -13,9 +13,9 @@ from PIL import Image
 from devkit.helpers import footer_job
 from devkit.voice import make_voice_note
 from pipeline.studio import Result
+from tests.bot import test_reliability
 from tests.bot.conftest import BotHarness
 from tests.bot.test_bot import RESULT_TIMEOUT, delivered_record, field, imagine, run_bot_process, wait_result
-from tests.bot import test_reliability
 
 pytestmark = pytest.mark.timeout(300)
 
