@@ -152,13 +152,13 @@ async def test_imagine_on_a_remote_backend_with_executor_ray(start_ray_bot, fake
     from devkit.backends import FakeA1111
 
     async with FakeA1111(step_s=0.05) as a1111:
-        harness = await start_ray_bot(RENDER_BACKEND="a1111", A1111_URL=a1111.url, STEPS=6, QA_MAX_ROUNDS=0)
+        harness = await start_ray_bot(RENDER_BACKEND="a1111", A1111_URL=a1111.url, QA_MAX_ROUNDS=0)
         executor = harness.bot.executor
         interaction = await imagine(fake_discord, {"prompt": "a lighthouse at dusk"})
         assert interaction.ack_latency < 3.0
         message = await wait_result(fake_discord, interaction, timeout=RESULT_TIMEOUT * 2)
         result = Result.model_validate_json((await harness.bot.store.get(footer_job(message))).result_json)
-        assert [r.backend for r in result.rounds] == ["a1111"] and [p["steps"] for p in a1111.payloads] == [6]
+        assert [r.backend for r in result.rounds] == ["a1111"] and [p["steps"] for p in a1111.payloads] == [4]
         assert "rendered on A1111/Forge" in (field(message, "Settings") or "")
         assert "CLIP" in field(message, "Judged by")  # the review went to the Critic replica
         assert {"render", "review"} <= set(executor.recorder.stage_means())
