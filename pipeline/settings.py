@@ -312,12 +312,6 @@ class Settings(BaseSettings):
                     raise ValueError(f"{name}: {exc}") from None
         if self.RENDER_FALLBACK and self.RENDER_FALLBACK == self.RENDER_BACKEND:
             raise ValueError("RENDER_FALLBACK must name another backend than RENDER_BACKEND (or be empty).")
-        remote = sorted(b for b in used if b and b != "diffusers")
-        if self.EXECUTOR == "ray" and remote:
-            raise ValueError(
-                f"EXECUTOR=ray renders with diffusers on the cluster; remote render backends ({', '.join(remote)}) "
-                "are not routed through Ray: use them with EXECUTOR=local."
-            )
         return self
 
     @field_validator("A1111_CONTROLNET_MODELS", "COMFYUI_CONTROLNET_MODELS")

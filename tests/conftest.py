@@ -183,6 +183,7 @@ def ray_overrides(ray_cluster, trained_whisper_dir):
         WHISPER_MODEL=str(trained_whisper_dir),
         MAX_BATCH=4,
         BATCH_WINDOW_MS=100,
+        STEPS=4,  # as bot_settings: whichever test deploys the replicas first, the defaults agree
     )
 
 

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..backends.router import RenderRouter
 from ..errors import ExecutorFailure, JobCancelled, ShuttingDown, StageTimeout, VoxCanvasError
 from . import policy
 from .jobs import Job, ProgressEvent, WorkKind
@@ -176,6 +177,9 @@ class RayExecutor:
         self._metrics = MetricsRecorder()
         self._shown: dict[str, tuple[int, int]] = {}
         self.retries = 0  # calls sent again after their replica died
+        # Remote render backends (pipeline.backends) need no GPU: their renders stay in this
+        # process, behind the router's per-backend fair gate, as with the local executor.
+        self.router = RenderRouter(settings)
 
     # --- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -195,7 +199,8 @@ class RayExecutor:
 
     async def warm_up(self, *, whisper: bool = True, clip: bool = True) -> None:
         """Load the models in one replica of each stage (the others load on first use)."""
-        wanted = ["render"] + (["transcribe"] if whisper else []) + (["review"] if clip else [])
+        render = [] if self.router.is_remote(None) else ["render"]  # a remote default model needs no replica
+        wanted = render + (["transcribe"] if whisper else []) + (["review"] if clip else [])
         await asyncio.gather(*(self._handles[s].warm_up.remote() for s in wanted if s in self._handles))
 
     def stop_admitting(self) -> None:
@@ -220,6 +225,7 @@ class RayExecutor:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
+        await self.router.close()
         if self._owns_connection:
             import ray
 
@@ -321,12 +327,41 @@ class RayExecutor:
         return transcript
 
     async def render(self, job: Job, request: RenderRequest) -> RenderedImage:
+        request = await asyncio.to_thread(request.validated) if request.init_image else request.validated()
+        if self.router.is_remote(request.model):
+            return await self._render_remote(job, request)
+        return await self._render_on_cluster(job, request)
+
+    async def _render_on_cluster(self, job: Job, request: RenderRequest) -> RenderedImage:
         from .deployments import rendered_from_wire
 
-        request = await asyncio.to_thread(request.validated) if request.init_image else request.validated()
         wire = await self._submit(job, "render", lambda: self._handles["render"].render.remote(job.id, request))
         self._metrics.observe_batch(int(wire["batch_size"]))  # (counted once per picture of the batch)
         image: RenderedImage = await asyncio.to_thread(rendered_from_wire, wire)
+        return image
+
+    async def _render_remote(self, job: Job, request: RenderRequest) -> RenderedImage:
+        """A render on a remote backend (RENDER_BACKEND, a MODELS entry like ``xl=a1111:ckpt``):
+        on the event loop of the bot (pipeline.backends.router), never on the cluster; a
+        RENDER_FALLBACK=diffusers render goes to the Render replicas."""
+
+        async def local(moved: RenderRequest) -> RenderedImage:
+            return await self._render_on_cluster(job, moved)
+
+        if job.cancelled:
+            raise JobCancelled()
+        began = time.monotonic()
+        try:
+            image = await asyncio.wait_for(
+                self.router.render(job, request, emit=self._emit, local=local), self.stage_timeout_s
+            )
+        except TimeoutError:
+            job.cancel()
+            raise StageTimeout() from None
+        finally:
+            self._notify_positions()
+        self._metrics.observe_batch(1)
+        self._metrics.observe_stage("render", time.monotonic() - began)
         return image
 
     async def review(self, job: Job, image: Image.Image, scene: Scene, prompt: str) -> QAReport:
@@ -364,6 +399,8 @@ class RayExecutor:
         return lora_names(self.settings.LORA_DIR)
 
     def family(self, model: str | None) -> FamilyProfile | None:
+        if self.router.is_remote(model):
+            return self.router.route(model).profile
         return None  # nothing is loaded in this process
 
     # --- dispatch ------------------------------------------------------------------------------

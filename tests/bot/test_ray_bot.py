@@ -13,10 +13,14 @@ from PIL import Image
 from devkit.helpers import footer_job
 from devkit.voice import make_voice_note
 from pipeline.studio import Result
+from tests.bot import test_reliability
 from tests.bot.conftest import BotHarness
 from tests.bot.test_bot import RESULT_TIMEOUT, delivered_record, field, imagine, run_bot_process, wait_result
 
 pytestmark = pytest.mark.timeout(300)
+
+bot_env = test_reliability.bot_env  # the fixtures of the process tests, for the SIGKILL test here
+processes = test_reliability.processes
 
 
 @pytest.fixture
@@ -140,3 +144,63 @@ async def test_shards_in_one_process_serve_imagine(fake_discord, bot_settings, s
         await bot.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 10)
+
+
+async def test_imagine_on_a_remote_backend_with_executor_ray(start_ray_bot, fake_discord):
+    """A remote render backend needs no GPU: with EXECUTOR=ray the render goes from the bot process
+    to the fake A1111 (behind the router's fair gate) while CLIP still reviews on its replica."""
+    from devkit.backends import FakeA1111
+
+    async with FakeA1111(step_s=0.05) as a1111:
+        harness = await start_ray_bot(RENDER_BACKEND="a1111", A1111_URL=a1111.url, QA_MAX_ROUNDS=0)
+        executor = harness.bot.executor
+        interaction = await imagine(fake_discord, {"prompt": "a lighthouse at dusk"})
+        assert interaction.ack_latency < 3.0
+        message = await wait_result(fake_discord, interaction, timeout=RESULT_TIMEOUT * 2)
+        result = Result.model_validate_json((await harness.bot.store.get(footer_job(message))).result_json)
+        assert [r.backend for r in result.rounds] == ["a1111"] and [p["steps"] for p in a1111.payloads] == [4]
+        assert "rendered on A1111/Forge" in (field(message, "Settings") or "")
+        assert "CLIP" in field(message, "Judged by")  # the review went to the Critic replica
+        assert {"render", "review"} <= set(executor.recorder.stage_means())
+        assert executor.family(None) is not None  # the remote model's profile, known in the bot
+
+
+async def test_sigkill_of_the_bot_while_ray_runs_delivers_every_job_once(
+    bot_env, fake_discord, tmp_path, processes, ray_overrides, ray_cluster, tiny_musicgen_dir
+):
+    """``python -m bot`` with EXECUTOR=ray on the session's cluster is SIGKILLed while renders are out
+    on the replicas; a new process against the same still-running cluster and DATA_DIR delivers
+    every job exactly once (the killed driver's calls finish on the cluster and are discarded)."""
+    import signal
+
+    from tests.bot.test_reliability import results_by_job, start_process
+
+    fake = fake_discord
+    env = {
+        **bot_env,
+        "EXECUTOR": "ray",
+        "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,  # the session cluster, as host:port
+        "RAY_NAMESPACE": ray_overrides["RAY_NAMESPACE"],
+        "RAY_MIN_REPLICAS": str(ray_overrides["RAY_MIN_REPLICAS"]),
+        "RAY_MAX_REPLICAS": str(ray_overrides["RAY_MAX_REPLICAS"]),
+        "MUSIC_MODEL": str(tiny_musicgen_dir),
+        "MAX_JOBS_PER_USER": "4",
+    }
+    first = await start_process(env, fake, tmp_path, processes, "first")
+    prompts = [f"a {colour} kite" for colour in ("red", "blue", "green", "yellow")]
+    interactions = [
+        await fake.slash_command("imagine", {"prompt": p, "seed": i, "steps": 60}) for i, p in enumerate(prompts)
+    ]
+    for interaction in interactions:
+        await fake.wait_for_response(interaction)
+        assert interaction.response_type == 5 and interaction.ack_latency < 3.0
+    await fake.wait_until(lambda: results_by_job(fake) or None, 180, "the first result", poll=0.02)
+    first.proc.send_signal(signal.SIGKILL)
+    assert await first.wait() == -signal.SIGKILL
+    assert 1 <= len(results_by_job(fake)) < 4, "the kill came too late to leave jobs behind"
+
+    await start_process(env, fake, tmp_path, processes, "second")
+    await fake.wait_until(lambda: len(results_by_job(fake)) >= 4 or None, 180, "all four results", poll=0.05)
+    await asyncio.sleep(1.0)  # anything duplicated would arrive now
+    by_job = results_by_job(fake)
+    assert len(by_job) == 4 and all(len(m) == 1 for m in by_job.values()), {j: len(m) for j, m in by_job.items()}

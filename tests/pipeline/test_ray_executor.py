@@ -143,3 +143,50 @@ def test_unreachable_cluster_at_start_is_one_line_naming_ray_address():
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1, out
     assert "RAY_ADDRESS=127.0.0.1:1" in lines[0] and "cannot be reached" in lines[0]
+
+
+async def test_music_on_the_composer_replica_progress_determinism_and_cancel(
+    make_settings, ray_overrides, tiny_musicgen_dir
+):
+    """The Composer deployment: the tiny MusicGen loaded by its replica, step progress read from the
+    board, the same seed → the same samples, and Cancel stops it at its next step."""
+    from pipeline import limits
+    from pipeline.executor.ray_serve import RayExecutor
+    from pipeline.music import MUSIC_SAMPLE_RATE, MusicRequest
+
+    from ..conftest import RAY_STEP_DELAY_S
+
+    settings = make_settings(**ray_overrides, MUSIC_MODEL=str(tiny_musicgen_dir))
+    executor = RayExecutor(settings, stage_timeout_s=180, step_delay_s=RAY_STEP_DELAY_S, stages=("music",))
+    await executor.start()
+    try:
+        events: list[ProgressEvent] = []
+        job = executor.admit("u1")
+        job.listener = events.append
+        music = await executor.compose(job, MusicRequest("a calm seaside ambience", seconds=1.0, seed=7))
+        assert music.sample_rate == MUSIC_SAMPLE_RATE and music.samples.dtype == np.float32
+        assert music.samples.ndim == 1 and len(music.samples) == MUSIC_SAMPLE_RATE
+        assert np.isfinite(music.samples).all() and music.seed == 7
+        steps = [(e.step, e.total) for e in events if e.stage == "music" and e.total]
+        assert steps and all(t == music.tokens for _, t in steps)  # progress crossed from the replica
+        assert [s for s, _ in steps] == sorted(s for s, _ in steps)
+        again = await executor.compose(job, MusicRequest("a calm seaside ambience", seconds=1.0, seed=7))
+        other = await executor.compose(job, MusicRequest("a calm seaside ambience", seconds=1.0, seed=8))
+        assert np.array_equal(music.samples, again.samples) and not np.array_equal(music.samples, other.samples)
+        job.finish()
+
+        long_job = executor.admit("u2")
+        seen: list[ProgressEvent] = []
+        long_job.listener = seen.append
+        long = asyncio.create_task(
+            executor.compose(long_job, MusicRequest("slow piano", seconds=limits.MAX_MUSIC_SECONDS, seed=1))
+        )
+        await wait_for(lambda: any(e.stage == "music" and e.step for e in seen), 60, "music progress")
+        began = asyncio.get_running_loop().time()
+        long_job.cancel()
+        with pytest.raises(JobCancelled):
+            await long
+        assert asyncio.get_running_loop().time() - began < 10  # stopped at a step, not after ~75 s
+        long_job.finish()
+    finally:
+        await executor.shutdown(timeout_s=10)
