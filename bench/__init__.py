@@ -9,7 +9,8 @@
 * ``bench.models``: builders of the real-size random-weight models (tiny ones come from
   ``devkit.builders``, the shared test/bench kit in ``tests/kit``), always loaded through the
   product's own loading code.
-* ``bench.common``: what both modes share (the product's setting defaults, batch-size histograms).
+* ``bench.common``: what both modes share (the product's setting defaults, batch-size histograms)
+  and the preamble of ``bench.upscale`` / ``bench.candidates`` (arguments, model directories, result path).
 * ``bench.report``: machine info, the results JSON and the ``docs/benchmarks.md`` table.
 
 Everything measured goes through the product (``Synthesizer``, ``Transcriber``, ``ClipCritic``,

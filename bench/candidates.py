@@ -30,12 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-for _name, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}.items():
-    os.environ.setdefault(_name, _value)
+from .common import bench_parser, hub_offline, model_dirs, result_path
 
+hub_offline()
 log = logging.getLogger("bench.candidates")
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = ROOT / "bench" / "results"
 IDEAS = (
     "a red apple on a wooden table",
     "a lighthouse on a cliff at dusk",
@@ -46,32 +44,11 @@ IDEAS = (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.candidates", description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", choices=("tiny", "real"), default="tiny")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: 25 GPU, 10 CPU)")
-    p.add_argument("--side", type=int, default=None, help="picture side (default: 512 real, 64 tiny)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench-models")
-    p.add_argument("--out", type=Path, default=RESULTS_DIR)
-    p.add_argument("--tag", default="")
-    return p.parse_args(argv)
-
-
-def model_dirs(args: argparse.Namespace) -> tuple[Path, Path]:
-    if args.size == "real":
-        from .models import ensure_real_models
-
-        dirs = ensure_real_models(args.cache, names=("sd15", "clip-vit-large-patch14"))
-        return dirs["sd15"], dirs["clip-vit-large-patch14"]
-    from devkit import builders
-
-    sd, clip = args.cache / "tiny-sd", args.cache / "tiny-clip"
-    if not (sd / "model_index.json").exists():
-        builders.build_tiny_stable_diffusion(sd)
-    if not (clip / "config.json").exists():
-        builders.build_tiny_clip(clip)
-    return sd, clip
+    parser = bench_parser(
+        "python -m bench.candidates", __doc__ or "", steps_help="denoising steps (default: 25 GPU, 10 CPU)"
+    )
+    parser.add_argument("--side", type=int, default=None, help="picture side (default: 512 real, 64 tiny)")
+    return parser.parse_args(argv)
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -173,10 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("pipeline", "transformers", "diffusers", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     result = asyncio.run(measure(args))
-    args.out.mkdir(parents=True, exist_ok=True)
-    tag = "cpu" if result["device"].startswith("cpu") else "gpu"
-    suffix = f"-{args.tag}" if args.tag else ""
-    path = args.out / f"candidates-{tag}-{args.size}-{dt.date.today().isoformat()}{suffix}.json"
+    path = result_path(args, "candidates", "cpu" if result["device"].startswith("cpu") else "gpu")
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(result, indent=2))
     print(f"wrote {path}")

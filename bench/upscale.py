@@ -18,30 +18,21 @@ import io
 import json
 import logging
 import math
-import os
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
-for _name, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}.items():
-    os.environ.setdefault(_name, _value)
+from .common import ROOT, bench_parser, hub_offline, model_dirs, result_path
 
+hub_offline()
 log = logging.getLogger("bench.upscale")
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = ROOT / "bench" / "results"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.upscale", description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", choices=("tiny", "real"), default="tiny")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--steps", type=int, default=None, help="the picture's steps (default: 25 GPU, 10 CPU)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench-models")
-    p.add_argument("--out", type=Path, default=RESULTS_DIR)
-    p.add_argument("--tag", default="")
-    return p.parse_args(argv)
+    parser = bench_parser(
+        "python -m bench.upscale", __doc__ or "", steps_help="the picture's steps (default: 25 GPU, 10 CPU)"
+    )
+    return parser.parse_args(argv)
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -51,8 +42,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     from pipeline import limits
     from pipeline.synthesis import RenderRequest, Synthesizer
-
-    from .candidates import model_dirs
 
     sd_dir, _ = model_dirs(args)
     synth = Synthesizer(str(sd_dir), args.device, safety_checker=False)
@@ -127,11 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     report = measure(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    device = "cuda" if report["gpu"] else "cpu"
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-    tag = f"-{args.tag}" if args.tag else ""
-    path = args.out / f"upscale-{device}-{args.size}-{stamp}{tag}.json"
+    path = result_path(args, "upscale", "cuda" if report["gpu"] else "cpu")
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["results"], indent=2))
     print(f"written: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")

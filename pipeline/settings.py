@@ -143,9 +143,9 @@ class Settings(BaseSettings):
     RAY_RENDER_GPUS: float | None = Field(None, ge=0, le=8)
     RAY_AUX_GPUS: float | None = Field(None, ge=0, le=8)
 
-    # --- Discord gateway shards, all in this one process (AutoShardedBot); 0: Discord's
-    # recommendation; empty: one gateway connection, no sharding (enough below 2,500 servers) ---
-    SHARD_COUNT: int | None = Field(None, ge=0, le=1024)
+    # --- Discord gateway shards, all in this one process (AutoShardedBot); 0 or empty (default):
+    # Discord's recommendation from GET /gateway/bot; N: exactly N shards ---
+    SHARD_COUNT: int | None = Field(0, ge=0, le=1024)
 
     # --- storage ---
     DATA_DIR: Path = Path("./data")

@@ -352,7 +352,8 @@ def _unknown_profile() -> FamilyProfile:
 
 
 def build_backend(name: str, settings: Settings) -> HttpBackend:
-    """One backend from its settings. Raises ValueError naming the setting that is missing."""
+    """One backend from validated settings (a missing API key or token is refused once, in
+    ``Settings._backends_configured``, naming the setting)."""
     from ..control import parse_remote_controlnet_models
 
     common: dict[str, Any] = {"timeout_s": settings.REMOTE_TIMEOUT_S, "retries": settings.REMOTE_RETRIES}
@@ -383,8 +384,7 @@ def build_backend(name: str, settings: Settings) -> HttpBackend:
     if name == "stability":
         from .stability import StabilityBackend
 
-        if settings.STABILITY_API_KEY is None:
-            raise ValueError("STABILITY_API_KEY is needed to render on Stability AI")
+        assert settings.STABILITY_API_KEY is not None, "Settings._backends_configured refuses a missing key"
         return StabilityBackend(
             settings.STABILITY_URL,
             api_key=settings.STABILITY_API_KEY.get_secret_value(),
@@ -394,8 +394,7 @@ def build_backend(name: str, settings: Settings) -> HttpBackend:
     if name == "replicate":
         from .replicate import ReplicateBackend
 
-        if settings.REPLICATE_API_TOKEN is None:
-            raise ValueError("REPLICATE_API_TOKEN is needed to render on Replicate")
+        assert settings.REPLICATE_API_TOKEN is not None, "Settings._backends_configured refuses a missing token"
         return ReplicateBackend(
             settings.REPLICATE_URL,
             api_token=settings.REPLICATE_API_TOKEN.get_secret_value(),

@@ -124,28 +124,6 @@ async def test_bot_with_an_unreachable_ray_address_exits_in_one_line(tmp_path, a
     assert len(lines) == 1 and "RAY_ADDRESS" in lines[0] and "Traceback" not in out, out
 
 
-@pytest.mark.parametrize("shards, expected", [(2, 2), (0, 1)])  # 0: Discord's recommendation (the fake says 1)
-async def test_shards_in_one_process_serve_imagine(fake_discord, bot_settings, shards, expected):
-    """SHARD_COUNT (local executor): every shard identifies, the bot is ready, /imagine is served."""
-    from bot.client import ShardedVoxCanvasBot, bot_class, configure_endpoints
-
-    settings = bot_settings(SHARD_COUNT=shards, QA_MAX_ROUNDS=0)
-    assert bot_class(settings) is ShardedVoxCanvasBot and bot_class(bot_settings()) is not ShardedVoxCanvasBot
-    configure_endpoints(settings)
-    bot = bot_class(settings)(settings, guild_ready_timeout=0.05, warm_up=False)
-    task = asyncio.create_task(bot.start(settings.DISCORD_TOKEN.get_secret_value()))
-    try:
-        await fake_discord.wait_until(lambda: bot.is_ready() or None, 30, "bot ready", poll=0.02)
-        assert bot.shard_count == expected and sorted(bot.shards) == list(range(expected))
-        interaction = await imagine(fake_discord, {"prompt": "a red apple", "seed": 1})
-        message = await wait_result(fake_discord, interaction)
-        assert footer_job(message)
-    finally:
-        await bot.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 10)
-
-
 async def test_imagine_on_a_remote_backend_with_executor_ray(start_ray_bot, fake_discord):
     """A remote render backend needs no GPU: with EXECUTOR=ray the render goes from the bot process
     to the fake A1111 (behind the router's fair gate) while CLIP still reviews on its replica."""

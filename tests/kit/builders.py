@@ -178,6 +178,41 @@ SD15_SCHEDULER = dict(
 )
 
 
+def tiny_unet_config(**overrides: Any) -> dict[str, Any]:
+    """The tiny SD-shaped UNet every diffusion builder starts from (two blocks, 32/64 wide, one
+    cross-attention block, 64 px native with the x8 VAE); ``overrides`` change or add fields."""
+    return {
+        "block_out_channels": (32, 64),
+        "layers_per_block": 1,
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+        "cross_attention_dim": 32,
+        "norm_num_groups": 32,
+        "attention_head_dim": 8,
+        **overrides,
+    }
+
+
+def tiny_vae_config(blocks: int = 4, latent_channels: int = 4, **overrides: Any) -> dict[str, Any]:
+    """The tiny ``AutoencoderKL``: ``blocks`` blocks 8 wide (x2 down/up-sampling per block after the
+    first: 4 blocks = SD's x8), 64 px; ``overrides`` change or add fields."""
+    return {
+        "block_out_channels": [8] * blocks,
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * blocks,
+        "up_block_types": ["UpDecoderBlock2D"] * blocks,
+        "latent_channels": latent_channels,
+        "norm_num_groups": 4,
+        "layers_per_block": 1,
+        "sample_size": 64,
+        **overrides,
+    }
+
+
 def build_tiny_stable_diffusion(
     directory: Path, seed: int = 0, safety_checker: bool = True, flag_everything: bool = False
 ) -> Path:
@@ -202,31 +237,10 @@ def build_tiny_stable_diffusion(
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        norm_num_groups=32,
-        attention_head_dim=8,
-    )
+    unet = UNet2DConditionModel(**tiny_unet_config())
     scheduler = EulerDiscreteScheduler(**SD15_SCHEDULER)
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=[8, 8, 8, 8],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        latent_channels=4,
-        norm_num_groups=4,
-        layers_per_block=1,
-        sample_size=64,
-    )
+    vae = AutoencoderKL(**tiny_vae_config())
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(tiny_clip_text_config())
     tok_dir = write_clip_tokenizer(directory / "_tokenizer_src")
@@ -813,21 +827,15 @@ def build_tiny_sdxl(directory: Path, seed: int = 0, *, turbo: bool = False) -> P
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 1),
-        projection_class_embeddings_input_dim=6 * 8 + 32,  # six size/crop numbers + the pooled text
-        cross_attention_dim=64,  # the two encoders' hidden states side by side (32 + 32)
-        norm_num_groups=32,
+        **tiny_unet_config(
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            transformer_layers_per_block=(1, 1),
+            projection_class_embeddings_input_dim=6 * 8 + 32,  # six size/crop numbers + the pooled text
+            cross_attention_dim=64,  # the two encoders' hidden states side by side (32 + 32)
+        )
     )
     schedule = dict(SD15_SCHEDULER)
     if turbo:
@@ -858,18 +866,7 @@ def build_tiny_sdxl(directory: Path, seed: int = 0, *, turbo: bool = False) -> P
 def _tiny_vae(blocks: int, latent_channels: int, **extra: Any):
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(
-        block_out_channels=[8] * blocks,
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * blocks,
-        up_block_types=["UpDecoderBlock2D"] * blocks,
-        latent_channels=latent_channels,
-        norm_num_groups=4,
-        layers_per_block=1,
-        sample_size=64,
-        **extra,
-    )
+    return AutoencoderKL(**tiny_vae_config(blocks, latent_channels, **extra))
 
 
 def build_tiny_sd3(directory: Path, seed: int = 0) -> Path:
@@ -1043,31 +1040,15 @@ def build_tiny_upscaler(directory: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=7,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        norm_num_groups=32,
-        attention_head_dim=8,
-        use_linear_projection=True,
-        num_class_embeds=1000,  # the noise level (0-350) is a class label
+        **tiny_unet_config(
+            sample_size=32,
+            in_channels=7,
+            use_linear_projection=True,
+            num_class_embeds=1000,  # the noise level (0-350) is a class label
+        )
     )
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=[8, 8, 8],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 3,
-        up_block_types=["UpDecoderBlock2D"] * 3,
-        latent_channels=4,
-        norm_num_groups=4,
-        layers_per_block=1,
-        scaling_factor=0.08333,
-    )
+    vae = AutoencoderKL(**tiny_vae_config(blocks=3, sample_size=32, scaling_factor=0.08333))
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(tiny_clip_text_config())
     tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(directory / "_tokenizer_src"))

@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +64,14 @@ class GatewaySession:
 
     def has_intent(self, bit: int) -> bool:
         return self.intents is None or bool(self.intents & bit)
+
+    def owns(self, guild_id: int | None) -> bool:
+        """Whether this session's shard receives the events of ``guild_id`` (``None``: DMs and
+        other guild-less events, which Discord sends on shard 0): ``(guild_id >> 22) % count``."""
+        shard_id, count = self.shard or (0, 1)
+        if guild_id is None:
+            return shard_id == 0
+        return (guild_id >> 22) % max(count, 1) == shard_id
 
 
 class GatewayConnection:
@@ -125,12 +133,23 @@ class Gateway:
         """A live session that has been sent READY (and its GUILD_CREATEs) and is connected."""
         return next((s for s in self.live_sessions() if s.connection is not None), None)
 
+    def connected_sessions(self) -> list[GatewaySession]:
+        """Every live, connected session (one per shard), by shard id."""
+        live = [s for s in self.live_sessions() if s.connection is not None]
+        return sorted(live, key=lambda s: (s.shard or [0, 1])[0])
+
+    def shard_of(self, guild_id: int | None) -> GatewaySession | None:
+        """The live session whose shard receives ``guild_id``'s events (``None``: DMs, shard 0)."""
+        return next((s for s in self.live_sessions() if s.owns(guild_id)), None)
+
     async def dispatch(self, event: str, data: Mapping[str, Any]) -> int:
-        """Send a DISPATCH (op 0) event to every live session; returns its sequence number.
+        """Send a DISPATCH (op 0) event to the live session(s) of the shard it belongs to (by its
+        ``guild_id``; guild-less events such as DMs go to shard 0); returns its sequence number.
 
         Events for a session whose socket is down are buffered and replayed on RESUME.
         """
-        sessions = self.live_sessions()
+        guild_id = _guild_of(data)
+        sessions = [s for s in self.live_sessions() if s.owns(guild_id)]
         if not sessions:
             raise RuntimeError(f"cannot dispatch {event}: no gateway session (is the bot connected?)")
         seq = 0
@@ -146,7 +165,10 @@ class Gateway:
         delivered = False
         for session in self.live_sessions():
             if session.has_intent(intent):
-                await self.session_dispatch(session, event, data(session))
+                payload = data(session)
+                if not session.owns(_guild_of(payload)):
+                    continue
+                await self.session_dispatch(session, event, payload)
                 delivered = True
         return delivered
 
@@ -160,13 +182,19 @@ class Gateway:
         return session.seq
 
     async def send_guild_create(self, session: GatewaySession, guild_id: int) -> None:
+        """GUILD_CREATE for ``guild_id`` when ``session``'s shard owns that guild."""
+        if not session.owns(guild_id):
+            return
         guild = self._world.guilds[guild_id]
         payload = self._world.guild_create_payload(guild, all_members=session.has_intent(Intents.GUILD_MEMBERS))
         await self.session_dispatch(session, "GUILD_CREATE", payload)
 
-    async def request_reconnect(self) -> None:
-        """Send op 7 RECONNECT: discord.py closes the socket and RESUMEs on resume_gateway_url."""
+    async def request_reconnect(self, shards: Collection[int] | None = None) -> None:
+        """Send op 7 RECONNECT (to the connections of ``shards``; ``None``: all): discord.py closes
+        the socket and RESUMEs on resume_gateway_url."""
         for conn in list(self.connections):
+            if shards is not None and (conn.session is None or (conn.session.shard or [0, 1])[0] not in shards):
+                continue
             await conn.send({"op": OP_RECONNECT, "d": None})
 
     async def invalidate_sessions(self, resumable: bool = False) -> None:
@@ -176,11 +204,13 @@ class Gateway:
                 conn.session.invalidated = True
             await conn.send({"op": OP_INVALID_SESSION, "d": resumable})
 
-    async def cut(self) -> None:
-        """An outage: every connection is told to reconnect (op 7; the session stays resumable)
-        and new connections are refused (HTTP 503 on the upgrade) until :meth:`restore`."""
+    async def cut(self, shards: Collection[int] | None = None) -> None:
+        """An outage: every connection (of ``shards``; ``None``: all) is told to reconnect (op 7;
+        the session stays resumable) and new connections are refused (HTTP 503 on the upgrade)
+        until :meth:`restore`. discord.py's AutoShardedClient IDENTIFYs again after a refused
+        attempt (its plain Client keeps trying to RESUME)."""
         self.refusing = True
-        await self.request_reconnect()
+        await self.request_reconnect(shards)
 
     def restore(self) -> None:
         """End the outage: the client's next attempt connects (and RESUMEs)."""
@@ -201,8 +231,9 @@ class Gateway:
         return json_response({"url": self._url()})
 
     async def _get_gateway_bot(self, req: ApiRequest) -> web.Response:
+        shards = self._rules.recommended_shards
         limit = {"total": 1000, "remaining": 999, "reset_after": 86400000, "max_concurrency": 1}
-        return json_response({"url": self._url(), "shards": 1, "session_start_limit": limit})
+        return json_response({"url": self._url(), "shards": shards, "session_start_limit": limit})
 
     # ------------------------------------------------------------------ the websocket
 
@@ -275,6 +306,12 @@ class Gateway:
         if intents is not None and intents & self._rules.disallowed_intents:
             await conn.ws.close(code=4014, message=b"Disallowed intent(s).")
             return False
+        shard = data.get("shard")
+        if shard is not None and not (
+            isinstance(shard, list) and len(shard) == 2 and 0 <= int(shard[0]) < int(shard[1])
+        ):
+            await conn.ws.close(code=4010, message=b"Invalid shard.")
+            return False
         session = GatewaySession(
             session_id=secrets.token_hex(16),
             token=data["token"],
@@ -285,6 +322,10 @@ class Gateway:
         )
         if data.get("presence"):
             session.presences.append(dict(data["presence"]))
+        if session.shard is not None:  # a new IDENTIFY of a shard ends its earlier, disconnected session
+            for old in self.sessions.values():
+                if old.shard == session.shard and old.connection is None:
+                    old.invalidated = True
         self.sessions[session.session_id] = session
         session.connection = conn
         conn.session = session
@@ -293,7 +334,7 @@ class Gateway:
             "v": 10,
             "user": world.bot_user_payload(),
             "user_settings": {},
-            "guilds": [{"id": str(g), "unavailable": True} for g in world.guilds],
+            "guilds": [{"id": str(g), "unavailable": True} for g in world.guilds if session.owns(g)],
             "relationships": [],
             "private_channels": [],
             "presences": [],
@@ -349,3 +390,9 @@ class Gateway:
         if data.get("nonce"):
             chunk["nonce"] = data["nonce"]
         await self.session_dispatch(conn.session, "GUILD_MEMBERS_CHUNK", chunk)
+
+
+def _guild_of(data: Mapping[str, Any]) -> int | None:
+    """The guild an event belongs to (its ``guild_id``); ``None`` for DMs and other guild-less events."""
+    guild_id = data.get("guild_id")
+    return int(guild_id) if guild_id else None

@@ -84,6 +84,7 @@ class Rules:
     token_lifetime: float = 15 * 60
     ack_deadline: float = 3.0
     heartbeat_interval_ms: int = 41250
+    recommended_shards: int = 1  # GET /gateway/bot's "shards" (what AutoShardedBot starts by default)
     disallowed_intents: int = 0
     enforce_message_content_intent: bool = True
     echo_bot_messages: bool = True
