@@ -8,6 +8,8 @@ cluster; everything else stays in the bot process and behaves as with the local 
   here and not by arrival order at the replicas.
 * **On the cluster**: the models, batching of compatible renders (``@serve.batch``, split by the
   local batcher's key), progress reports and stop checks at every step (:class:`~.deployments.ProgressBoard`).
+* **Remote render backends** (RENDER_BACKEND, ``MODELS`` entries like ``xl=a1111:ckpt``) need no GPU:
+  their renders stay in the bot process behind the router's fair gate, as with the local executor.
 * **Faults**: a replica that dies during a call (its actor is gone) → the call is sent once more
   (Serve routes it to a live replica, or to the one it restarts); a second death fails the job
   with :class:`ExecutorFailure`. A cluster unreachable at start → :class:`RayUnreachable` naming
