@@ -120,8 +120,9 @@ class Capabilities:
     steps: bool = True
     guidance: bool = True
     sizes: Literal["any", "aspect"] = "any"  # "aspect": only aspect ratios, the service picks the pixels
-    max_batch: int = 1
+    max_batch: int = 1  # pictures one request can render (a job's candidates are coalesced up to this)
     loras: bool = False
+    controlnet: bool = False  # /imagine control: (only diffusers so far; remote backends refuse it)
 
 
 @dataclass(frozen=True)

@@ -233,6 +233,11 @@ class RenderRouter:
             raise BadRequest(f"LoRAs can't be used with models on {LABELS[route.backend]}.")
         if request.init_image is not None and not caps.img2img:
             raise BadRequest(f"{LABELS[route.backend]} with this model can't start from a picture.")
+        if request.control is not None and not caps.controlnet:
+            raise BadRequest(
+                f"ControlNet (control:) can't be used with models on {LABELS[route.backend]}: "
+                "pick a model that renders on this machine, or leave control out."
+            )
         remote = resolve(request, route)
         if caps.max_batch > 1:
             result, seconds, batch_size = await self._coalesced(route, backend, job, remote, emit)

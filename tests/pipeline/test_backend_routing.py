@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from devkit.backends import FakeA1111, FakeComfyUI
 from pipeline.backends.base import BackendUnavailable
+from pipeline.control import ControlSpec
 from pipeline.errors import BadRequest, JobCancelled
 from pipeline.executor import GPUExecutor, ProgressEvent
 from pipeline.logs import REDACTED, redact
@@ -155,6 +156,8 @@ async def test_options_a_backend_cannot_take_are_refused_in_words(make_executor)
         job = executor.admit("u")
         with pytest.raises(BadRequest, match="LoRAs can't be used with models on ComfyUI"):
             await executor.render(job, request(loras=(("style", 0.5),)))
+        with pytest.raises(BadRequest, match=r"ControlNet \(control:\) can't be used with models on ComfyUI"):
+            await executor.render(job, request(control=ControlSpec("palette", palette=("#ff0000", "#00ff00"))))
         job.finish()
     assert fake.seen == []
 
