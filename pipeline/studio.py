@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ModelWrapValidatorHandler, model_validator
 
 from . import families, limits, moderation
 from .audio import SAMPLE_RATE, decode_audio
@@ -41,7 +41,14 @@ from .music import Music, MusicRequest, encode_ogg_opus, encode_wav
 from .palette import extract_palette, swatch_png
 from .scene import Scene
 from .settings import Settings
-from .styles import STYLES, check_style, install_styles_file, server_styles, style_from_dict
+from .styles import (
+    STYLES,
+    check_style,
+    install_styles_file,
+    keeping_unknown_styles,
+    server_styles,
+    style_from_dict,
+)
 from .synthesis import RenderedImage, RenderRequest, image_to_png, random_seed, redacted
 from .tags import tags_for
 
@@ -172,6 +179,14 @@ class Provenance(BaseModel):
     scene: Scene
     director: str
     director_fallback: str | None = None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _stored_styles(cls, data: Any, handler: ModelWrapValidatorHandler[Provenance]) -> Provenance:
+        """A job read back keeps a style name that is no style any more (a server style removed
+        since): its prompts already carry the style. A director's new scene is still checked strictly."""
+        with keeping_unknown_styles():
+            return handler(data)
 
     def follow_up(self, kind: str, parent_job_id: str) -> Provenance:
         """The same origin for a new job made from this one (``kind`` "regenerate" or "vary")."""

@@ -404,15 +404,28 @@ def check_style(name: str | None) -> str | None:
         raise BadRequest(f"Unknown style {name!r}. Choose one of: {', '.join(STYLES)}.") from exc
 
 
+_KEEP_UNKNOWN: contextvars.ContextVar[bool] = contextvars.ContextVar("voxcanvas_keep_unknown_styles", default=False)
+
+
+@contextlib.contextmanager
+def keeping_unknown_styles() -> Iterator[None]:
+    """Within the block, :func:`stored_style` keeps well-formed unknown names (reading stored jobs)."""
+    token = _KEEP_UNKNOWN.set(True)
+    try:
+        yield
+    finally:
+        _KEEP_UNKNOWN.reset(token)
+
+
 def stored_style(name: str | None) -> str | None:
-    """A style name read back from a stored job: :func:`resolve_style`, except that a well-formed
-    name that is no style (now) is kept as it is — a server style removed after the job ran; its
-    prompt already carries the style, so Regenerate and Vary keep working."""
+    """:func:`resolve_style`; inside :func:`keeping_unknown_styles` (a stored job read back) a
+    well-formed name that is no style now is kept as it is — a server style removed after the job
+    ran, whose prompt already carries the style, so Regenerate and Vary keep working."""
     try:
         return resolve_style(name)
     except ValueError:
         key = " ".join(str(name).strip().lower().split())
-        if _NAME_RE.match(key):
+        if _KEEP_UNKNOWN.get() and _NAME_RE.match(key):
             return key
         raise
 
