@@ -26,6 +26,7 @@ from pipeline.styles import (
     MAX_SERVER_STYLES,
     STYLES,
     StyleTemplate,
+    check_style,
     server_styles,
     style_from_dict,
     style_to_dict,
@@ -164,11 +165,21 @@ class Guilds:
 
     async def with_server_style(self, idea: Idea, guild_id: int | None) -> Idea:
         """``idea`` with the server style its ``style`` names recorded in it (the job keeps it even
-        if the style is removed later); the deployment's styles win over a server's of the same name."""
+        if the style is removed later); the deployment's styles win over a server's of the same name.
+        A style that is neither (a default naming another server's style, or a removed one) is dropped."""
         if idea.style is None or idea.style in STYLES.deployment:
             return idea
         template = (await self.styles(guild_id)).get(idea.style)
-        return replace(idea, server_style=style_to_dict(template)) if template is not None else idea
+        if template is not None:
+            return replace(idea, server_style=style_to_dict(template))
+        try:
+            check_style(idea.style)  # an alias of a deployment style
+        except BadRequest:
+            # A default (a /preferences or /settings style) naming a server style that this server
+            # doesn't have, or has removed: the job goes on without it (a typed one was refused already).
+            log.info("server %s: style %r is not one of its styles; not applied", guild_id, idea.style)
+            return replace(idea, style=None)
+        return idea
 
     async def style_context(self, guild_id: int | None) -> contextlib.AbstractContextManager[None]:
         """A ``with`` block in which :data:`~pipeline.styles.STYLES` includes this server's styles."""

@@ -1,7 +1,7 @@
 """Per-server styles (issue #18 item 4) against the real discord.py bot on the fake Discord: an
 admin adds a style with /settings style add → /imagine's style autocomplete offers it in that
 server and not in another; /imagine with it → the director's prompt carries its keywords and its
-negative keywords; the job records the style, so Regenerate still works after the style is
+negative keywords, also as a /preferences default (ignored in a server without it); the job records the style, so Regenerate still works after the style is
 removed; a member without Manage Server cannot add one; bad styles are refused privately; the
 styles are stored per server (a fresh cache reads them back)."""
 
@@ -68,6 +68,25 @@ async def test_server_style_added_offered_applied_and_kept(start_bot, fake_disco
     assert "bioluminescent moss diorama" in result.best.prompt and "glowing spores" in result.best.prompt
     assert "neon signs" in result.best.negative_prompt
     assert record.idea["server_style"]["name"] == "moss glow"  # recorded with the job
+
+    # /preferences offers it in this server; as a personal default it applies here, and in another
+    # server (which has no such style) the job goes on without it instead of failing.
+    offered = await fake.autocomplete("preferences", {"style": "moss"}, "style", subcommand="set")
+    assert [c["value"] for c in offered] == ["moss glow"]
+    prefs = await fake.slash_command("preferences", {"style": "moss glow"}, subcommand="set")
+    await fake.wait_for_response(prefs)
+    assert "Style: moss glow" in await answer(fake, prefs)
+    here = await wait_result(fake, await imagine(fake, {"prompt": "a snail"}))
+    assert (
+        "bioluminescent moss diorama"
+        in Result.model_validate_json((await harness.bot.store.get(footer_job(here))).result_json).best.prompt
+    )
+    there = await wait_result(fake, await imagine(fake, {"prompt": "a snail"}, channel_id=elsewhere.id))
+    elsewhere_result = Result.model_validate_json((await harness.bot.store.get(footer_job(there))).result_json)
+    assert (
+        elsewhere_result.scene.style != "moss glow"
+        and "bioluminescent moss diorama" not in elsewhere_result.best.prompt
+    )
 
     # Stored per server: a fresh cache reads it back. Then removed: no longer offered, but the
     # earlier job's Regenerate still works (its prompt already carries the style).
