@@ -15,7 +15,7 @@ and stops when the job is cancelled. When the backend fails after its retries an
 model of that backend) and the result says so (:attr:`RenderedImage.fallback_from`).
 
 A job's candidates (``count: 4``) reach the router as concurrent renders of one request with
-consecutive seeds. On a backend that renders several pictures in one request
+consecutive seeds (``Job.candidates`` > 1). On a backend that renders several pictures in one request
 (``Capabilities.max_batch`` > 1 and a ``render_many`` method: A1111/Forge's ``batch_size``) they
 are coalesced: the first waits :data:`BATCH_WINDOW_S` for its siblings (same job, same options
 but the seed), then one request renders them all and each gets its own picture and seed. Seeds
@@ -25,6 +25,7 @@ that are not consecutive, or other backends, render one request per picture.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import re
@@ -47,8 +48,9 @@ from .base import (
     remote_source,
 )
 
-#: How long the first candidate of a job waits for its siblings before its request goes out
-#: (they arrive in the same event-loop turn; this only bridges an init image's validation).
+#: The longest the first candidate of a job waits for its siblings before its request goes out
+#: (they arrive in the same event-loop turn; this only bridges an init image's validation). It
+#: goes out as soon as all ``Job.candidates`` are there; a one-picture job never waits.
 BATCH_WINDOW_S = 0.02
 
 if TYPE_CHECKING:
@@ -239,7 +241,7 @@ class RenderRouter:
                 "pick a model that renders on this machine, or leave control out."
             )
         remote = resolve(request, route)
-        if caps.max_batch > 1:
+        if caps.max_batch > 1 and job.candidates > 1:
             result, seconds, batch_size = await self._coalesced(route, backend, job, remote, emit)
         else:
             results, seconds = await self._call(route, backend, job, remote, 1, emit)
@@ -303,11 +305,14 @@ class RenderRouter:
         if batch is not None and len(batch.members) < backend.capabilities.max_batch:
             future: asyncio.Future[tuple[RemoteResult, float, int]] = asyncio.get_running_loop().create_future()
             batch.members.append((remote.seed, future))
+            if len(batch.members) + 1 >= min(job.candidates, backend.capabilities.max_batch):
+                batch.full.set()
             return await future
         batch = _Batch(members=[])
         self._open[key] = batch
         try:
-            await asyncio.sleep(BATCH_WINDOW_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(batch.full.wait(), BATCH_WINDOW_S)
         finally:
             if self._open.get(key) is batch:
                 del self._open[key]
@@ -345,6 +350,7 @@ class _Batch:
     """Candidates of one job waiting to go out in one request: (seed, where its picture goes)."""
 
     members: list[tuple[int, asyncio.Future[tuple[RemoteResult, float, int]]]]
+    full: asyncio.Event = field(default_factory=asyncio.Event)  # every candidate of the job is here
 
 
 def resolve(request: RenderRequest, route: Route) -> RemoteJob:

@@ -217,6 +217,7 @@ async def test_a_jobs_candidates_go_to_a1111_as_one_batch(make_executor):
     async with FakeA1111(step_s=0.01) as fake:
         executor = await make_executor(RENDER_BACKEND="a1111", A1111_URL=fake.url, WIDTH=64, HEIGHT=64)
         job = executor.admit("u")
+        job.candidates = 4  # as the studio sets it
         batch = await asyncio.gather(*(executor.render(job, request(seed=s)) for s in (12, 10, 13, 11)))
         job.finish()
         alone_job = executor.admit("u")
@@ -233,6 +234,7 @@ async def test_candidates_of_different_jobs_or_options_are_not_merged(make_execu
     async with FakeA1111(step_s=0.01) as fake:
         executor = await make_executor(RENDER_BACKEND="a1111", A1111_URL=fake.url, WIDTH=64, HEIGHT=64)
         one, two = executor.admit("u"), executor.admit("v")
+        one.candidates = two.candidates = 2
         await asyncio.gather(
             executor.render(one, request(seed=1)),
             executor.render(two, request(seed=2)),
