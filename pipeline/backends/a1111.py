@@ -116,7 +116,9 @@ class A1111Backend(HttpBackend):
         # ``count`` are the batch.
         if len(answer["images"]) < count:
             raise BackendGarbage(self.name, f"{len(answer['images'])} images for a batch of {count}")
-        images = [await asyncio.to_thread(self.decode_base64_image, data) for data in answer["images"][:count]]
+        images = await asyncio.gather(
+            *(asyncio.to_thread(self.decode_base64_image, data) for data in answer["images"][:count])
+        )
         progress(job.steps, job.steps)
         seeds = _seeds_of(answer, job.seed, count)
         return [RemoteResult(image=image, seed=seed) for image, seed in zip(images, seeds, strict=True)]
