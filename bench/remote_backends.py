@@ -77,8 +77,58 @@ async def measure(kind: str, jobs: int, size: int) -> dict[str, Any]:
     }
 
 
+async def measure_candidates(jobs: int, size: int, *, batched: bool) -> dict[str, Any]:
+    """4 candidates per job on the fake A1111 (no sampling time): one ``batch_size`` 4 request, or
+    (``batched=False``, max_batch forced to 1) four requests through the one-job-at-a-time server."""
+    from dataclasses import replace
+
+    from devkit.backends import FakeA1111
+    from pipeline.executor import GPUExecutor
+    from pipeline.settings import Settings
+    from pipeline.synthesis import RenderRequest
+
+    async with FakeA1111(step_s=0.0) as fake:
+        settings = Settings(_env_file=None, RENDER_BACKEND="a1111", A1111_URL=fake.url, DEVICE="cpu", API_PORT=None)
+        executor = GPUExecutor(settings, stage_timeout_s=120)
+        backend = executor.router.backend("a1111")
+        if not batched:
+            backend.capabilities = replace(backend.capabilities, max_batch=1)  # type: ignore[misc]
+        await executor.start()
+        walls: list[float] = []
+        try:
+            for i in range(jobs + 2):
+                job = executor.admit(f"user-{i}")
+                job.candidates = 4
+                began = time.perf_counter()
+                await asyncio.gather(
+                    *(
+                        executor.render(
+                            job, RenderRequest(prompt="a red apple", seed=10 * i + n, steps=4, width=size, height=size)
+                        )
+                        for n in range(4)
+                    )
+                )
+                job.finish()
+                if i >= 2:
+                    walls.append(time.perf_counter() - began)
+        finally:
+            await executor.shutdown(timeout_s=10)
+    return {
+        "backend": "a1111",
+        "candidates": 4,
+        "batched": batched,
+        "size": size,
+        "requests_per_job": 1 if batched else 4,
+        "wall_per_job_ms": round(1000 * statistics.median(walls), 2),
+        "note": "fake server in the same process, no sampling time: includes the fake encoding 4 noise PNGs",
+    }
+
+
 async def main_async(jobs: int, size: int) -> list[dict[str, Any]]:
-    return [await measure(kind, jobs, size) for kind in ("a1111", "comfyui", "stability", "replicate")]
+    rows = [await measure(kind, jobs, size) for kind in ("a1111", "comfyui", "stability", "replicate")]
+    for batched in (True, False):
+        rows.append(await measure_candidates(jobs, size, batched=batched))
+    return rows
 
 
 def main() -> None:

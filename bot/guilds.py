@@ -10,7 +10,9 @@ job counts — /imagine, voice notes, and the Regenerate / Vary / upscale button
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import logging
 from dataclasses import replace
 from typing import Final, Literal
@@ -21,6 +23,15 @@ from pydantic import BaseModel, Field, ValidationError
 from pipeline.errors import BadRequest, TooManyJobs
 from pipeline.moderation import MAX_GUILD_RULES
 from pipeline.studio import Idea
+from pipeline.styles import (
+    MAX_SERVER_STYLES,
+    STYLES,
+    StyleTemplate,
+    check_style,
+    server_styles,
+    style_from_dict,
+    style_to_dict,
+)
 
 from . import i18n
 from .i18n import _
@@ -148,6 +159,58 @@ class Guilds:
         self.daily_quota = daily_quota
         self._cache: dict[int, GuildConfig] = {}
         self._prefs: dict[int, Preferences] = {}
+        self._styles: dict[int, dict[str, StyleTemplate]] = {}
+
+    # --- server styles (/settings style) ----------------------------------------------------------
+    async def styles(self, guild_id: int | None) -> dict[str, StyleTemplate]:
+        """A server's own styles by name (none in DMs); a stored one that no longer reads is skipped."""
+        if guild_id is None:
+            return {}
+        cached = self._styles.get(guild_id)
+        if cached is not None:
+            return cached
+        found: dict[str, StyleTemplate] = {}
+        for name, raw in await self.store.guild_styles(guild_id):
+            try:
+                found[name] = style_from_dict(json.loads(raw))
+            except (ValueError, TypeError):
+                log.warning("server %d: stored style %r is invalid; skipped", guild_id, name)
+        self._styles[guild_id] = found
+        return found
+
+    async def add_style(self, guild_id: int, template: StyleTemplate, *, by: int | None) -> None:
+        """Add (or replace) a server style; :class:`BadRequest` when the server has too many."""
+        data = json.dumps(style_to_dict(template), ensure_ascii=False)
+        if not await self.store.add_guild_style(guild_id, template.name, data, limit=MAX_SERVER_STYLES, by=by):
+            raise BadRequest(f"A server may have at most {MAX_SERVER_STYLES} styles — remove one first.")
+        self._styles.pop(guild_id, None)
+
+    async def remove_style(self, guild_id: int, name: str) -> bool:
+        removed = await self.store.remove_guild_style(guild_id, name)
+        self._styles.pop(guild_id, None)
+        return removed
+
+    async def with_server_style(self, idea: Idea, guild_id: int | None) -> Idea:
+        """``idea`` with the server style its ``style`` names recorded in it (the job keeps it even
+        if the style is removed later); the deployment's styles win over a server's of the same name.
+        A style that is neither (a default naming another server's style, or a removed one) is dropped."""
+        if idea.style is None or idea.style in STYLES.deployment:
+            return idea
+        template = (await self.styles(guild_id)).get(idea.style)
+        if template is not None:
+            return replace(idea, server_style=style_to_dict(template))
+        try:
+            check_style(idea.style)  # an alias of a deployment style
+        except BadRequest:
+            # A default (a /preferences or /settings style) naming a server style that this server
+            # doesn't have, or has removed: the job goes on without it (a typed one was refused already).
+            log.info("server %s: style %r is not one of its styles; not applied", guild_id, idea.style)
+            return replace(idea, style=None)
+        return idea
+
+    async def style_context(self, guild_id: int | None) -> contextlib.AbstractContextManager[None]:
+        """A ``with`` block in which :data:`~pipeline.styles.STYLES` includes this server's styles."""
+        return server_styles(await self.styles(guild_id))
 
     async def preferences(self, user_id: int) -> Preferences:
         cached = self._prefs.get(user_id)

@@ -495,6 +495,7 @@ class JobRunner:
                 idea = with_defaults(
                     request.idea, await self.guilds.get(origin.guild_id), await self.guilds.preferences(origin.user_id)
                 )
+                idea = await self.guilds.with_server_style(idea, origin.guild_id)  # recorded with the job
                 acknowledged = replace(acknowledged, request=replace(request, idea=idea))
             keep = safety.keeps_flagged(config, guild_id=origin.guild_id, age_restricted=origin.age_restricted)
             # The reply language, kept with the job (a restart resumes it in the same language); a

@@ -90,7 +90,8 @@ class Imagine(commands.Cog):
                 await interaction.response.send_message("🚫 " + _(problem), ephemeral=True)
                 return
         try:
-            style = check_style(style)  # a typed name that is no style: said now, privately
+            with await self.bot.runner.guilds.style_context(interaction.guild_id):  # this server's own too
+                style = check_style(style)  # a typed name that is no style: said now, privately
         except BadRequest as exc:
             await interaction.response.send_message("🚫 " + _(exc.user_message), ephemeral=True)
             return
@@ -136,7 +137,8 @@ class Imagine(commands.Cog):
     async def _style_autocomplete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        return [app_commands.Choice(name=n, value=n) for n in matching_styles(current)]
+        own = await self.bot.runner.guilds.styles(interaction.guild_id)  # this server's styles, offered first
+        return [app_commands.Choice(name=n, value=n) for n in matching_styles(current, extra=list(own))]
 
     @imagine.autocomplete("model")
     async def _model_autocomplete(

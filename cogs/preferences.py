@@ -15,15 +15,15 @@ from discord.ext import commands
 
 from bot import i18n
 from bot.guilds import Preferences
+from pipeline.errors import BadRequest
 from pipeline.families import ASPECTS
-from pipeline.styles import STYLES
+from pipeline.styles import check_style, matching_styles
 
 if TYPE_CHECKING:
     from bot.client import VoxCanvasBot
 
 log = logging.getLogger(__name__)
 
-STYLE_CHOICES = [app_commands.Choice(name=name, value=name) for name in list(STYLES)[:25]]
 ASPECT_CHOICES = [app_commands.Choice(name=aspect, value=aspect) for aspect in ASPECTS]
 LANGUAGES = i18n.LANGUAGES  # the languages the bot ships catalogs for
 LANGUAGE_CHOICES = [app_commands.Choice(name=name, value=code) for code, name in LANGUAGES.items()]
@@ -35,7 +35,9 @@ def describe(prefs: Preferences) -> str:
     return "\n".join(
         [
             _("**Your VoxCanvas preferences**"),
-            _("• Style: {style}").format(style=prefs.style or _("— (picked from your words)")),
+            _("• Style: {style} (a server’s own style applies in that server)").format(
+                style=prefs.style or _("— (picked from your words)")
+            ),
             _("• Aspect: {aspect}").format(aspect=prefs.aspect or _("— (the model’s native frame)")),
             _("• Candidates: {candidates}").format(candidates=prefs.candidates or "—"),
             _("• Private replies: {state}").format(state=_("on") if prefs.private else _("off")),
@@ -56,22 +58,27 @@ class UserPreferences(commands.GroupCog, group_name="preferences", group_descrip
         await interaction.followup.send(describe(prefs), ephemeral=True)
 
     @app_commands.command(name="set", description="Set your defaults (options left empty stay as they are)")
-    @app_commands.choices(style=STYLE_CHOICES, aspect=ASPECT_CHOICES, language=LANGUAGE_CHOICES)
+    @app_commands.choices(aspect=ASPECT_CHOICES, language=LANGUAGE_CHOICES)
     async def set_(
         self,
         interaction: discord.Interaction,
-        style: app_commands.Choice[str] | None = None,
+        style: app_commands.Range[str, 1, 40] | None = None,
         aspect: app_commands.Choice[str] | None = None,
         candidates: app_commands.Range[int, 1, 4] | None = None,
         private: bool | None = None,
         language: app_commands.Choice[str] | None = None,
     ) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
         guilds = self.bot.runner.guilds
-        prefs = await guilds.preferences(interaction.user.id)
         changes: dict[str, object] = {}
-        if style is not None:
-            changes["style"] = style.value
+        if style is not None:  # a built-in or file style, or one of this server's own
+            try:
+                with await guilds.style_context(interaction.guild_id):
+                    changes["style"] = check_style(style)
+            except BadRequest as exc:
+                await interaction.response.send_message(f"🚫 {i18n._(exc.user_message)}", ephemeral=True)
+                return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        prefs = await guilds.preferences(interaction.user.id)
         if aspect is not None:
             changes["aspect"] = aspect.value
         if candidates is not None:
@@ -84,6 +91,13 @@ class UserPreferences(commands.GroupCog, group_name="preferences", group_descrip
         if language is not None:
             i18n.use(language.value)  # answered in the language just chosen
         await interaction.followup.send(i18n._("✅ Saved.") + "\n" + describe(prefs), ephemeral=True)
+
+    @set_.autocomplete("style")
+    async def _style_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        own = await self.bot.runner.guilds.styles(interaction.guild_id)  # this server's styles, offered first
+        return [app_commands.Choice(name=n, value=n) for n in matching_styles(current, extra=list(own))]
 
     @app_commands.command(name="clear", description="Forget all your preferences")
     async def clear(self, interaction: discord.Interaction) -> None:

@@ -18,16 +18,23 @@ from discord.ext import commands
 
 from bot.guilds import GuildConfig, utc_day
 from bot.i18n import _
+from pipeline.errors import BadRequest
 from pipeline.moderation import MAX_GUILD_RULES, BadRule, guild_rule
 from pipeline.registry import model_names
-from pipeline.styles import STYLES
+from pipeline.styles import (
+    MAX_SERVER_STYLES,
+    MAX_STYLE_DESCRIPTION_CHARS,
+    check_style,
+    matching_styles,
+    server_style,
+    server_styles,
+)
 
 if TYPE_CHECKING:
     from bot.client import VoxCanvasBot
 
 log = logging.getLogger(__name__)
 
-STYLE_CHOICES = [app_commands.Choice(name=name, value=name) for name in list(STYLES)[:25]]
 CHANNEL_ACTIONS = [app_commands.Choice(name=n, value=n) for n in ("add", "remove", "all")]
 LIST_ACTIONS = [app_commands.Choice(name=n, value=n) for n in ("add", "remove", "clear")]
 NSFW_CHOICES = [
@@ -120,11 +127,10 @@ class ServerSettings(commands.GroupCog, group_name="settings", group_description
         await self._change(interaction, voice_notes=enabled)
 
     @app_commands.command(name="defaults", description="Default style, model and candidates for this server")
-    @app_commands.choices(style=STYLE_CHOICES)
     async def defaults(
         self,
         interaction: discord.Interaction,
-        style: app_commands.Choice[str] | None = None,
+        style: app_commands.Range[str, 1, 40] | None = None,
         model: app_commands.Range[str, 1, 40] | None = None,
         candidates: app_commands.Range[int, 1, 4] | None = None,
     ) -> None:
@@ -134,7 +140,23 @@ class ServerSettings(commands.GroupCog, group_name="settings", group_description
                 _("🚫 Unknown model. Known: {known}").format(known=known), ephemeral=True
             )
             return
-        await self._change(interaction, style=style.value if style else None, model=model, candidates=candidates)
+        if style is not None:
+            assert interaction.guild is not None
+            own = await self.bot.runner.guilds.styles(interaction.guild.id)
+            with server_styles(own):
+                try:
+                    style = check_style(style)
+                except BadRequest as exc:
+                    await interaction.response.send_message(f"🚫 {_(exc.user_message)}", ephemeral=True)
+                    return
+        await self._change(interaction, style=style, model=model, candidates=candidates)
+
+    @defaults.autocomplete("style")
+    async def _defaults_style_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        own = await self.bot.runner.guilds.styles(interaction.guild_id)
+        return [app_commands.Choice(name=n, value=n) for n in matching_styles(current, extra=list(own))]
 
     @app_commands.command(name="quota", description="Daily pictures per member (0: no limit) and a cooldown")
     @app_commands.describe(per_member="Pictures per member per UTC day; 0 = no limit", cooldown="Seconds between jobs")
@@ -182,6 +204,75 @@ class ServerSettings(commands.GroupCog, group_name="settings", group_description
         elif entry.strip() in entries:
             entries.remove(entry.strip())
         await self._change(interaction, blocklist=entries)
+
+    # /settings style add|remove|list: the server's own styles (stored per server, migration 5).
+    style = app_commands.Group(name="style", description="This server's own styles for /imagine style:")
+
+    @style.command(name="add", description="Add (or replace) a style of this server")
+    @app_commands.describe(
+        name="The style's name (lowercase letters, digits, spaces)",
+        description="One line for people and the director",
+        keywords="What the prompt should say, separated by commas (the first is the medium)",
+        negative_keywords="What to avoid, separated by commas",
+    )
+    async def style_add(
+        self,
+        interaction: discord.Interaction,
+        name: app_commands.Range[str, 1, 40],
+        description: app_commands.Range[str, 1, MAX_STYLE_DESCRIPTION_CHARS],
+        keywords: app_commands.Range[str, 1, 1000],
+        negative_keywords: app_commands.Range[str, 0, 1000] | None = None,
+    ) -> None:
+        try:
+            template = server_style(name, description, keywords, negative_keywords or ())
+        except BadRequest as exc:
+            await interaction.response.send_message(f"🚫 {_(exc.user_message)}", ephemeral=True)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        assert interaction.guild is not None
+        try:
+            await self.bot.runner.guilds.add_style(interaction.guild.id, template, by=interaction.user.id)
+        except BadRequest as exc:
+            await interaction.followup.send(f"🚫 {_(exc.user_message)}", ephemeral=True)
+            return
+        log.info("server %d: style %r added by %d", interaction.guild.id, template.name, interaction.user.id)
+        await interaction.followup.send(
+            _("✅ Style **{name}** saved — `/imagine style:{name}` now offers it here.").format(name=template.name)
+            + "\n"
+            + _("• Prompt: {prompt}").format(prompt=template.describe())
+            + "\n"
+            + _("• Avoids: {avoid}").format(avoid=", ".join(template.negative) or "—"),
+            ephemeral=True,
+        )
+
+    @style.command(name="remove", description="Remove a style of this server")
+    async def style_remove(self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 40]) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        assert interaction.guild is not None
+        key = " ".join(name.lower().split())
+        removed = await self.bot.runner.guilds.remove_style(interaction.guild.id, key)
+        if removed:
+            text = _("✅ Style **{name}** removed.").format(name=key)
+        else:
+            text = _("🚫 This server has no style called “{name}”.").format(name=key)
+        await interaction.followup.send(text, ephemeral=True)
+
+    @style_remove.autocomplete("name")
+    async def _own_style_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        own = await self.bot.runner.guilds.styles(interaction.guild_id)
+        typed = current.lower().strip()
+        return [app_commands.Choice(name=n, value=n) for n in own if typed in n][:25]
+
+    @style.command(name="list", description="List this server's own styles")
+    async def style_list(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        assert interaction.guild is not None
+        own = await self.bot.runner.guilds.styles(interaction.guild.id)
+        lines = [_("**This server’s styles** ({count}/{limit})").format(count=len(own), limit=MAX_SERVER_STYLES)]
+        lines += [f"• **{n}** — {t.description} (`{t.describe()}`)" for n, t in own.items()] or [_("• none yet")]
+        await interaction.followup.send("\n".join(lines)[:2000], ephemeral=True)
 
     @app_commands.command(name="modlog", description="The channel where refusals are logged (empty: off)")
     async def modlog(self, interaction: discord.Interaction, channel: discord.TextChannel | None = None) -> None:

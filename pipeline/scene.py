@@ -37,7 +37,7 @@ from .limits import (
 )
 from .palette import normalise_hex
 from .prompts import PROMPT_WORD_LIMIT
-from .styles import STYLES, StyleTemplate, resolve_style
+from .styles import STYLES, StyleTemplate, resolve_style, stored_style
 
 
 def _style_schema(schema: dict[str, Any]) -> None:
@@ -238,7 +238,7 @@ class Scene(BaseModel):
     @field_validator("style", mode="before")
     @classmethod
     def _style(cls, value: Any) -> Any:
-        return resolve_style(value) if isinstance(value, str) else value
+        return stored_style(value) if isinstance(value, str) else value
 
     @property
     def style_template(self) -> StyleTemplate | None:

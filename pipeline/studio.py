@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ModelWrapValidatorHandler, model_validator
 
 from . import families, limits, moderation
 from .audio import SAMPLE_RATE, decode_audio
@@ -41,7 +41,14 @@ from .music import Music, MusicRequest, encode_ogg_opus, encode_wav
 from .palette import extract_palette, swatch_png
 from .scene import Scene
 from .settings import Settings
-from .styles import STYLES, check_style, install_styles_file
+from .styles import (
+    STYLES,
+    check_style,
+    install_styles_file,
+    keeping_unknown_styles,
+    server_styles,
+    style_from_dict,
+)
 from .synthesis import RenderedImage, RenderRequest, image_to_png, random_seed, redacted
 from .tags import tags_for
 
@@ -90,6 +97,9 @@ class Idea:
     control: str | None = None  # a ControlNet mode (pipeline.control): canny, depth, pose, palette
     control_image: bytes | None = field(default=None, repr=False)  # canny/depth/pose source; else init_image
     control_strength: float | None = None  # None: 1.0
+    # A server's own style (/settings style) that ``style`` names, as recorded with the job
+    # (pipeline.styles.style_to_dict): the job keeps it even if the server removes the style later.
+    server_style: dict[str, Any] | None = None
 
     @property
     def kind(self) -> str:
@@ -169,6 +179,14 @@ class Provenance(BaseModel):
     scene: Scene
     director: str
     director_fallback: str | None = None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _stored_styles(cls, data: Any, handler: ModelWrapValidatorHandler[Provenance]) -> Provenance:
+        """A job read back keeps a style name that is no style any more (a server style removed
+        since): its prompts already carry the style. A director's new scene is still checked strictly."""
+        with keeping_unknown_styles():
+            return handler(data)
 
     def follow_up(self, kind: str, parent_job_id: str) -> Provenance:
         """The same origin for a new job made from this one (``kind`` "regenerate" or "vary")."""
@@ -332,7 +350,13 @@ class Studio:
 
     # --- public entry points -------------------------------------------------------------------
     async def run(self, job: Job, idea: Idea) -> Output:
-        """The whole loop for a new idea (text or voice note)."""
+        """The whole loop for a new idea (text or voice note); a server style the idea carries is
+        one of :data:`~.styles.STYLES` for the director meanwhile."""
+        template = style_from_dict(idea.server_style) if idea.server_style else None
+        with server_styles({template.name: template} if template is not None else None):
+            return await self._run(job, idea)
+
+    async def _run(self, job: Job, idea: Idea) -> Output:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         transcript = language = None

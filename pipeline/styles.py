@@ -10,12 +10,16 @@ line, raised when the settings are read (at start-up), never half-way through a 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import re
 import tomllib
-from dataclasses import dataclass, fields, replace
+from collections.abc import Iterator, Mapping, MutableMapping
+from dataclasses import asdict, dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 from .errors import BadRequest
@@ -194,17 +198,145 @@ def _builtin() -> dict[str, StyleTemplate]:
 
 
 BUILTIN_STYLES: dict[str, StyleTemplate] = _builtin()
-#: The styles in use: the built-in ones plus ``STYLES_FILE``'s (:func:`install_styles_file`).
-#: Callers look names up here; the dict is updated in place, never replaced.
-STYLES: dict[str, StyleTemplate] = dict(BUILTIN_STYLES)
+DEFAULT_STYLE = "digital art"
+
+#: A server's own styles (``/settings style``) in use by the code running now: set per job and per
+#: interaction with :func:`server_styles`, seen through :data:`STYLES` in that context only.
+_SERVER_STYLES: contextvars.ContextVar[Mapping[str, StyleTemplate]] = contextvars.ContextVar(
+    "voxcanvas_server_styles", default=MappingProxyType({})
+)
+
+
+class StyleTable(MutableMapping[str, StyleTemplate]):
+    """The deployment's styles (built-in + ``STYLES_FILE``) plus, in the current context only, the
+    server styles of :func:`server_styles`. The deployment's names win: a server style may not
+    shadow one (it is refused when added; a later ``STYLES_FILE`` of the same name wins)."""
+
+    def __init__(self, base: Mapping[str, StyleTemplate]) -> None:
+        self._base: dict[str, StyleTemplate] = dict(base)
+
+    @property
+    def deployment(self) -> Mapping[str, StyleTemplate]:
+        """The built-in and file styles only (no server style)."""
+        return self._base
+
+    def __getitem__(self, name: str) -> StyleTemplate:
+        if name in self._base:
+            return self._base[name]
+        return _SERVER_STYLES.get()[name]
+
+    def __setitem__(self, name: str, template: StyleTemplate) -> None:
+        self._base[name] = template
+
+    def __delitem__(self, name: str) -> None:
+        del self._base[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._base
+        yield from (n for n in _SERVER_STYLES.get() if n not in self._base)
+
+    def __len__(self) -> int:
+        return len(self._base) + sum(1 for n in _SERVER_STYLES.get() if n not in self._base)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._base or name in _SERVER_STYLES.get()
+
+
+#: The styles in use: the built-in ones plus ``STYLES_FILE``'s (:func:`install_styles_file`), plus
+#: a server's own where :func:`server_styles` is in effect. Updated in place, never replaced.
+STYLES: StyleTable = StyleTable(BUILTIN_STYLES)
+
+
+@contextlib.contextmanager
+def server_styles(styles: Mapping[str, StyleTemplate] | None) -> Iterator[None]:
+    """Within the block (this task or thread and what it starts), :data:`STYLES` also offers
+    ``styles`` — one server's own. ``None`` or empty: nothing changes."""
+    if not styles:
+        yield
+        return
+    token = _SERVER_STYLES.set(dict(styles))
+    try:
+        yield
+    finally:
+        _SERVER_STYLES.reset(token)
+
+
+# Server styles (/settings style add): the source design's few fields, bounded like the file's.
+MAX_SERVER_STYLES = 25
+MAX_STYLE_DESCRIPTION_CHARS = 200
+MAX_STYLE_KEYWORDS = 20
+MAX_STYLE_KEYWORD_CHARS = 60
+
+
+def _keyword_list(value: str | list[str] | tuple[str, ...] | None, what: str) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    words = tuple(dict.fromkeys(" ".join(str(v).split()) for v in items if str(v).strip()))
+    if len(words) > MAX_STYLE_KEYWORDS or any(len(w) > MAX_STYLE_KEYWORD_CHARS for w in words):
+        raise BadRequest(
+            f"{what}: at most {MAX_STYLE_KEYWORDS} entries, separated by commas, of at most "
+            f"{MAX_STYLE_KEYWORD_CHARS} characters each."
+        )
+    return words
+
+
+def server_style(
+    name: str,
+    description: str,
+    keywords: str | list[str] | tuple[str, ...],
+    negative: str | list[str] | tuple[str, ...] = (),
+) -> StyleTemplate:
+    """A server's own style, validated: ``keywords`` (comma-separated) become the prompt's medium
+    and descriptors, ``negative`` its negative keywords; lighting, composition, quality and palette
+    are the default style's. Raises :class:`BadRequest` (fit for users) for a bad one."""
+    key = " ".join(str(name).strip().lower().split())
+    if not _NAME_RE.match(key) or key in {"none", "null", "auto", "any"}:
+        raise BadRequest("A style name has 1-40 lowercase letters, digits, spaces and - ' & +.")
+    if key in STYLES.deployment or key in _STYLE_ALIASES:
+        raise BadRequest(f"{key!r} is already a built-in style — pick another name.")
+    text = " ".join(str(description).split())
+    if not text or len(text) > MAX_STYLE_DESCRIPTION_CHARS:
+        raise BadRequest(f"Give a description of 1 to {MAX_STYLE_DESCRIPTION_CHARS} characters.")
+    words = _keyword_list(keywords, "Keywords")
+    if not words:
+        raise BadRequest("Give at least one keyword (what the prompt should say), separated by commas.")
+    avoid = _keyword_list(negative, "Negative keywords")
+    default = BUILTIN_STYLES[DEFAULT_STYLE]
+    return replace(
+        default,
+        name=key,
+        description=text,
+        medium=words[0],
+        modifiers=words[1:],
+        negative=avoid,
+        keywords=(),
+        hints=(),
+        tags=(),
+        examples=(),
+        families=(),
+        aliases=(),
+    )
+
+
+def style_to_dict(template: StyleTemplate) -> dict[str, Any]:
+    """A template as JSON-ready data (a job records its server style this way)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(template).items()}
+
+
+def style_from_dict(data: Mapping[str, Any]) -> StyleTemplate:
+    """:func:`style_to_dict` back (unknown keys ignored; lists become tuples)."""
+    values: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in _TEMPLATE_FIELDS
+    }
+    return StyleTemplate(**values)
+
+
 _installed: Path | None = None
 
-DEFAULT_STYLE = "digital art"
 #: The built-in names (a Literal for schemas; styles from STYLES_FILE are checked at run time).
 StyleName = Literal[tuple(BUILTIN_STYLES)]  # type: ignore[valid-type]
 
 
-def install_styles_file(path: Path | str | None) -> dict[str, StyleTemplate]:
+def install_styles_file(path: Path | str | None) -> StyleTable:
     """Use the built-in styles plus ``path``'s (``None``: the built-in ones only). Returns
     :data:`STYLES`. Raises :class:`StyleFileError` (and changes nothing) for a broken file."""
     global _installed
@@ -224,7 +356,7 @@ _STYLE_ALIASES: dict[str, str] = {}
 
 def _rebuild_aliases() -> None:
     _STYLE_ALIASES.clear()
-    for name, template in STYLES.items():
+    for name, template in STYLES.deployment.items():
         for alias in template.aliases:
             if alias not in STYLES:
                 _STYLE_ALIASES.setdefault(alias, name)
@@ -270,6 +402,32 @@ def check_style(name: str | None) -> str | None:
         return resolve_style(name)
     except ValueError as exc:
         raise BadRequest(f"Unknown style {name!r}. Choose one of: {', '.join(STYLES)}.") from exc
+
+
+_KEEP_UNKNOWN: contextvars.ContextVar[bool] = contextvars.ContextVar("voxcanvas_keep_unknown_styles", default=False)
+
+
+@contextlib.contextmanager
+def keeping_unknown_styles() -> Iterator[None]:
+    """Within the block, :func:`stored_style` keeps well-formed unknown names (reading stored jobs)."""
+    token = _KEEP_UNKNOWN.set(True)
+    try:
+        yield
+    finally:
+        _KEEP_UNKNOWN.reset(token)
+
+
+def stored_style(name: str | None) -> str | None:
+    """:func:`resolve_style`; inside :func:`keeping_unknown_styles` (a stored job read back) a
+    well-formed name that is no style now is kept as it is — a server style removed after the job
+    ran, whose prompt already carries the style, so Regenerate and Vary keep working."""
+    try:
+        return resolve_style(name)
+    except ValueError:
+        key = " ".join(str(name).strip().lower().split())
+        if _KEEP_UNKNOWN.get() and _NAME_RE.match(key):
+            return key
+        raise
 
 
 def resolve_style(name: str | None) -> str | None:

@@ -191,6 +191,24 @@ MIGRATIONS += (
         ),
     ),
 )
+MIGRATIONS += (
+    Migration(
+        5,
+        "server styles: a server's own style templates (/settings style)",
+        (
+            """
+            CREATE TABLE guild_styles (
+                guild_id   INTEGER NOT NULL,
+                name       TEXT NOT NULL,
+                style_json TEXT NOT NULL,
+                created_by INTEGER,
+                created_at REAL NOT NULL,
+                PRIMARY KEY (guild_id, name)
+            ) WITHOUT ROWID
+            """,
+        ),
+    ),
+)
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
 

@@ -395,6 +395,48 @@ class JobStore:
 
         await self._write(body)
 
+    async def guild_styles(self, guild_id: int) -> list[tuple[str, str]]:
+        """A server's own styles: (name, style JSON) in name order."""
+        rows = await self._db.read(
+            "SELECT name, style_json FROM guild_styles WHERE guild_id = ? ORDER BY name", (guild_id,)
+        )
+        return [(str(name), str(data)) for name, data in rows]
+
+    async def add_guild_style(self, guild_id: int, name: str, style_json: str, *, limit: int, by: int | None) -> bool:
+        """Add or replace a server style; ``False`` (nothing written) when the server already has
+        ``limit`` styles and ``name`` is not one of them."""
+        added = False
+
+        async def body(conn: aiosqlite.Connection) -> None:
+            nonlocal added
+            async with conn.execute(
+                "SELECT count(*), sum(name = ?) FROM guild_styles WHERE guild_id = ?", (name, guild_id)
+            ) as cursor:
+                count, same = await cursor.fetchone() or (0, 0)
+            if int(count or 0) >= limit and not same:
+                return
+            await conn.execute(
+                "INSERT INTO guild_styles (guild_id, name, style_json, created_by, created_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (guild_id, name) DO UPDATE SET style_json = excluded.style_json, "
+                "created_by = excluded.created_by, created_at = excluded.created_at",
+                (guild_id, name, style_json, by, time.time()),
+            )
+            added = True
+
+        await self._write(body)
+        return added
+
+    async def remove_guild_style(self, guild_id: int, name: str) -> bool:
+        removed = False
+
+        async def body(conn: aiosqlite.Connection) -> None:
+            nonlocal removed
+            cursor = await conn.execute("DELETE FROM guild_styles WHERE guild_id = ? AND name = ?", (guild_id, name))
+            removed = cursor.rowcount > 0
+
+        await self._write(body)
+        return removed
+
     async def preferences(self, user_id: int) -> str | None:
         rows = await self._db.read("SELECT prefs_json FROM user_preferences WHERE user_id = ?", (user_id,))
         return str(rows[0][0]) if rows else None

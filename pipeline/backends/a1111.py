@@ -25,6 +25,7 @@ import json
 import logging
 from typing import Any
 
+from .. import limits
 from ..errors import JobCancelled
 from .base import (
     MAX_RESPONSE_BYTES,
@@ -48,8 +49,14 @@ SAMPLER = "Euler a"
 
 class A1111Backend(HttpBackend):
     name = "a1111"
+    #: ``batch_size`` pictures in one txt2img/img2img call, seeds ``seed .. seed+n-1`` (as the web UI
+    #: numbers them), so each candidate can be rendered again alone from its own seed.
     capabilities = Capabilities(
-        progress=True, cancel=True, loras=True, controls=frozenset({"canny", "depth", "pose", "palette"})
+        progress=True,
+        cancel=True,
+        loras=True,
+        max_batch=limits.MAX_CANDIDATES,
+        controls=frozenset({"canny", "depth", "pose", "palette"}),
     )
 
     def __init__(self, base_url: str, *, model: str = "", sampler: str = SAMPLER, **kwargs: Any) -> None:
@@ -57,7 +64,7 @@ class A1111Backend(HttpBackend):
         self.default_model = model
         self.sampler = sampler
 
-    def payload(self, job: RemoteJob) -> dict[str, Any]:
+    def payload(self, job: RemoteJob, count: int = 1) -> dict[str, Any]:
         prompt = job.prompt + "".join(f" <lora:{name}:{weight:g}>" for name, weight in job.loras)
         payload: dict[str, Any] = {
             "prompt": prompt,
@@ -67,7 +74,7 @@ class A1111Backend(HttpBackend):
             "cfg_scale": job.guidance,
             "width": job.width,
             "height": job.height,
-            "batch_size": 1,
+            "batch_size": count,
             "n_iter": 1,
             "sampler_name": self.sampler,
             "send_images": True,
@@ -102,8 +109,14 @@ class A1111Backend(HttpBackend):
         return payload
 
     async def render(self, job: RemoteJob, *, progress: ProgressFn, should_stop: StopFn) -> RemoteResult:
+        return (await self.render_many(job, 1, progress=progress, should_stop=should_stop))[0]
+
+    async def render_many(
+        self, job: RemoteJob, count: int, *, progress: ProgressFn, should_stop: StopFn
+    ) -> list[RemoteResult]:
+        """``count`` pictures of ``job`` in one request (``batch_size``), seeds ``job.seed + i``."""
         path = "/sdapi/v1/img2img" if job.init_image is not None else "/sdapi/v1/txt2img"
-        payload = self.payload(job)
+        payload = self.payload(job, count)
         call = asyncio.ensure_future(self.post_json(path, payload, max_bytes=MAX_RESPONSE_BYTES))
 
         async def poll() -> None:  # its own task: a slow progress answer never delays the render's
@@ -129,9 +142,16 @@ class A1111Backend(HttpBackend):
             raise JobCancelled()
         if not isinstance(answer, dict) or not isinstance(answer.get("images"), list) or not answer["images"]:
             raise BackendGarbage(self.name, "no images in the answer")
-        image = await asyncio.to_thread(self.decode_base64_image, answer["images"][0])
+        # The web UI may append extra pictures (a grid, ControlNet's detected maps): the first
+        # ``count`` are the batch.
+        if len(answer["images"]) < count:
+            raise BackendGarbage(self.name, f"{len(answer['images'])} images for a batch of {count}")
+        images = await asyncio.gather(
+            *(asyncio.to_thread(self.decode_base64_image, data) for data in answer["images"][:count])
+        )
         progress(job.steps, job.steps)
-        return RemoteResult(image=image, seed=_seed_of(answer, job.seed))
+        seeds = _seeds_of(answer, job.seed, count)
+        return [RemoteResult(image=image, seed=seed) for image, seed in zip(images, seeds, strict=True)]
 
     async def _poll_progress(self, progress: ProgressFn) -> None:
         try:
@@ -157,11 +177,16 @@ class A1111Backend(HttpBackend):
             await asyncio.wait_for(asyncio.shield(call), 5.0)
 
 
-def _seed_of(answer: dict[str, Any], sent: int) -> int:
-    """The seed A1111 used (``info`` is a JSON *string*); the one we sent when it does not say."""
+def _seeds_of(answer: dict[str, Any], sent: int, count: int) -> list[int]:
+    """The seeds A1111 used (``info`` is a JSON *string* with ``seed`` and ``all_seeds``); the ones
+    we asked for (``sent + i``) when it does not say."""
     info = answer.get("info")
     with contextlib.suppress(ValueError, TypeError):
         parsed = json.loads(info) if isinstance(info, str) else info
-        if isinstance(parsed, dict) and isinstance(parsed.get("seed"), int):
-            return int(parsed["seed"])
-    return sent
+        if isinstance(parsed, dict):
+            seeds = parsed.get("all_seeds")
+            if isinstance(seeds, list) and len(seeds) >= count and all(isinstance(x, int) for x in seeds[:count]):
+                return [int(x) for x in seeds[:count]]
+            if isinstance(parsed.get("seed"), int):
+                return [int(parsed["seed"]) + i for i in range(count)]
+    return [sent + i for i in range(count)]

@@ -27,7 +27,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import aiohttp
@@ -120,7 +120,7 @@ class Capabilities:
     steps: bool = True
     guidance: bool = True
     sizes: Literal["any", "aspect"] = "any"  # "aspect": only aspect ratios, the service picks the pixels
-    max_batch: int = 1
+    max_batch: int = 1  # pictures one request can render (a job's candidates are coalesced up to this)
     loras: bool = False
     controls: frozenset[str] = frozenset()  # ControlNet modes the backend can apply (pipeline.control)
 
@@ -221,6 +221,16 @@ class HttpBackend:
     async def render(self, job: RemoteJob, *, progress: ProgressFn, should_stop: StopFn) -> RemoteResult:
         """See :class:`RenderBackend`."""
         raise NotImplementedError
+
+    async def render_many(
+        self, job: RemoteJob, count: int, *, progress: ProgressFn, should_stop: StopFn
+    ) -> list[RemoteResult]:
+        """``count`` pictures, seeds ``job.seed + i``: one request each here; a backend whose API
+        takes a batch (``Capabilities.max_batch`` > 1) overrides this with one request."""
+        return [
+            await self.render(replace(job, seed=job.seed + i), progress=progress, should_stop=should_stop)
+            for i in range(count)
+        ]
 
     def headers(self) -> dict[str, str]:
         """Headers of every request to :attr:`base_url` (a key, for the hosted services); never

@@ -13,11 +13,19 @@ in turn, as the GPU queue does), reports the backend's progress as the job's ``r
 and stops when the job is cancelled. When the backend fails after its retries and
 ``RENDER_FALLBACK`` names another backend, the picture is rendered there instead (the default
 model of that backend) and the result says so (:attr:`RenderedImage.fallback_from`).
+
+A job's candidates (``count: 4``) reach the router as concurrent renders of one request with
+consecutive seeds (``Job.candidates`` > 1). On a backend that renders several pictures in one request
+(``Capabilities.max_batch`` > 1 and a ``render_many`` method: A1111/Forge's ``batch_size``) they
+are coalesced: the first waits :data:`BATCH_WINDOW_S` for its siblings (same job, same options
+but the seed), then one request renders them all and each gets its own picture and seed. Seeds
+that are not consecutive, or other backends, render one request per picture.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import logging
@@ -39,9 +47,15 @@ from .base import (
     HttpBackend,
     RemoteControl,
     RemoteJob,
+    RemoteResult,
     family_profile,
     remote_source,
 )
+
+#: The longest the first candidate of a job waits for its siblings before its request goes out
+#: (they arrive in the same event-loop turn; this only bridges an init image's validation). It
+#: goes out as soon as all ``Job.candidates`` are there; a one-picture job never waits.
+BATCH_WINDOW_S = 0.02
 
 if TYPE_CHECKING:
     from ..control import ControlSpec
@@ -136,6 +150,7 @@ class RenderRouter:
         self.entries = parse_models(settings.MODELS)
         self._backends: dict[str, HttpBackend] = dict(backends or {})
         self.gates: dict[str, FairGate] = {}
+        self._open: dict[tuple[Any, ...], _Batch] = {}
         needed: set[str] = {str(self.default), str(self.fallback or "")} - {"diffusers", ""}
         for entry in self.entries.values():
             found = remote_source(entry.source)
@@ -217,7 +232,6 @@ class RenderRouter:
             return image
 
     async def _remote(self, route: Route, job: Job, request: RenderRequest, emit: Emit) -> RenderedImage:
-        from ..executor.jobs import ProgressEvent
         from ..synthesis import RenderedImage
 
         backend = self.backend(route.backend)
@@ -229,21 +243,11 @@ class RenderRouter:
         remote = resolve(request, route)
         if request.control is not None:
             remote = replace(remote, control=await remote_control(backend, request.control, remote))
-        gate = self.gate(route.backend)
-        await gate.acquire(job)
-        try:
-            job.started = True
-            emit(job, ProgressEvent(job.id, "render", 0, remote.steps))
-
-            def progress(step: int, total: int) -> None:
-                if not job.cancelled:
-                    emit(job, ProgressEvent(job.id, "render", step, total))
-
-            began = time.monotonic()
-            result = await backend.render(remote, progress=progress, should_stop=lambda: job.cancelled)
-            seconds = time.monotonic() - began
-        finally:
-            gate.release()
+        if caps.max_batch > 1 and job.candidates > 1:
+            result, seconds, batch_size = await self._coalesced(route, backend, job, remote, emit)
+        else:
+            results, seconds = await self._call(route, backend, job, remote, 1, emit)
+            result, batch_size = results[0], 1
         if job.cancelled:
             raise JobCancelled()
         image = result.image
@@ -260,7 +264,7 @@ class RenderRouter:
             prompt_tokens=approximate_tokens(remote.prompt),
             prompt_chunks=max(1, -(-approximate_tokens(remote.prompt) // 75)),
             nsfw=result.nsfw,
-            batch_size=1,
+            batch_size=batch_size,
             seconds=seconds,
             model=request.model,
             family=route.profile,
@@ -270,6 +274,88 @@ class RenderRouter:
             control_strength=remote.control.strength if remote.control else None,
             control_image=_control_preview(remote.control),
         )
+
+    async def _call(
+        self, route: Route, backend: HttpBackend, job: Job, remote: RemoteJob, count: int, emit: Emit
+    ) -> tuple[list[RemoteResult], float]:
+        """One request for ``count`` pictures (seeds ``remote.seed + i``) through the backend's gate."""
+        from ..executor.jobs import ProgressEvent
+
+        gate = self.gate(route.backend)
+        await gate.acquire(job)
+        try:
+            job.started = True
+            emit(job, ProgressEvent(job.id, "render", 0, remote.steps))
+
+            def progress(step: int, total: int) -> None:
+                if not job.cancelled:
+                    emit(job, ProgressEvent(job.id, "render", step, total))
+
+            began = time.monotonic()
+            stop = lambda: job.cancelled  # noqa: E731
+            if count == 1:
+                results = [await backend.render(remote, progress=progress, should_stop=stop)]
+            else:
+                results = list(await backend.render_many(remote, count, progress=progress, should_stop=stop))
+            return results, time.monotonic() - began
+        finally:
+            gate.release()
+
+    async def _coalesced(
+        self, route: Route, backend: HttpBackend, job: Job, remote: RemoteJob, emit: Emit
+    ) -> tuple[RemoteResult, float, int]:
+        """This picture, rendered in one request with its job's sibling candidates when they come."""
+        key = (job.id, route.backend, replace(remote, seed=0))
+        batch = self._open.get(key)
+        if batch is not None and len(batch.members) < backend.capabilities.max_batch:
+            future: asyncio.Future[tuple[RemoteResult, float, int]] = asyncio.get_running_loop().create_future()
+            batch.members.append((remote.seed, future))
+            if len(batch.members) + 1 >= min(job.candidates, backend.capabilities.max_batch):
+                batch.full.set()
+            return await future
+        batch = _Batch(members=[])
+        self._open[key] = batch
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(batch.full.wait(), BATCH_WINDOW_S)
+        finally:
+            if self._open.get(key) is batch:
+                del self._open[key]
+        followers = batch.members
+        seeds = sorted([remote.seed, *(seed for seed, _ in followers)])
+        if len(seeds) == 1 or seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+            # Not one consecutive run (a wrapped seed): each picture alone, in parallel.
+            async def alone(seed: int, future: asyncio.Future[tuple[RemoteResult, float, int]]) -> None:
+                try:
+                    results, took = await self._call(route, backend, job, replace(remote, seed=seed), 1, emit)
+                    future.set_result((results[0], took, 1))
+                except BaseException as exc:
+                    future.set_exception(exc if isinstance(exc, Exception) else JobCancelled())
+
+            for seed, future in followers:
+                asyncio.ensure_future(alone(seed, future))
+            results, took = await self._call(route, backend, job, remote, 1, emit)
+            return results[0], took, 1
+        try:
+            results, took = await self._call(route, backend, job, replace(remote, seed=seeds[0]), len(seeds), emit)
+        except BaseException as exc:
+            for _, future in followers:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else JobCancelled())
+            raise
+        by_seed = dict(zip(seeds, results, strict=True))
+        for seed, future in followers:
+            if not future.done():
+                future.set_result((by_seed[seed], took, len(seeds)))
+        return by_seed[remote.seed], took, len(seeds)
+
+
+@dataclass(eq=False)
+class _Batch:
+    """Candidates of one job waiting to go out in one request: (seed, where its picture goes)."""
+
+    members: list[tuple[int, asyncio.Future[tuple[RemoteResult, float, int]]]]
+    full: asyncio.Event = field(default_factory=asyncio.Event)  # every candidate of the job is here
 
 
 def resolve(request: RenderRequest, route: Route) -> RemoteJob:

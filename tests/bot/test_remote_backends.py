@@ -93,3 +93,18 @@ async def test_imagine_with_a_canny_control_on_a1111(start_bot, fake_discord):
         assert unit["model"] == "control_v11p_sd15_canny" and unit["module"] == "none" and unit["weight"] == 0.7
         assert a1111.controlnet_images[0].size == (result.best.width, result.best.height)
         assert await harness.bot.store.read_control(job_id) is not None  # shown in Details
+
+
+async def test_four_candidates_on_a1111_are_one_batched_request(start_bot, fake_discord):
+    async with FakeA1111(step_s=0.01) as a1111:
+        harness = await start_bot(
+            RENDER_BACKEND="a1111", A1111_URL=a1111.url, STEPS=4, QA_MAX_ROUNDS=0, WIDTH=64, HEIGHT=64
+        )
+        interaction = await imagine(fake_discord, {"prompt": "a red apple", "seed": 700, "count": 4})
+        assert interaction.ack_latency < 3.0
+        message = await wait_result(fake_discord, interaction)
+        job_id = footer_job(message)
+        result = Result.model_validate_json((await harness.bot.store.get(job_id)).result_json)
+        assert [(p["batch_size"], p["seed"]) for p in a1111.payloads] == [(4, 700)]
+        assert [c.seed for c in result.candidates] == [700, 701, 702, 703]
+        assert field(message, "Candidates") is not None

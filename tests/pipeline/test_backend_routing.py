@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from devkit.backends import FakeA1111, FakeComfyUI
 from pipeline.backends.base import BackendUnavailable
+from pipeline.control import ControlSpec
 from pipeline.errors import BadRequest, JobCancelled
 from pipeline.executor import GPUExecutor, ProgressEvent
 from pipeline.logs import REDACTED, redact
@@ -155,6 +156,10 @@ async def test_options_a_backend_cannot_take_are_refused_in_words(make_executor)
         job = executor.admit("u")
         with pytest.raises(BadRequest, match="LoRAs can't be used with models on ComfyUI"):
             await executor.render(job, request(loras=(("style", 0.5),)))
+        with pytest.raises(
+            BadRequest, match=r"ComfyUI has no ControlNet model for palette \(COMFYUI_CONTROLNET_MODELS"
+        ):
+            await executor.render(job, request(control=ControlSpec("palette", palette=("#ff0000", "#00ff00"))))
         job.finish()
     assert fake.seen == []
 
@@ -206,3 +211,35 @@ async def test_critic_and_correction_run_on_top_of_a_remote_backend(make_setting
     assert [p["steps"] for p in fake.payloads] == [r.steps for r in result.rounds]
     assert result.rounds[1].steps > result.rounds[0].steps  # the family's correction bump
     assert result.critic == "local"
+
+
+async def test_a_jobs_candidates_go_to_a1111_as_one_batch(make_executor):
+    async with FakeA1111(step_s=0.01) as fake:
+        executor = await make_executor(RENDER_BACKEND="a1111", A1111_URL=fake.url, WIDTH=64, HEIGHT=64)
+        job = executor.admit("u")
+        job.candidates = 4  # as the studio sets it
+        batch = await asyncio.gather(*(executor.render(job, request(seed=s)) for s in (12, 10, 13, 11)))
+        job.finish()
+        alone_job = executor.admit("u")
+        alone = await executor.render(alone_job, request(seed=12))
+        alone_job.finish()
+    assert [p["batch_size"] for p in fake.payloads] == [4, 1]
+    assert fake.payloads[0]["seed"] == 10 and fake.renders_finished == 2
+    assert [r.seed for r in batch] == [12, 10, 13, 11] and {r.batch_size for r in batch} == {4}
+    # each candidate is the picture its own seed gives alone (U/V/Regenerate render it again)
+    assert batch[0].image.tobytes() == alone.image.tobytes() != batch[1].image.tobytes()
+
+
+async def test_candidates_of_different_jobs_or_options_are_not_merged(make_executor):
+    async with FakeA1111(step_s=0.01) as fake:
+        executor = await make_executor(RENDER_BACKEND="a1111", A1111_URL=fake.url, WIDTH=64, HEIGHT=64)
+        one, two = executor.admit("u"), executor.admit("v")
+        one.candidates = two.candidates = 2
+        await asyncio.gather(
+            executor.render(one, request(seed=1)),
+            executor.render(two, request(seed=2)),
+            executor.render(one, request(seed=2, prompt="a green pear")),
+        )
+        one.finish()
+        two.finish()
+    assert sorted(p["batch_size"] for p in fake.payloads) == [1, 1, 1]

@@ -16,7 +16,10 @@ from .common import FakeBackend, picture, png
 
 
 class FakeA1111(FakeBackend):
-    """One job at a time, like the web UI (a second render waits for the first)."""
+    """One job at a time, like the web UI (a second render waits for the first).
+
+    ``batch_size`` pictures per call (``max_batch`` at most, as a server's memory would allow),
+    seeds ``seed + i`` in ``info.all_seeds`` as the web UI numbers them."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -33,6 +36,7 @@ class FakeA1111(FakeBackend):
             "control_v11f1e_sd15_tile",
         }
         self.controlnet_images: list[Image.Image] = []  # the control images received, decoded
+        self.max_batch = 8
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/sdapi/v1/txt2img", self.txt2img)
@@ -53,6 +57,9 @@ class FakeA1111(FakeBackend):
         for key, kind in (("prompt", str), ("steps", int), ("width", int), ("height", int), ("seed", int)):
             if not isinstance(payload.get(key), kind):
                 return web.json_response({"detail": [{"loc": ["body", key], "msg": "field required"}]}, status=422)
+        batch = payload.get("batch_size", 1)
+        if not isinstance(batch, int) or not 1 <= batch <= self.max_batch or payload.get("n_iter", 1) != 1:
+            return web.json_response({"detail": [{"loc": ["body", "batch_size"], "msg": "bad batch"}]}, status=422)
         if img2img:
             try:
                 data = base64.b64decode(payload["init_images"][0], validate=True)
@@ -74,11 +81,12 @@ class FakeA1111(FakeBackend):
             if not self._interrupt:  # interrupted: answered anyway, with the picture so far (as A1111 does)
                 self.renders_finished += 1
             seed = payload["seed"]
-            image = picture(seed, payload["width"], payload["height"])
-            info = {"prompt": payload["prompt"], "seed": seed, "all_seeds": [seed], "steps": payload["steps"]}
+            seeds = [seed + i for i in range(batch)]
+            images = [picture(s, payload["width"], payload["height"]) for s in seeds]
+            info = {"prompt": payload["prompt"], "seed": seed, "all_seeds": seeds, "steps": payload["steps"]}
             self.step, self.steps = 0, 0
             body = {
-                "images": [base64.b64encode(png(image)).decode()],
+                "images": [base64.b64encode(png(image)).decode() for image in images],
                 "parameters": {k: v for k, v in payload.items() if k != "init_images"},
                 "info": json.dumps(info),
             }

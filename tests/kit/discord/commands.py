@@ -255,20 +255,36 @@ class Commands:
         return await self._interactions.send(inter)
 
     async def autocomplete(
-        self, name: str, options: Mapping[str, Any], focused: str, *, timeout: float = 10.0
+        self,
+        name: str,
+        options: Mapping[str, Any],
+        focused: str,
+        *,
+        timeout: float = 10.0,
+        channel_id: int | None = None,
+        subcommand: str | None = None,
     ) -> list[dict[str, Any]]:
-        """A user types into option ``focused`` of ``/name``: INTERACTION_CREATE type 4
+        """A user types into option ``focused`` of ``/name`` (``subcommand``: ``"sub"`` or ``"group
+        sub"``) in ``channel_id`` (default: the default text channel): INTERACTION_CREATE type 4
         (APPLICATION_COMMAND_AUTOCOMPLETE) is dispatched; returns the choices the bot answered."""
         world = self._world
-        channel = world.channels[world.default_channel_id()]
+        channel = world.channels[channel_id if channel_id is not None else world.default_channel_id()]
         synced = self.find_synced(name, channel.guild_id)
-        types = {o["name"]: o["type"] for o in (synced or {}).get("options") or []}
-        tree = []
+        schema: list[dict[str, Any]] = list((synced or {}).get("options") or [])
+        path = subcommand.split() if subcommand else []
+        for part in path:
+            node = next((o for o in schema if o["name"] == part), None)
+            schema = list((node or {}).get("options") or [])
+        types = {o["name"]: o["type"] for o in schema}
+        tree: list[dict[str, Any]] = []
         for key, value in options.items():
             option = {"name": key, "type": types.get(key, 3), "value": value}
             if key == focused:
                 option["focused"] = True
             tree.append(option)
+        kinds = [OPT_SUB_COMMAND_GROUP] * (len(path) - 1) + [OPT_SUB_COMMAND] if path else []
+        for part, kind in reversed(list(zip(path, kinds, strict=True))):
+            tree = [{"name": part, "type": kind, "options": tree}]
         data: dict[str, Any] = {"id": synced["id"] if synced else str(world.ids.next()), "name": name, "type": 1}
         data["options"] = tree
         if synced is not None and synced.get("guild_id"):
