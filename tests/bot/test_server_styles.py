@@ -3,7 +3,8 @@ admin adds a style with /settings style add → /imagine's style autocomplete of
 server and not in another; /imagine with it → the director's prompt carries its keywords and its
 negative keywords, also as a /preferences default (ignored in a server without it); the job
 records the style, so Regenerate still works after the style is removed; a member without Manage
-Server cannot add one; bad styles are refused privately; the styles are stored per server (a fresh cache reads them back)."""
+Server cannot add one; bad styles are refused privately; the styles are
+stored per server (a fresh cache reads them back)."""
 
 from __future__ import annotations
 
