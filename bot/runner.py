@@ -352,7 +352,7 @@ class JobRunner:
                 raise ValueError(seed)
         except ValueError:
             await interaction.response.send_message(
-                f"🚫 The seed must be a whole number from 0 to {MAX_SEED}.", ephemeral=True
+                _("🚫 The seed must be a whole number from 0 to {max}.").format(max=MAX_SEED), ephemeral=True
             )
             return
         try:
@@ -361,7 +361,7 @@ class JobRunner:
             await interaction.response.send_message(f"🚫 {_(exc.user_message)}", ephemeral=True)
             return
         if not prompt.strip():
-            await interaction.response.send_message("🚫 The prompt is empty — tell me what to draw.", ephemeral=True)
+            await interaction.response.send_message(_("🚫 The prompt is empty — tell me what to draw."), ephemeral=True)
             return
         idea = replace(
             idea_from_record(parent),

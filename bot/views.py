@@ -191,7 +191,7 @@ class SuggestionButton(discord.ui.DynamicItem[Button], template=r"voxcanvas:sugg
         fields = message.embeds[0].fields if message is not None and message.embeds else []
         prompt = next((f.value for f in fields if f.name == str(self.number)), None)
         if not prompt:
-            await interaction.response.send_message("That suggestion is gone.", ephemeral=True)
+            await interaction.response.send_message(_("That suggestion is gone."), ephemeral=True)
             return
         runner = cast("VoxCanvasBot", interaction.client).runner
         await runner.start_imagine(interaction, Idea(text=prompt[: limits.MAX_IDEA_CHARS]))

@@ -58,6 +58,13 @@ class UserPreferences(commands.GroupCog, group_name="preferences", group_descrip
         await interaction.followup.send(describe(prefs), ephemeral=True)
 
     @app_commands.command(name="set", description="Set your defaults (options left empty stay as they are)")
+    @app_commands.describe(
+        style="Your usual style",
+        aspect="Your usual frame",
+        candidates="Pictures per job (1 – 4)",
+        private="Replies only you can see",
+        language="The language of the bot's replies (default: your Discord language)",
+    )
     @app_commands.choices(aspect=ASPECT_CHOICES, language=LANGUAGE_CHOICES)
     async def set_(
         self,

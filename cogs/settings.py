@@ -123,10 +123,16 @@ class ServerSettings(commands.GroupCog, group_name="settings", group_description
         await self._change(interaction, allowed_channels=allowed)
 
     @app_commands.command(name="voice", description="Turn voice notes on or off in this server")
+    @app_commands.describe(enabled="On: members may send voice notes to be drawn")
     async def voice(self, interaction: discord.Interaction, enabled: bool) -> None:
         await self._change(interaction, voice_notes=enabled)
 
     @app_commands.command(name="defaults", description="Default style, model and candidates for this server")
+    @app_commands.describe(
+        style="The style when a member names none",
+        model="The model to draw with when a member names none",
+        candidates="Pictures per job (1 – 4)",
+    )
     async def defaults(
         self,
         interaction: discord.Interaction,
@@ -169,12 +175,15 @@ class ServerSettings(commands.GroupCog, group_name="settings", group_description
         await self._change(interaction, daily_quota=per_member, cooldown_s=cooldown)
 
     @app_commands.command(name="nsfw", description="What happens to a picture the safety checker flags")
+    @app_commands.describe(policy="Withhold everywhere, or spoiler in age-restricted channels")
     @app_commands.choices(policy=NSFW_CHOICES)
     async def nsfw(self, interaction: discord.Interaction, policy: app_commands.Choice[str]) -> None:
         await self._change(interaction, nsfw=policy.value)
 
     @app_commands.command(name="blocklist", description="Add or remove a blocked word, phrase or re:regex")
-    @app_commands.describe(entry="A word or phrase (end with * for any ending), or re:<regex>")
+    @app_commands.describe(
+        action="Add or remove an entry", entry="A word or phrase (end with * for any ending), or re:<regex>"
+    )
     @app_commands.choices(action=LIST_ACTIONS)
     async def blocklist(
         self,
@@ -246,6 +255,7 @@ class ServerSettings(commands.GroupCog, group_name="settings", group_description
         )
 
     @style.command(name="remove", description="Remove a style of this server")
+    @app_commands.describe(name="The name of one of this server's styles")
     async def style_remove(self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 40]) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         assert interaction.guild is not None
@@ -275,6 +285,7 @@ class ServerSettings(commands.GroupCog, group_name="settings", group_description
         await interaction.followup.send("\n".join(lines)[:2000], ephemeral=True)
 
     @app_commands.command(name="modlog", description="The channel where refusals are logged (empty: off)")
+    @app_commands.describe(channel="The moderation log channel; leave empty to turn it off")
     async def modlog(self, interaction: discord.Interaction, channel: discord.TextChannel | None = None) -> None:
         await self._change(interaction, modlog_channel=channel.id if channel else None)
 

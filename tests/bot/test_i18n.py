@@ -176,3 +176,39 @@ async def settings_stats(fake, **kw):
     interaction = await fake.slash_command("stats", {}, **kw)
     await fake.wait_for_response(interaction)
     return interaction
+
+
+def described(commands: list[dict]) -> list[dict]:
+    """Every synced command, subcommand group, subcommand and option (each has a description)."""
+    found: list[dict] = []
+
+    def walk(items):
+        for item in items or []:
+            found.append(item)
+            walk(item.get("options"))
+
+    walk(commands)
+    return found
+
+
+async def test_every_synced_description_is_in_every_shipped_language(start_bot, fake_discord):
+    """Discord shows an admin or a member each command, subcommand and option description in their
+    client's language: none is left in English, none is over Discord's 100 characters."""
+    await start_bot()
+    commands = [c for c in fake_discord.commands(fake_discord.guild.id) if c.get("type", 1) == 1]  # not menus
+    items = described(commands)
+    assert {"settings", "style", "add", "keywords", "imagine", "prompt"} <= {i["name"] for i in items}
+    missing = [
+        (item["name"], item["description"], locale)
+        for item in items
+        for locale, language in LOCALES.items()
+        if language != "en" and not (item.get("description_localizations") or {}).get(locale)
+    ]
+    assert missing == []
+    too_long = [
+        text
+        for item in items
+        for text in [item["description"], *(item.get("description_localizations") or {}).values()]
+        if len(text) > 100
+    ]
+    assert too_long == []

@@ -150,16 +150,24 @@ async def test_without_fallback_the_error_names_the_backend(make_executor):
         job.finish()
 
 
+def png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), "white").save(out, format="PNG")
+    return out.getvalue()
+
+
 async def test_options_a_backend_cannot_take_are_refused_in_words(make_executor):
     async with FakeComfyUI() as fake:
         executor = await make_executor(RENDER_BACKEND="comfyui", COMFYUI_URL=fake.url)
         job = executor.admit("u")
         with pytest.raises(BadRequest, match="LoRAs can't be used with models on ComfyUI"):
             await executor.render(job, request(loras=(("style", 0.5),)))
-        with pytest.raises(
-            BadRequest, match=r"ComfyUI has no ControlNet model for palette \(COMFYUI_CONTROLNET_MODELS"
-        ):
-            await executor.render(job, request(control=ControlSpec("palette", palette=("#ff0000", "#00ff00"))))
+        with pytest.raises(BadRequest, match=r"ComfyUI can't apply the depth control \(it can: canny, palette, pose\)"):
+            await executor.render(job, request(control=ControlSpec("depth", source=png_bytes())))
         job.finish()
     assert fake.seen == []
 
