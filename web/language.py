@@ -2,7 +2,8 @@
 matched against the languages the bot ships (:data:`bot.i18n.LANGUAGES`) with Babel's
 ``negotiate_locale``; English when nothing matches. Error messages and a job's error text are
 looked up in the same catalogs as the bot's Discord replies (a message without a translation stays
-English), and every answer says which language it chose (``Content-Language``)."""
+English), and every answer says which language it chose (``Content-Language``) and that it depends on the
+header (``Vary: Accept-Language``, so a shared cache never serves one client's language to another)."""
 
 from __future__ import annotations
 
@@ -56,7 +57,14 @@ class LanguageMiddleware:
         async def send_with_language(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"content-language"]
-                message = {**message, "headers": [*headers, (b"content-language", language.encode())]}
+                vary = b", ".join(v for k, v in headers if k.lower() == b"vary")
+                if b"accept-language" not in vary.lower():
+                    vary = b", ".join(filter(None, [vary, b"Accept-Language"]))
+                headers = [(k, v) for k, v in headers if k.lower() != b"vary"]
+                message = {
+                    **message,
+                    "headers": [*headers, (b"content-language", language.encode()), (b"vary", vary)],
+                }
             await send(message)
 
         await self.app(scope, receive, send_with_language)

@@ -51,3 +51,4 @@ async def test_errors_are_in_the_clients_language(serve):
 
         health = await client.get("/healthz", headers={"Accept-Language": "fr"})
         assert health.headers["content-language"] == "fr"  # every answer names its language
+        assert "accept-language" in health.headers["vary"].lower()  # caches keep one answer per language
