@@ -8,7 +8,9 @@
 4. the websocket then says ``execution_start``, ``executing`` ``{node}``, ``progress``
    ``{value, max}``, ``executed`` ``{node, output: {images: [{filename, subfolder, type}]}}``,
    and ``executing`` with ``node: null`` when the prompt is done (``execution_error`` /
-   ``execution_interrupted`` when not). Binary frames are previews; we ignore them;
+   ``execution_interrupted`` when not). Binary frames are previews; we drop them unshown
+   (a preview has not passed the safety checker or the server's NSFW policy, which judge the
+   finished picture; see README "Render backends");
 5. ``GET /view?filename=&subfolder=&type=`` gives the picture. If the websocket drops, the
    outputs are read from ``GET /history/<prompt_id>`` instead.
 
