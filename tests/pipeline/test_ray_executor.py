@@ -151,12 +151,18 @@ async def test_music_on_the_composer_replica_progress_determinism_and_cancel(
     """The Composer deployment: the tiny MusicGen loaded by its replica, step progress read from the
     board, the same seed → the same samples, and Cancel stops it at its next step."""
     from pipeline import limits
+    from pipeline.executor import deployments
     from pipeline.executor.ray_serve import RayExecutor
     from pipeline.music import MUSIC_SAMPLE_RATE, MusicRequest
 
     from ..conftest import RAY_STEP_DELAY_S
 
     settings = make_settings(**ray_overrides, MUSIC_MODEL=str(tiny_musicgen_dir))
+    # Deployed anew with the tests' step delay: a `python -m bot` test may have left a music app
+    # without one, whose 50 tiny steps can end between two progress reads.
+    await asyncio.to_thread(
+        deployments.deploy, settings, stages=("music",), step_delay_s=RAY_STEP_DELAY_S, redeploy=True
+    )
     executor = RayExecutor(settings, stage_timeout_s=180, step_delay_s=RAY_STEP_DELAY_S, stages=("music",))
     await executor.start()
     try:
