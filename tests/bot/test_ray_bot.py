@@ -232,6 +232,7 @@ async def test_ray_cluster_lost_then_back_jobs_wait_and_each_is_delivered_once(
             "MUSIC_MODEL": str(tiny_musicgen_dir),
             "MAX_JOBS_PER_USER": "4",
             "API_PORT": str(api_port),
+            **RayHead.CLIENT_ENV,
         }
         bot = await start_process(env, fake, tmp_path, processes, "bot")
         await health_becomes(200, 30)  # (the gateway's first heartbeat)

@@ -60,6 +60,12 @@ def _descendants(root: int) -> list[int]:
 class RayHead:
     """One head node (``num_cpus`` logical CPUs, no GPU); ``address`` is its GCS ``host:port``."""
 
+    #: For the cluster and for every process that connects to it: no token authentication. (Ray
+    #: 2.60 turns it on by itself: a ``~/.ray/auth_token`` on the machine switches ``ray start`` to
+    #: it, and a process that started a local cluster has RAY_AUTH_MODE=token in its environment,
+    #: which its subprocesses inherit; a driver whose mode differs from the cluster's hangs.)
+    CLIENT_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
     def __init__(self, num_cpus: int = 4) -> None:
         self.num_cpus = num_cpus
         self.port = free_port()
@@ -87,9 +93,7 @@ class RayHead:
         args += ["--node-ip-address=127.0.0.1", f"--port={self.port}", f"--num-cpus={self.num_cpus}", "--num-gpus=0"]
         args += [f"{flag}={port}" for flag, port in self.ports.items()]
         args += [f"--temp-dir={self.temp_dir}"]
-        # No token authentication (a ~/.ray/auth_token left on the machine would switch it on): the
-        # tests' drivers connect without one.
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+        env = {**os.environ, **self.CLIENT_ENV}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=log, env=env, start_new_session=True)
         self.starts += 1

@@ -270,7 +270,7 @@ async def test_cluster_lost_for_longer_than_the_bound_fails_waiting_jobs_naming_
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+            env={**os.environ, **RayHead.CLIENT_ENV},
         )
         lines: list[str] = []
 
