@@ -246,6 +246,7 @@ class RayExecutor:
         self._lost_total = 0.0  # seconds lost in earlier outages
         self._gave_up = False  # lost past RAY_RECONNECT_TIMEOUT_S: calls fail until it returns
         self.outages = 0  # times the cluster was lost (and reconnects tried)
+        self._side_calls: set[asyncio.Future[Any]] = set()  # warm-up calls, outside the queue
         # Remote render backends (pipeline.backends) need no GPU: their renders stay in this
         # process, behind the router's per-backend fair gate, as with the local executor.
         self.router = RenderRouter(settings)
@@ -287,7 +288,22 @@ class RayExecutor:
         """Load the models in one replica of each stage (the others load on first use)."""
         render = [] if self.router.is_remote(None) else ["render"]  # a remote default model needs no replica
         wanted = render + (["transcribe"] if whisper else []) + (["review"] if clip else [])
-        await asyncio.gather(*(self._handles[s].warm_up.remote() for s in wanted if s in self._handles))
+        calls = [asyncio.ensure_future(self._handles[s].warm_up.remote()) for s in wanted if s in self._handles]
+        # Not queued work, but cancelled when the cluster is lost: Serve would retry a request of the
+        # lost cluster's handle for ever.
+        self._side_calls.update(calls)
+        try:
+            await asyncio.gather(*calls)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._lost_since is None or (task is not None and task.cancelling()):
+                raise
+            raise VoxCanvasError(
+                f"The model warm-up was cut short: the Ray cluster at RAY_ADDRESS={self.settings.RAY_ADDRESS.strip()} "
+                "was lost (the models load on first use once it is back)."
+            ) from None
+        finally:
+            self._side_calls.difference_update(calls)
 
     def stop_admitting(self) -> None:
         self._accepting = False
@@ -663,6 +679,8 @@ class RayExecutor:
             self._pending.append(call)
             if task is not asyncio.current_task():
                 task.cancel()
+        for side in list(self._side_calls):
+            side.cancel()
         bound = self.settings.RAY_RECONNECT_TIMEOUT_S
         log.warning(
             "The Ray cluster at RAY_ADDRESS=%s is lost (%s): %d calls taken back, %d waiting; reconnecting "
