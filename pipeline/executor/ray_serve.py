@@ -22,12 +22,13 @@ cluster; everything else stays in the bot process and behaves as with the local 
   worker…"); the executor reconnects (``ray.shutdown()``, ``ray.init()``, deploy or find the Serve
   applications as :meth:`RayExecutor.start` does) every :attr:`RayExecutor.RECONNECT_EVERY_S`
   seconds, and the calls resume in the same fair order (the taken-back ones first: their jobs had
-  started). Time lost does not count towards a stage's timeout. Past RAY_RECONNECT_TIMEOUT_S the
-  waiting calls fail with :class:`RayClusterLost` (naming RAY_ADDRESS), as do new ones until the
-  cluster returns; ``/healthz`` is unhealthy while it is lost. Jobs are never lost: the bot's store
-  holds them whatever the executor does. With Ray 2.60 a ``host:port`` driver (this process) and a
-  ``ray://`` client both survive their cluster's death; the process never starts a local cluster of
-  its own meanwhile (Ray's auto-``init`` is switched off once connected).
+  started; a warm-up call out is cancelled instead: Serve would retry it for ever). Time lost does
+  not count towards a stage's timeout. Past RAY_RECONNECT_TIMEOUT_S the waiting calls fail with
+  :class:`RayClusterLost` (naming RAY_ADDRESS), as do new ones until the cluster returns;
+  ``/healthz`` is unhealthy while it is lost. Jobs are never lost: the bot's store holds them
+  whatever the executor does. With Ray 2.60 a ``host:port`` driver (this process) survives its
+  cluster's death (its calls fail with ``ActorUnavailableError``); the process never starts a local
+  cluster of its own meanwhile (Ray's auto-``init`` is switched off once connected).
 """
 
 from __future__ import annotations

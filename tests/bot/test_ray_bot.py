@@ -236,8 +236,8 @@ async def test_ray_cluster_lost_then_back_jobs_wait_and_each_is_delivered_once(
         }
         bot = await start_process(env, fake, tmp_path, processes, "bot")
         await health_becomes(200, 30)  # (the gateway's first heartbeat)
-        # The replicas' warm-up calls are not jobs (a Serve handle retries one the cluster lost for
-        # ever): lose the cluster after them.
+        # The warm-up first (the executor cancels a warm-up call the cluster loss catches): this
+        # test follows the jobs' calls.
         await fake.wait_until(lambda: "models warm in" in bot.output() or None, 120, "the warm-up", poll=0.2)
         interactions = [
             await fake.slash_command("imagine", {"prompt": f"a {colour} kite", "seed": i, "steps": 100})
