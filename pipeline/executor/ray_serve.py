@@ -28,7 +28,9 @@ cluster; everything else stays in the bot process and behaves as with the local 
   ``/healthz`` is unhealthy while it is lost. Jobs are never lost: the bot's store holds them
   whatever the executor does. With Ray 2.60 a ``host:port`` driver (this process) survives its
   cluster's death (its calls fail with ``ActorUnavailableError``); the process never starts a local
-  cluster of its own meanwhile (Ray's auto-``init`` is switched off once connected).
+  cluster of its own meanwhile (Ray's auto-``init`` is switched off once connected). A ``ray://``
+  (Ray Client) address does not recover: its calls block the event loop while the client retries
+  its lost connection (README "Scaling out").
 """
 
 from __future__ import annotations
