@@ -508,6 +508,7 @@ STAGE_LINES = {
     "transcribe": N_("🎙️ Transcribing…"),
     "direct": N_("🎬 Directing the scene…"),
     "review": N_("🔍 Reviewing the picture…"),
+    "waiting": N_("🔌 Waiting for a GPU worker…"),
 }
 
 

@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     # empty: 1 and 0.25 when the cluster has GPUs, else 0 (CPU-only clusters, tests).
     RAY_RENDER_GPUS: float | None = Field(None, ge=0, le=8)
     RAY_AUX_GPUS: float | None = Field(None, ge=0, le=8)
+    # A cluster lost after start: jobs wait (and the bot tries to reconnect every few seconds) up
+    # to this many seconds, then the waiting jobs fail with a message naming RAY_ADDRESS.
+    RAY_RECONNECT_TIMEOUT_S: float = Field(300.0, ge=0, le=86400)
 
     # --- Discord gateway shards, all in this one process (AutoShardedBot); 0 or empty (default):
     # Discord's recommendation from GET /gateway/bot; N: exactly N shards ---

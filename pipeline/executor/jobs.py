@@ -16,10 +16,11 @@ if TYPE_CHECKING:
 WorkKind = Literal["warmup", "transcribe", "render", "review", "music", "tool"]
 """What a work item does on the model thread (``tool``: any callable, for tests, bench, CLI)."""
 
-Stage = Literal["queued", "decode", "direct", "correct", "load", WorkKind]
+Stage = Literal["queued", "waiting", "decode", "direct", "correct", "load", WorkKind]
 """Where a job is: waiting, one of the studio's own steps (decode audio, direct the scene, start
 a correction round), loading the diffusion model it asked for (``detail``: its name), or a work
-item running for it."""
+item running for it. ``waiting``: its work waits for the model workers to come back (EXECUTOR=ray,
+the cluster is lost and the executor reconnects)."""
 
 BatchKey = tuple[Hashable, ...]
 """Render requests with equal keys may share one pipeline call."""

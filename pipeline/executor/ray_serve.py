@@ -13,7 +13,24 @@ cluster; everything else stays in the bot process and behaves as with the local 
 * **Faults**: a replica that dies during a call (its actor is gone) → the call is sent once more
   (Serve routes it to a live replica, or to the one it restarts); a second death fails the job
   with :class:`ExecutorFailure`. A cluster unreachable at start → :class:`RayUnreachable` naming
-  RAY_ADDRESS. (Not done yet: a cluster lost later fails the calls out instead of waiting for it.)
+  RAY_ADDRESS.
+* **The cluster lost later** (head restarted, network cut): told from a replica's death by a
+  connection check of RAY_ADDRESS's ``host:port`` (:func:`check_reachable`) — after a call fails with
+  one of Ray's own errors, and every :attr:`RayExecutor.PROBE_S` seconds. Then nothing is sent; the
+  calls out are taken back into the queue (their remote results, should any come, are discarded, so
+  a job is never delivered twice) and every waiting job shows ``waiting`` ("Waiting for a GPU
+  worker…"); the executor reconnects (``ray.shutdown()``, ``ray.init()``, deploy or find the Serve
+  applications as :meth:`RayExecutor.start` does) every :attr:`RayExecutor.RECONNECT_EVERY_S`
+  seconds, and the calls resume in the same fair order (the taken-back ones first: their jobs had
+  started; a warm-up call out is cancelled instead: Serve would retry it for ever). Time lost does
+  not count towards a stage's timeout. Past RAY_RECONNECT_TIMEOUT_S the waiting calls fail with
+  :class:`RayClusterLost` (naming RAY_ADDRESS), as do new ones until the cluster returns;
+  ``/healthz`` is unhealthy while it is lost. Jobs are never lost: the bot's store holds them
+  whatever the executor does. With Ray 2.60 a ``host:port`` driver (this process) survives its
+  cluster's death (its calls fail with ``ActorUnavailableError``); the process never starts a local
+  cluster of its own meanwhile (Ray's auto-``init`` is switched off once connected). A ``ray://``
+  (Ray Client) address does not recover: its calls block the event loop while the client retries
+  its lost connection (README "Scaling out").
 """
 
 from __future__ import annotations
@@ -57,6 +74,17 @@ class RayUnreachable(VoxCanvasError):
     default_message = "The Ray cluster (RAY_ADDRESS) cannot be reached."
 
 
+class RayClusterLost(ExecutorFailure):
+    """The cluster was lost after start and did not return within RAY_RECONNECT_TIMEOUT_S: the
+    jobs that waited for it fail with this (a message for the user that names RAY_ADDRESS)."""
+
+    default_message = "The GPU workers are unreachable right now — please try again later."
+
+
+class _ClusterGone(Exception):
+    """Internal: a call failed because the cluster itself is gone (not one replica)."""
+
+
 @dataclass(eq=False)
 class _Call:
     """One remote call waiting for (or out on) the cluster; what :mod:`.policy` reads of work."""
@@ -67,6 +95,7 @@ class _Call:
     send: Callable[[], Awaitable[Any]]
     future: asyncio.Future[Any]
     enqueued_at: float = field(default_factory=time.monotonic)
+    attempt: int = 0  # times it was sent; a send whose call was taken back since no longer counts
 
 
 def check_reachable(address: str, timeout_s: float = 3.0) -> None:
@@ -114,7 +143,36 @@ def connect(settings: Settings) -> bool:
     except Exception as exc:  # ConnectionError, RuntimeError: Ray's own words, on one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RayUnreachable(f"The Ray cluster at RAY_ADDRESS={address} cannot be reached: {first}") from None
+    _no_auto_init()
     return True
+
+
+def _no_auto_init() -> None:
+    """Never let a Ray call made while the cluster is lost start a local cluster in this process
+    (Ray's auto-``init``, read from RAY_ENABLE_AUTO_CONNECT when ray is imported: too late here)."""
+    try:
+        from ray._private import auto_init_hook
+
+        auto_init_hook.enable_auto_connect = False
+    except (ImportError, AttributeError):  # (a private switch: another Ray version may lack it)
+        log.debug("cannot switch off Ray's auto-init", exc_info=True)
+
+
+def _disconnect() -> None:
+    """``ray.shutdown()``, whatever state the lost connection is in (blocking: off the loop)."""
+    import ray
+
+    try:
+        ray.shutdown()
+    except Exception:
+        log.debug("ray.shutdown() of a lost connection failed", exc_info=True)
+
+
+def _is_ray_trouble(exc: BaseException) -> bool:
+    """One of Ray's own errors (not a replica's exception): the cluster may be gone."""
+    import ray.exceptions as rex
+
+    return isinstance(exc, (rex.RayError, ConnectionError)) and not isinstance(exc, rex.RayTaskError)
 
 
 _REPLICA_GONE: tuple[type[BaseException], ...] = ()
@@ -145,6 +203,9 @@ class RayExecutor:
 
     STAGE_TIMEOUT_S = 600.0
     POLL_S = 0.25  # how often step progress is read from the board while work is out
+    PROBE_S = 2.0  # how often the cluster's address is checked (a TCP connect)
+    PROBE_TIMEOUT_S = 2.0
+    RECONNECT_EVERY_S = 3.0  # while the cluster is lost: how often to try to reconnect
 
     def __init__(
         self,
@@ -179,6 +240,16 @@ class RayExecutor:
         self._metrics = MetricsRecorder()
         self._shown: dict[str, tuple[int, int]] = {}
         self.retries = 0  # calls sent again after their replica died
+        # The cluster lost after start (see the module docs).
+        self._probe_address = ""  # host:port checked for the cluster (RAY_ADDRESS, or the GCS for "auto")
+        self._watcher: asyncio.Task[None] | None = None
+        self._reconnector: asyncio.Task[None] | None = None
+        self._give_up_timer: asyncio.TimerHandle | None = None
+        self._lost_since: float | None = None  # monotonic time the cluster was found gone
+        self._lost_total = 0.0  # seconds lost in earlier outages
+        self._gave_up = False  # lost past RAY_RECONNECT_TIMEOUT_S: calls fail until it returns
+        self.outages = 0  # times the cluster was lost (and reconnects tried)
+        self._side_calls: set[asyncio.Future[Any]] = set()  # warm-up calls, outside the queue
         # Remote render backends (pipeline.backends) need no GPU: their renders stay in this
         # process, behind the router's per-backend fair gate, as with the local executor.
         self.router = RenderRouter(settings)
@@ -186,24 +257,56 @@ class RayExecutor:
     # --- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
         """Connect (:class:`RayUnreachable` naming RAY_ADDRESS), deploy or find the stages."""
-        from . import deployments
 
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._owns_connection = await asyncio.to_thread(connect, self.settings)
-        stages = self.stages or deployments.STAGES
-        self._handles = await asyncio.to_thread(
-            deployments.deploy, self.settings, stages=stages, step_delay_s=self.step_delay_s
-        )
-        self._board = deployments.progress_board(self.settings.RAY_NAMESPACE)
+        self._probe_address = self._address_to_probe()
+        self._handles, self._board = await asyncio.to_thread(self._deploy)
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="ray-dispatch")
         self._poller = asyncio.create_task(self._progress_loop(), name="ray-progress")
+        self._watcher = asyncio.create_task(self._watch_loop(), name="ray-watch")
+
+    def _deploy(self) -> tuple[dict[str, Any], Any]:
+        """Deploy or find the stages' Serve applications, and the progress board (blocking)."""
+        from . import deployments
+
+        stages = self.stages or deployments.STAGES
+        handles = deployments.deploy(self.settings, stages=stages, step_delay_s=self.step_delay_s)
+        return handles, deployments.progress_board(self.settings.RAY_NAMESPACE)
+
+    def _address_to_probe(self) -> str:
+        """RAY_ADDRESS, or for ``auto`` the cluster's GCS address (``host:port``) found by Ray."""
+        address = self.settings.RAY_ADDRESS.strip()
+        if address and address != "auto":
+            return address
+        import ray
+
+        try:
+            return str(ray.get_runtime_context().gcs_address or "")
+        except Exception:
+            return ""
 
     async def warm_up(self, *, whisper: bool = True, clip: bool = True) -> None:
         """Load the models in one replica of each stage (the others load on first use)."""
         render = [] if self.router.is_remote(None) else ["render"]  # a remote default model needs no replica
         wanted = render + (["transcribe"] if whisper else []) + (["review"] if clip else [])
-        await asyncio.gather(*(self._handles[s].warm_up.remote() for s in wanted if s in self._handles))
+        calls = [asyncio.ensure_future(self._handles[s].warm_up.remote()) for s in wanted if s in self._handles]
+        # Not queued work, but cancelled when the cluster is lost: Serve would retry a request of the
+        # lost cluster's handle for ever.
+        self._side_calls.update(calls)
+        try:
+            await asyncio.gather(*calls)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._lost_since is None or (task is not None and task.cancelling()):
+                raise
+            raise VoxCanvasError(
+                f"The model warm-up was cut short: the Ray cluster at RAY_ADDRESS={self.settings.RAY_ADDRESS.strip()} "
+                "was lost (the models load on first use once it is back)."
+            ) from None
+        finally:
+            self._side_calls.difference_update(calls)
 
     def stop_admitting(self) -> None:
         self._accepting = False
@@ -213,6 +316,8 @@ class RayExecutor:
         The deployments keep running: a restarted bot finds them (:func:`.deployments.deploy`)."""
         self._accepting = False
         self._stopping = True
+        if self._give_up_timer is not None:
+            self._give_up_timer.cancel()
         dropped, self._pending = self._pending, []
         for call in dropped:
             _set_exception(call.future, ShuttingDown())
@@ -222,7 +327,7 @@ class RayExecutor:
             # Out of patience: the job stays in the store for the next start (its remote call
             # finishes on the cluster and is discarded).
             _set_exception(call.future, ShuttingDown())
-        for task in (self._dispatcher, self._poller, *self._out.values()):
+        for task in (self._dispatcher, self._poller, self._watcher, self._reconnector, *self._out.values()):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
@@ -235,9 +340,22 @@ class RayExecutor:
         return [job.id for job in self._jobs.values() if not job.finished]
 
     def health(self) -> tuple[bool, str]:
-        """For /healthz: the dispatcher runs (the replicas have Serve's own health checks)."""
+        """For /healthz: the dispatcher runs and the cluster is reachable (the replicas have Serve's
+        own health checks)."""
         if self._dispatcher is None or self._dispatcher.done():
             return False, "the Ray dispatcher is not running"
+        if self._lost_since is not None:
+            lost_for = time.monotonic() - self._lost_since
+            waiting = (
+                "waiting jobs failed after RAY_RECONNECT_TIMEOUT_S"
+                if self._gave_up
+                else f"{len(self._pending)} calls wait for it"
+            )
+            return (
+                False,
+                f"the Ray cluster at RAY_ADDRESS={self.settings.RAY_ADDRESS.strip()} is unreachable "
+                f"({lost_for:.0f} s); reconnecting, {waiting}",
+            )
         return (
             True,
             f"Ray Serve ({self.settings.RAY_NAMESPACE}): {len(self._out)} calls out, {len(self._pending)} waiting",
@@ -277,8 +395,7 @@ class RayExecutor:
         if not any(j.user_id == job.user_id for j in self._jobs.values()):
             self._ring.leave(job.user_id)
         self._metrics.job_finished(time.monotonic() - job.admitted_at, outcome, cancelled=job.cancelled)
-        if self._board is not None:
-            self._board.forget.remote([job.id])
+        self._tell_board("forget", [job.id])
         self._notify_positions()
 
     def cancel(self, job: Job) -> None:
@@ -287,9 +404,17 @@ class RayExecutor:
         for call in dropped:
             self._pending.remove(call)
             _set_exception(call.future, JobCancelled())
-        if self._board is not None:
-            self._board.cancel.remote(job.id)  # the replica stops at its next step
+        self._tell_board("cancel", job.id)  # the replica stops at its next step
         self._notify_positions()
+
+    def _tell_board(self, method: str, *args: Any) -> None:
+        """A fire-and-forget call to the progress board; none while the cluster is lost."""
+        if self._board is None or self._lost_since is not None:
+            return
+        try:
+            getattr(self._board, method).remote(*args)
+        except Exception:
+            log.debug("progress board %s failed", method, exc_info=True)
 
     def position_of(self, job: Job) -> int | None:
         if job.started or job.finished:
@@ -413,55 +538,77 @@ class RayExecutor:
             raise JobCancelled()
         if self._stopping:
             raise ShuttingDown()
+        if self._gave_up:
+            raise self._lost_error()
         future: asyncio.Future[Any] = self._loop.create_future()
         call = _Call(job=job, kind=kind, seq=next(self._seq), send=send, future=future)
         self._pending.append(call)
         self._wake.set()
         self._notify_positions()
+        # The stage's timeout counts the time the cluster was there: an outage is bounded on its own.
+        lost_before = self._lost_seconds()
+        deadline = self._loop.time() + self.stage_timeout_s
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self.stage_timeout_s)
-        except TimeoutError:
-            if job is not None:
-                job.cancel()
-            raise StageTimeout() from None
+            while True:
+                await asyncio.wait([future], timeout=max(0.0, deadline - self._loop.time()))
+                if future.done():
+                    return future.result()
+                lost = self._lost_seconds() - lost_before
+                if lost <= 0:
+                    break
+                deadline += lost
+                lost_before += lost
         except asyncio.CancelledError:
             if call in self._pending:
                 self._pending.remove(call)
             raise
+        if job is not None:
+            job.cancel()
+        raise StageTimeout()
 
     async def _dispatch_loop(self) -> None:
         """Send pending calls in service order while fewer than ``capacity`` are out."""
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending and len(self._out) < self.capacity:
+            while self._pending and len(self._out) < self.capacity and self._lost_since is None:
                 call = policy.priority_order(self._pending, self._ring)[0]
                 self._pending.remove(call)
                 self._ring.served([call])
                 if call.job is not None:
                     call.job.started = True
-                self._out[call] = asyncio.create_task(self._run(call), name=f"ray-{call.kind}")
+                call.attempt += 1
+                self._out[call] = asyncio.create_task(self._run(call, call.attempt), name=f"ray-{call.kind}")
                 self._notify_positions()
 
-    async def _run(self, call: _Call) -> None:
+    async def _run(self, call: _Call, attempt: int) -> None:
         began = time.monotonic()
-        self._metrics.observe_wait(began - call.enqueued_at)
+        if attempt == 1:
+            self._metrics.observe_wait(began - call.enqueued_at)
         if call.job is not None:
             self._emit(call.job, ProgressEvent(call.job.id, call.kind))
         try:
             result = await self._send_with_retry(call)
+        except _ClusterGone as exc:
+            if call.attempt == attempt:
+                self._lose(str(exc))  # takes this call (and every other one out) back into the queue
         except BaseException as exc:
+            if call.attempt != attempt:  # taken back when the cluster was lost: it is sent again
+                return
             _set_exception(call.future, exc if isinstance(exc, Exception) else ExecutorFailure())
             if not isinstance(exc, Exception):
                 raise
         else:
-            if call.job is not None and call.job.cancelled:
+            if call.attempt != attempt:
+                log.info("%s of %s: a result from the lost cluster, discarded (sent again)", call.kind, call.job)
+            elif call.job is not None and call.job.cancelled:
                 _set_exception(call.future, JobCancelled())
             else:
                 _set_result(call.future, result)
         finally:
-            self._metrics.observe_stage(call.kind, time.monotonic() - began)
-            self._out.pop(call, None)
+            if call.attempt == attempt:
+                self._metrics.observe_stage(call.kind, time.monotonic() - began)
+                self._out.pop(call, None)
             self._wake.set()
 
     async def _send_with_retry(self, call: _Call) -> Any:
@@ -470,6 +617,8 @@ class RayExecutor:
             try:
                 return await call.send()
             except gone as exc:
+                if not await self._reachable():
+                    raise _ClusterGone(f"{type(exc).__name__} and RAY_ADDRESS refuses connections") from None
                 self._metrics.restarts += 1
                 if attempt == 2:
                     log.error("%s of %s: the replica died again (%s); failing it", call.kind, call.job, exc)
@@ -481,8 +630,129 @@ class RayExecutor:
                 if call.job is not None and call.job.cancelled:
                     raise JobCancelled() from None
             except Exception as exc:
+                if _is_ray_trouble(exc) and not await self._reachable():
+                    raise _ClusterGone(f"{type(exc).__name__} and RAY_ADDRESS refuses connections") from None
                 raise _unwrap(exc) from None
         raise AssertionError("unreachable")
+
+    # --- the cluster lost and found ------------------------------------------------------------
+    def _lost_seconds(self) -> float:
+        """Seconds the cluster has been lost since start (all outages, the current one too)."""
+        current = time.monotonic() - self._lost_since if self._lost_since is not None else 0.0
+        return self._lost_total + current
+
+    def _lost_error(self) -> RayClusterLost:
+        address = self.settings.RAY_ADDRESS.strip()
+        bound = round(self.settings.RAY_RECONNECT_TIMEOUT_S)
+        return RayClusterLost(
+            f"The GPU workers are unreachable: the Ray cluster at RAY_ADDRESS={address} has not answered "
+            f"for {bound} s. Your job could not finish — please try again later."
+        )
+
+    async def _reachable(self) -> bool:
+        """Whether the cluster's address accepts connections (twice refused: it does not)."""
+        for check in (1, 2):
+            try:
+                await asyncio.to_thread(check_reachable, self._probe_address, self.PROBE_TIMEOUT_S)
+                return True
+            except RayUnreachable:
+                if check == 1:
+                    await asyncio.sleep(0.2)
+        return False
+
+    async def _watch_loop(self) -> None:
+        """Check the cluster's address every PROBE_S: a call out may hang rather than fail when
+        the cluster goes away."""
+        while True:
+            await asyncio.sleep(self.PROBE_S)
+            if self._lost_since is None and not self._stopping and not await self._reachable():
+                self._lose("RAY_ADDRESS refuses connections")
+
+    def _lose(self, reason: str) -> None:
+        """The cluster is gone: stop sending, take the calls out back, tell the waiting jobs,
+        reconnect in the background and fail the waiting calls past RAY_RECONNECT_TIMEOUT_S."""
+        if self._lost_since is not None or self._stopping or self._loop is None:
+            return
+        self._lost_since = time.monotonic()
+        self.outages += 1
+        taken_back = list(self._out.items())
+        self._out.clear()
+        for call, task in taken_back:
+            call.attempt += 1  # whatever that send still yields is discarded
+            self._pending.append(call)
+            if task is not asyncio.current_task():
+                task.cancel()
+        for side in list(self._side_calls):
+            side.cancel()
+        bound = self.settings.RAY_RECONNECT_TIMEOUT_S
+        log.warning(
+            "The Ray cluster at RAY_ADDRESS=%s is lost (%s): %d calls taken back, %d waiting; reconnecting "
+            "every %g s for up to %g s (RAY_RECONNECT_TIMEOUT_S)",
+            self.settings.RAY_ADDRESS.strip(),
+            reason,
+            len(taken_back),
+            len(self._pending),
+            self.RECONNECT_EVERY_S,
+            bound,
+        )
+        self._give_up_timer = self._loop.call_later(bound, self._give_up)
+        self._reconnector = asyncio.create_task(self._reconnect_loop(), name="ray-reconnect")
+        self._notify_positions()
+
+    def _give_up(self) -> None:
+        """RAY_RECONNECT_TIMEOUT_S is over: the waiting calls fail (so do new ones until the
+        cluster returns); reconnecting goes on."""
+        if self._lost_since is None or self._gave_up:
+            return
+        self._gave_up = True
+        error = self._lost_error()
+        dropped, self._pending = self._pending, []
+        log.error("%s: %d waiting calls fail", error, len(dropped))
+        for call in dropped:
+            _set_exception(call.future, RayClusterLost(str(error)))
+
+    async def _reconnect_loop(self) -> None:
+        if self._owns_connection:
+            await asyncio.to_thread(_disconnect)
+        while not self._stopping:
+            if await self._reachable():
+                try:
+                    if self._owns_connection:
+                        await asyncio.to_thread(connect, self.settings)
+                    handles, board = await asyncio.to_thread(self._deploy)
+                except Exception as exc:
+                    log.warning(
+                        "reconnecting to the Ray cluster at RAY_ADDRESS=%s failed: %s",
+                        self.settings.RAY_ADDRESS.strip(),
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                    )
+                    if self._owns_connection:
+                        await asyncio.to_thread(_disconnect)
+                else:
+                    self._found(handles, board)
+                    return
+            await asyncio.sleep(self.RECONNECT_EVERY_S)
+
+    def _found(self, handles: dict[str, Any], board: Any) -> None:
+        """Reconnected: new handles and board; the waiting calls go out again in fair order."""
+        assert self._lost_since is not None
+        lost_for = time.monotonic() - self._lost_since
+        self._lost_total += lost_for
+        self._lost_since = None
+        self._gave_up = False
+        if self._give_up_timer is not None:
+            self._give_up_timer.cancel()
+            self._give_up_timer = None
+        self._handles, self._board = handles, board
+        self._shown.clear()
+        log.warning(
+            "Reconnected to the Ray cluster at RAY_ADDRESS=%s after %.0f s: %d calls resume",
+            self.settings.RAY_ADDRESS.strip(),
+            lost_for,
+            len(self._pending),
+        )
+        self._wake.set()
+        self._notify_positions()
 
     # --- progress ------------------------------------------------------------------------------
     async def _progress_loop(self) -> None:
@@ -490,7 +760,7 @@ class RayExecutor:
         while True:
             await asyncio.sleep(self.POLL_S)
             watched = {c.job.id: c for c in self._out if c.job is not None and c.kind in ("render", "music")}
-            if not watched or self._board is None:
+            if not watched or self._board is None or self._lost_since is not None:
                 continue
             try:
                 steps: dict[str, tuple[int, int]] = await self._board.snapshot.remote(list(watched))
@@ -513,6 +783,13 @@ class RayExecutor:
                 log.exception("progress listener failed")
 
     def _notify_positions(self) -> None:
+        if self._lost_since is not None:
+            # Cluster lost: every job waiting for it (not begun, or with a call taken back) says so.
+            waiting = {c.job.id for c in self._pending if c.job is not None}
+            for job in list(self._jobs.values()):
+                if job.listener is not None and not job.finished and (not job.started or job.id in waiting):
+                    self._emit(job, ProgressEvent(job.id, "waiting"))
+            return
         for pos, job in enumerate(policy.service_order(self._jobs.values(), self._ring), start=1):
             if job.listener is not None:
                 self._emit(job, ProgressEvent(job.id, "queued", position=pos, eta_s=self._eta_at(pos)))

@@ -182,3 +182,89 @@ async def test_sigkill_of_the_bot_while_ray_runs_delivers_every_job_once(
     await asyncio.sleep(1.0)  # anything duplicated would arrive now
     by_job = results_by_job(fake)
     assert len(by_job) == 4 and all(len(m) == 1 for m in by_job.values()), {j: len(m) for j, m in by_job.items()}
+
+
+WAITING = "Waiting for a GPU worker"
+
+
+async def test_ray_cluster_lost_then_back_jobs_wait_and_each_is_delivered_once(
+    bot_env, fake_discord, tmp_path, processes, tiny_musicgen_dir
+):
+    """``python -m bot`` with EXECUTOR=ray on a cluster of its own (``ray start``); the whole cluster
+    is killed while jobs are queued and a render is out: the bot stays up, the jobs' messages say
+    "Waiting for a GPU worker…", /healthz is unhealthy; the cluster is started again on the same
+    ports: the bot reconnects, redeploys, and every job is delivered exactly once."""
+    import aiohttp
+
+    from devkit.ray_head import RayHead, free_port
+    from tests.bot.test_reliability import results_by_job, start_process
+
+    fake = fake_discord
+    head = RayHead(num_cpus=6)
+    api_port = free_port()
+
+    def edits_saying(text: str) -> list:
+        return fake.find_calls(lambda c: isinstance(c.json, dict) and text in (c.json.get("content") or ""))
+
+    async def healthz() -> tuple[int, dict]:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{api_port}/healthz") as response:
+                return response.status, await response.json()
+
+    async def health_becomes(status: int, timeout: float) -> dict:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (seen := await healthz())[0] != status:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"/healthz is not {status}: {seen}")
+            await asyncio.sleep(0.2)
+        return seen[1]
+
+    try:
+        await asyncio.to_thread(head.start)
+        env = {
+            **bot_env,
+            "EXECUTOR": "ray",
+            "RAY_ADDRESS": head.address,
+            "RAY_NAMESPACE": "voxcanvas-lost",
+            "RAY_MIN_REPLICAS": "1",
+            "RAY_MAX_REPLICAS": "1",
+            "RAY_RECONNECT_TIMEOUT_S": "120",
+            "MUSIC_MODEL": str(tiny_musicgen_dir),
+            "MAX_JOBS_PER_USER": "4",
+            "API_PORT": str(api_port),
+            **RayHead.CLIENT_ENV,
+        }
+        bot = await start_process(env, fake, tmp_path, processes, "bot")
+        await health_becomes(200, 30)  # (the gateway's first heartbeat)
+        # The warm-up first (the executor cancels a warm-up call the cluster loss catches): this
+        # test follows the jobs' calls.
+        await fake.wait_until(lambda: "models warm in" in bot.output() or None, 120, "the warm-up", poll=0.2)
+        interactions = [
+            await fake.slash_command("imagine", {"prompt": f"a {colour} kite", "seed": i, "steps": 100})
+            for i, colour in enumerate(("red", "blue", "green"))
+        ]
+        for interaction in interactions:
+            await fake.wait_for_response(interaction)
+            assert interaction.response_type == 5 and interaction.ack_latency < 3.0
+        await fake.wait_until(lambda: edits_saying("Rendering") or None, 120, "a render on the cluster", poll=0.02)
+        await asyncio.to_thread(head.kill)  # every process of the cluster, at once
+        assert len(results_by_job(fake)) < 3, "the cluster went away too late to leave jobs waiting"
+
+        await fake.wait_until(lambda: edits_saying(WAITING) or None, 30, "the waiting message", poll=0.05)
+        status, health = await healthz()
+        assert status == 503 and not health["checks"]["executor"]["ok"], health
+        assert f"RAY_ADDRESS={head.address}" in health["checks"]["executor"]["detail"], health
+        assert all(check["ok"] for name, check in health["checks"].items() if name != "executor"), health
+        await asyncio.sleep(2.0)
+        assert bot.proc.returncode is None, bot.output()[-3000:]  # the bot stays up meanwhile
+        assert len(results_by_job(fake)) < 3
+
+        await asyncio.to_thread(head.start)  # the same ports: RAY_ADDRESS finds it again
+        await fake.wait_until(lambda: len(results_by_job(fake)) >= 3 or None, 180, "all three results", poll=0.05)
+        await asyncio.sleep(1.0)  # anything duplicated would arrive now
+        by_job = results_by_job(fake)
+        assert len(by_job) == 3 and all(len(m) == 1 for m in by_job.values()), {j: len(m) for j, m in by_job.items()}
+        await health_becomes(200, 10)
+        assert "Reconnected to the Ray cluster" in bot.output()
+    finally:
+        await asyncio.to_thread(head.close)

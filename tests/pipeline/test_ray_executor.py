@@ -196,3 +196,120 @@ async def test_music_on_the_composer_replica_progress_determinism_and_cancel(
         long_job.finish()
     finally:
         await executor.shutdown(timeout_s=10)
+
+
+LOST_SCRIPT = """
+import asyncio, json, sys, time
+from pipeline.settings import Settings
+from pipeline.synthesis import RenderRequest
+from pipeline.executor.ray_serve import RayExecutor, RayClusterLost
+
+async def main():
+    settings = Settings(**json.loads(sys.argv[1]), _env_file=None)
+    executor = RayExecutor(settings, stage_timeout_s=120, step_delay_s=0.05, stages=("render",))
+    executor.PROBE_S = 0.5
+    await executor.start()
+    job = executor.admit("ann")
+    events = []
+    job.listener = events.append
+    render = asyncio.create_task(executor.render(job, RenderRequest(prompt="a kite", seed=1, steps=100)))
+    while not any(e.stage == "render" and e.step for e in events):
+        if render.done():
+            raise SystemExit(f"the render ended before the cluster was killed: {render.exception()!r}")
+        await asyncio.sleep(0.05)
+    print("RENDERING", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # the test killed the cluster
+    killed = time.monotonic()
+    while not any(e.stage == "waiting" for e in events):
+        await asyncio.sleep(0.05)
+    out = {"waiting_after_s": time.monotonic() - killed, "health": executor.health()}
+    try:
+        await render
+        out["error"] = None
+    except RayClusterLost as exc:
+        out["error"] = str(exc)
+    out["failed_after_s"] = time.monotonic() - killed
+    began = time.monotonic()
+    try:  # past the bound, a new call fails at once (until the cluster returns)
+        await executor.render(executor.admit("bob"), RenderRequest(prompt="a boat", seed=2, steps=4))
+    except RayClusterLost as exc:
+        out["then"] = [str(exc), time.monotonic() - began]
+    out["health_after"] = executor.health()
+    print("RESULT " + json.dumps(out), flush=True)
+    await executor.shutdown(timeout_s=5)
+
+asyncio.run(main())
+"""
+
+
+async def test_cluster_lost_for_longer_than_the_bound_fails_waiting_jobs_naming_ray_address(tiny_sd_dir, tiny_clip_dir):
+    """A real cluster (its own ``ray start`` head) killed mid-render, RAY_RECONNECT_TIMEOUT_S=4: the
+    job shows "waiting", /healthz's check is unhealthy, and after the bound the render fails with
+    a message naming RAY_ADDRESS; a call made after that fails at once. (A process of its own: the
+    test session's driver is connected to the session's cluster.)"""
+    import json
+    import os
+
+    from devkit.ray_head import RayHead
+
+    head = RayHead(num_cpus=2)
+    try:
+        await asyncio.to_thread(head.start)
+        settings = dict(
+            EXECUTOR="ray",
+            RAY_ADDRESS=head.address,
+            RAY_NAMESPACE="voxcanvas-bound",
+            RAY_RECONNECT_TIMEOUT_S=4,
+            DIFFUSION_MODEL=str(tiny_sd_dir),
+            CLIP_MODEL=str(tiny_clip_dir),
+            DEVICE="cpu",
+            WIDTH=64,
+            HEIGHT=64,
+            GEMINI_API_KEY="",
+            DYNAMIC_BATCHING=False,
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            LOST_SCRIPT,
+            json.dumps(settings),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, **RayHead.CLIENT_ENV},
+        )
+        lines: list[str] = []
+
+        async def line_starting(prefix: str, timeout: float) -> str:
+            async def read() -> str:
+                while True:
+                    raw = await proc.stdout.readline()
+                    if not raw:
+                        raise AssertionError("the script ended:\n" + "".join(lines[-40:]))
+                    lines.append(raw.decode(errors="replace"))
+                    if lines[-1].startswith(prefix):
+                        return lines[-1]
+
+            return await asyncio.wait_for(read(), timeout)
+
+        try:
+            await line_starting("RENDERING", 120)
+            await asyncio.to_thread(head.kill)
+            proc.stdin.write(b"killed\n")
+            await proc.stdin.drain()
+            out = json.loads((await line_starting("RESULT ", 60)).removeprefix("RESULT "))
+            assert await asyncio.wait_for(proc.wait(), 30) == 0, "".join(lines[-40:])
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    finally:
+        await asyncio.to_thread(head.close)
+    assert out["waiting_after_s"] < 10, out
+    healthy, detail = out["health"]
+    assert not healthy and f"RAY_ADDRESS={head.address}" in detail and "unreachable" in detail, detail
+    assert out["error"] and f"RAY_ADDRESS={head.address}" in out["error"], out
+    assert "try again later" in out["error"] and "4 s" in out["error"], out
+    assert 4 <= out["failed_after_s"] < 20, out  # the bound (4 s from when the loss was found), not a stage timeout
+    assert out["then"][1] < 1.0 and f"RAY_ADDRESS={head.address}" in out["then"][0], out
+    assert out["health_after"][0] is False

@@ -5,6 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const STAGE_LABELS = {
   queued: "Queued",
+  waiting: "Waiting for a GPU worker",
   decode: "Decode audio",
   transcribe: "Whisper: transcribe",
   direct: "Director: expand the scene",
