@@ -21,12 +21,14 @@ Discord command names.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import hashlib
 import io
 import logging
 import re
+from collections.abc import Iterator
 from importlib import resources
 from typing import Final
 
@@ -74,6 +76,17 @@ def use(language: str | discord.Locale | None) -> str:
     code = language_of(language) or DEFAULT_LANGUAGE
     _language.set(code)
     return code
+
+
+@contextlib.contextmanager
+def speaking(language: str | discord.Locale | None) -> Iterator[str]:
+    """``language`` for what is shown inside the block only, whatever task or thread's context runs
+    it (a progress callback from the executor speaks its job's language); the code used."""
+    token = _language.set(language_of(language) or DEFAULT_LANGUAGE)
+    try:
+        yield _language.get()
+    finally:
+        _language.reset(token)
 
 
 def language_of(locale: str | discord.Locale | None) -> str | None:
@@ -161,6 +174,7 @@ __all__ = [
     "gettext_in",
     "language_of",
     "reply_language",
+    "speaking",
     "translations",
     "use",
 ]

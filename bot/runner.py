@@ -677,11 +677,14 @@ class JobRunner:
             nonlocal corrections
             if event.stage == "correct":
                 corrections += 1
-            reporter.push(render.progress_line(event, corrections=corrections, candidates=job.candidates))
+            # Called from the executor's thread or tasks, whose context is not this job's.
+            with i18n.speaking(language):
+                reporter.push(render.progress_line(event, corrections=corrections, candidates=job.candidates))
 
         job.listener = on_progress
         job.keep_flagged = admitted.request.idea.keep_flagged
-        i18n.use(admitted.request.idea.reply_language)  # this job's task only (a restart resumes it so too)
+        # This job's task only (a restart resumes it so too); its progress lines too.
+        language = i18n.use(admitted.request.idea.reply_language)
         on_progress(ProgressEvent(job.id, "queued", position=job.position(), eta_s=job.eta_s()))
         try:
             try:

@@ -24,7 +24,7 @@ cluster; everything else stays in the bot process and behaves as with the local 
   seconds, and the calls resume in the same fair order (the taken-back ones first: their jobs had
   started; a warm-up call out is cancelled instead: Serve would retry it for ever). Time lost does
   not count towards a stage's timeout. Past RAY_RECONNECT_TIMEOUT_S the waiting calls fail with
-  :class:`RayClusterLost` (naming RAY_ADDRESS), as do new ones until the cluster returns;
+  :class:`RayClusterLost` (the log and /healthz name RAY_ADDRESS), as do new ones until the cluster returns;
   ``/healthz`` is unhealthy while it is lost. Jobs are never lost: the bot's store holds them
   whatever the executor does. With Ray 2.60 a ``host:port`` driver (this process) survives its
   cluster's death (its calls fail with ``ActorUnavailableError``); the process never starts a local
@@ -78,7 +78,7 @@ class RayClusterLost(ExecutorFailure):
     """The cluster was lost after start and did not return within RAY_RECONNECT_TIMEOUT_S: the
     jobs that waited for it fail with this (a message for the user that names RAY_ADDRESS)."""
 
-    default_message = "The GPU workers are unreachable right now — please try again later."
+    default_message = "The GPU workers have been unreachable for too long — please try again later."
 
 
 class _ClusterGone(Exception):
@@ -642,12 +642,9 @@ class RayExecutor:
         return self._lost_total + current
 
     def _lost_error(self) -> RayClusterLost:
-        address = self.settings.RAY_ADDRESS.strip()
-        bound = round(self.settings.RAY_RECONNECT_TIMEOUT_S)
-        return RayClusterLost(
-            f"The GPU workers are unreachable: the Ray cluster at RAY_ADDRESS={address} has not answered "
-            f"for {bound} s. Your job could not finish — please try again later."
-        )
+        """For the user: a fixed, translated message (the address is for the operator's log and
+        /healthz, not for a Discord channel)."""
+        return RayClusterLost()
 
     async def _reachable(self) -> bool:
         """Whether the cluster's address accepts connections (twice refused: it does not)."""
@@ -705,11 +702,16 @@ class RayExecutor:
         if self._lost_since is None or self._gave_up:
             return
         self._gave_up = True
-        error = self._lost_error()
         dropped, self._pending = self._pending, []
-        log.error("%s: %d waiting calls fail", error, len(dropped))
+        log.error(
+            "The Ray cluster at RAY_ADDRESS=%s has not answered for %g s (RAY_RECONNECT_TIMEOUT_S): "
+            "%d waiting calls fail; reconnecting goes on",
+            self.settings.RAY_ADDRESS.strip(),
+            self.settings.RAY_RECONNECT_TIMEOUT_S,
+            len(dropped),
+        )
         for call in dropped:
-            _set_exception(call.future, RayClusterLost(str(error)))
+            _set_exception(call.future, self._lost_error())
 
     async def _reconnect_loop(self) -> None:
         if self._owns_connection:

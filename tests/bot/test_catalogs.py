@@ -16,6 +16,7 @@ from babel.messages.pofile import read_po
 from bot import i18n
 from bot.guilds import ChannelNotAllowed, VoiceNotesOff
 from pipeline import errors
+from pipeline.executor.ray_serve import RayClusterLost
 
 ROOT = Path(__file__).resolve().parents[2]
 TRANSLATED = [lang for lang in i18n.LANGUAGES if lang != i18n.DEFAULT_LANGUAGE]
@@ -28,6 +29,7 @@ TRANSLATED_ERRORS = (
     errors.OutOfMemory,
     errors.ExecutorFailure,
     errors.StageTimeout,
+    RayClusterLost,
     errors.UnsafeImage,
     errors.SilentAudio,
     errors.EmptyAudio,

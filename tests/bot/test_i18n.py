@@ -212,3 +212,22 @@ async def test_every_synced_description_is_in_every_shipped_language(start_bot, 
         if len(text) > 100
     ]
     assert too_long == []
+
+
+async def test_progress_lines_in_the_users_language(start_bot, fake_discord):
+    """The progress edits ("Rendering 12/25") come from the executor's thread or tasks, not the
+    job's: they still speak the job's language."""
+    await start_bot(QA_MAX_ROUNDS=0, STEPS=100, WIDTH=256, HEIGHT=256)
+    fake = fake_discord
+    interaction = await imagine(fake, {"prompt": "a lighthouse at dusk"}, locale="de")
+    await wait_result(fake, interaction)
+    edits = [
+        (call.json or {}).get("content") or ""
+        for call in fake.calls
+        if call.method == "PATCH" and interaction.token in call.path and call.path.endswith("/@original")
+    ]
+    progress = [text for text in edits if "░" in text or "█" in text]
+    assert progress, edits  # seconds of rendering: at least one progress edit
+    rendering = i18n.gettext_in("de", "Rendering")
+    assert rendering != "Rendering"
+    assert all(rendering in text and "Rendering" not in text for text in progress), progress
