@@ -12,7 +12,6 @@ for that job and the reason is recorded in the :class:`Result`. With no key, eve
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
 import time
@@ -56,7 +55,6 @@ if TYPE_CHECKING:
     from google import genai
     from PIL import Image
 
-    from .upscaler import Upscaler
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +307,6 @@ class Studio:
         self._own_client = False
         self._gemini_client: genai.Client | None = None
         self._captioner: Captioner | None = None
-        self._upscaler: Upscaler | None = None  # UPSCALER_MODEL, created on the first U button
         if settings.gemini_enabled:
             if gemini_client is None:
                 gemini_client = make_client(settings)
@@ -557,23 +554,19 @@ class Studio:
         )
         upscaler_note: str | None = None
         if self.settings.UPSCALER_MODEL:
-            self._stage(job, "render")
-            if self._upscaler is None:
-                from .upscaler import Upscaler
+            from .upscaler import UpscaleRequest
 
-                self._upscaler = Upscaler(self.settings.UPSCALER_MODEL, self.settings.DEVICE)
-            enlarged, scale, tiles = await self.executor.call(
+            self._stage(job, "render")
+            # On the executor's model thread, or the Ray cluster's upscale replicas (EXECUTOR=ray).
+            enlarged, scale, tiles = await self.executor.upscale(
                 job,
-                "render",
-                functools.partial(
-                    self._upscaler.upscale_png,
+                UpscaleRequest(
                     init_image,
                     (width, height),
                     prompt=round_.prompt,
                     negative_prompt=round_.negative_prompt,
                     seed=round_.seed,
                     steps=min(limits.UPSCALER_STEPS, round_.steps),  # never more than the picture took
-                    should_stop=lambda: job.cancelled,
                 ),
             )
             request = replace(request, init_image=enlarged)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,6 +35,20 @@ from .tiling import Canvas, overlap_for, tile_boxes
 log = logging.getLogger(__name__)
 
 StopFn = Callable[[], bool]
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class UpscaleRequest:
+    """One picture for the x4 upscaler (what an executor sends to the model thread or a Ray replica:
+    plain bytes and numbers, picklable): ``png`` enlarged and brought to ``size``."""
+
+    png: bytes
+    size: tuple[int, int]
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int = limits.UPSCALER_STEPS
 
 
 class Upscaler(LazyModel[Any]):
@@ -72,10 +87,11 @@ class Upscaler(LazyModel[Any]):
         steps: int = limits.UPSCALER_STEPS,
         guidance: float = limits.UPSCALER_GUIDANCE,
         should_stop: StopFn | None = None,
+        progress: ProgressFn | None = None,
     ) -> tuple[Image.Image, int]:
         """``image`` enlarged ×:attr:`scale`, tile by tile (tile ``k`` seeded ``seed + k``); returns
         the picture and the number of tiles. ``should_stop()`` is asked between tiles (a cancelled
-        job raises :class:`JobCancelled`)."""
+        job raises :class:`JobCancelled`); ``progress(done, tiles)`` is told after each tile."""
         pipe = self.load()
         scale = self.scale
         image = image.convert("RGB")
@@ -97,6 +113,8 @@ class Upscaler(LazyModel[Any]):
                     output_type="pil",
                 )
                 canvas.add(box.scaled(scale), output.images[0])
+                if progress is not None:
+                    progress(k + 1, len(boxes))
         log.debug("upscaled %dx%d x%d in %d tiles", width, height, scale, len(boxes))
         return canvas.image(), len(boxes)
 
@@ -110,6 +128,7 @@ class Upscaler(LazyModel[Any]):
         seed: int,
         steps: int = limits.UPSCALER_STEPS,
         should_stop: StopFn | None = None,
+        progress: ProgressFn | None = None,
     ) -> tuple[bytes, int, int]:
         """:meth:`upscale` on encoded bytes (bounded by :func:`decode_init_image`), brought to
         ``size`` with Lanczos (the x4 output of a ×2 request is halved here, before it is encoded):
@@ -121,9 +140,25 @@ class Upscaler(LazyModel[Any]):
             seed=seed,
             steps=steps,
             should_stop=should_stop,
+            progress=progress,
         )
         if enlarged.size != size:
             enlarged = enlarged.resize(size, Image.Resampling.LANCZOS)
         buffer = io.BytesIO()
         enlarged.save(buffer, format="PNG")
         return buffer.getvalue(), self.scale, tiles
+
+    def run(
+        self, request: UpscaleRequest, *, should_stop: StopFn | None = None, progress: ProgressFn | None = None
+    ) -> tuple[bytes, int, int]:
+        """:meth:`upscale_png` of ``request``."""
+        return self.upscale_png(
+            request.png,
+            request.size,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            seed=request.seed,
+            steps=request.steps,
+            should_stop=should_stop,
+            progress=progress,
+        )

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ..scene import Scene
     from ..synthesis import RenderedImage, RenderRequest
     from ..transcribe import Task, Transcript
+    from ..upscaler import UpscaleRequest
     from .jobs import Job, WorkKind
     from .metrics import MetricsSnapshot
 
@@ -71,6 +72,10 @@ class Executor(Protocol):
     async def compose(self, job: Job, request: MusicRequest) -> Music:
         """Compose music (one work item of kind "music", never batched); progress in decoder
         steps; cancelling the job stops it at the next step with :class:`JobCancelled`."""
+
+    async def upscale(self, job: Job, request: UpscaleRequest) -> tuple[bytes, int, int]:
+        """UPSCALER_MODEL on ``request``: PNG bytes, the model's scale, tiles; progress per tile."""
+        ...
 
     async def call(self, job: Job | None, kind: WorkKind, fn: Callable[..., Any], *args: Any) -> Any:
         """Run any callable where the models live, as a work item of ``job``."""

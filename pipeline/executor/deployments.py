@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from ..settings import Settings
     from ..synthesis import RenderRequest
     from ..transcribe import Task, Transcript
+    from ..upscaler import UpscaleRequest
     from .engine import Engine
 
 log = logging.getLogger(__name__)
@@ -258,7 +259,34 @@ class Composer(_Replica):
         return music
 
 
-DEPLOYMENTS: dict[str, Any] = {"render": Renderer, "transcribe": Transcriber, "review": Critic, "music": Composer}
+@serve.deployment(name="upscale", max_ongoing_requests=2)
+class UpscalerReplica(_Replica):
+    """UPSCALER_MODEL (deployed only when it is set): the U buttons' x4 upscaler, tile by tile."""
+
+    def _load(self) -> None:
+        self.engine.upscaler.load()
+
+    async def upscale(self, job_id: str, request: UpscaleRequest) -> tuple[bytes, int, int]:
+        def run() -> tuple[bytes, int, int]:
+            progress, should_stop = self._stepper([job_id])
+            return self.engine.upscaler.run(request, should_stop=should_stop, progress=progress)
+
+        upscaled: tuple[bytes, int, int] = await self._on_model_thread(run)
+        return upscaled
+
+
+DEPLOYMENTS: dict[str, Any] = {
+    "render": Renderer,
+    "transcribe": Transcriber,
+    "review": Critic,
+    "music": Composer,
+    "upscale": UpscalerReplica,
+}
+
+
+def stages_for(settings: Settings) -> tuple[str, ...]:
+    """The stages a bot deploys: :data:`STAGES`, and the upscaler when UPSCALER_MODEL is set."""
+    return STAGES + (("upscale",) if settings.UPSCALER_MODEL else ())
 
 
 def gpus_for(settings: Settings) -> tuple[float, float]:

@@ -11,10 +11,11 @@ if TYPE_CHECKING:
     from ..settings import Settings
     from ..synthesis import Synthesizer
     from ..transcribe import Transcriber
+    from ..upscaler import Upscaler
 
 
 class Engine:
-    """Whisper, the diffusion pipeline, CLIP and MusicGen, each created on first use (importing torch
+    """Whisper, the diffusion pipeline, CLIP, MusicGen and the x4 upscaler, each created on first use (importing torch
     libraries only then)."""
 
     def __init__(self, settings: Settings) -> None:
@@ -23,6 +24,7 @@ class Engine:
         self._models: ModelPool | None = None
         self._clip_critic: ClipCritic | None = None
         self._composer: Composer | None = None
+        self._upscaler: Upscaler | None = None
 
     @property
     def transcriber(self) -> Transcriber:
@@ -61,6 +63,17 @@ class Engine:
 
             self._composer = Composer(self.settings.MUSIC_MODEL, self.settings.DEVICE)
         return self._composer
+
+    @property
+    def upscaler(self) -> Upscaler:
+        """UPSCALER_MODEL (the U buttons' x4 upscaler when it is set)."""
+        if self._upscaler is None:
+            from ..upscaler import Upscaler
+
+            if not self.settings.UPSCALER_MODEL:
+                raise RuntimeError("UPSCALER_MODEL is not set")  # the studio asks only when it is
+            self._upscaler = Upscaler(self.settings.UPSCALER_MODEL, self.settings.DEVICE)
+        return self._upscaler
 
     def warm_up(self, *, whisper: bool = True, clip: bool = True, diffusion: bool = True) -> None:
         """Load the models a job will need (runs on the model thread); ``diffusion=False``: the

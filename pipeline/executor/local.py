@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from ..scene import Scene
     from ..settings import Settings
     from ..transcribe import Task, Transcript
+    from ..upscaler import UpscaleRequest
 
 log = logging.getLogger(__name__)
 
@@ -351,6 +352,20 @@ class GPUExecutor:
         finally:
             self._interleaving = False
             self._interleaved_s += time.monotonic() - began
+
+    async def upscale(self, job: Job, request: UpscaleRequest) -> tuple[bytes, int, int]:
+        """UPSCALER_MODEL on the GPU thread as a "render" work item: progress per tile, Cancel
+        between tiles."""
+
+        def run() -> tuple[bytes, int, int]:
+            def progress(done: int, total: int) -> None:
+                if not job.cancelled:
+                    self._emit(job, ProgressEvent(job.id, "render", done, total))
+
+            return self.engine.upscaler.run(request, should_stop=lambda: job.cancelled, progress=progress)
+
+        upscaled: tuple[bytes, int, int] = await self._submit(job, "render", run)
+        return upscaled
 
     async def call(self, job: Job | None, kind: WorkKind, fn: Callable[..., Any], *args: Any) -> Any:
         """Run any callable on the GPU thread as a work item of ``job`` (tools, tests, CLI)."""

@@ -6,7 +6,8 @@ cluster; everything else stays in the bot process and behaves as with the local 
   events, cancellation, metrics. Work is sent to the cluster in service order, at most
   ``capacity`` calls at a time (enough to fill every replica's batches), so fairness is decided
   here and not by arrival order at the replicas.
-* **On the cluster**: the models, batching of compatible renders (``@serve.batch``, split by the
+* **On the cluster**: the models (render, transcribe, review, music, and the x4 upscaler when
+  UPSCALER_MODEL is set), batching of compatible renders (``@serve.batch``, split by the
   local batcher's key), progress reports and stop checks at every step (:class:`~.deployments.ProgressBoard`).
 * **Remote render backends** (RENDER_BACKEND, ``MODELS`` entries like ``xl=a1111:ckpt``) need no GPU:
   their renders stay in the bot process behind the router's fair gate, as with the local executor.
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
     from ..settings import Settings
     from ..synthesis import RenderedImage, RenderRequest
     from ..transcribe import Task, Transcript
+    from ..upscaler import UpscaleRequest
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +273,7 @@ class RayExecutor:
         """Deploy or find the stages' Serve applications, and the progress board (blocking)."""
         from . import deployments
 
-        stages = self.stages or deployments.STAGES
+        stages = self.stages or deployments.stages_for(self.settings)
         handles = deployments.deploy(self.settings, stages=stages, step_delay_s=self.step_delay_s)
         return handles, deployments.progress_board(self.settings.RAY_NAMESPACE)
 
@@ -507,6 +509,12 @@ class RayExecutor:
         request = request.validated()
         music: Music = await self._submit(job, "music", lambda: self._handles["music"].compose.remote(job.id, request))
         return music
+
+    async def upscale(self, job: Job, request: UpscaleRequest) -> tuple[bytes, int, int]:
+        upscaled: tuple[bytes, int, int] = await self._submit(
+            job, "render", lambda: self._handles["upscale"].upscale.remote(job.id, request)
+        )
+        return upscaled
 
     async def call(self, job: Job | None, kind: WorkKind, fn: Callable[..., Any], *args: Any) -> Any:
         """Any callable, in a thread of the bot process (an arbitrary callable cannot be assumed

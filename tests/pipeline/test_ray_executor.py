@@ -198,6 +198,54 @@ async def test_music_on_the_composer_replica_progress_determinism_and_cancel(
         await executor.shutdown(timeout_s=10)
 
 
+async def test_upscaler_model_on_its_replica_matches_the_local_one(make_settings, ray_overrides, tiny_upscaler_dir):
+    """UPSCALER_MODEL (the U buttons' x4 upscaler) on its own Serve deployment: the picture the
+    replica makes is the one the model makes here (same tiles, same seeds), its progress per tile
+    crosses to the bot, and Cancel stops it between tiles."""
+    import io
+
+    from pipeline.executor import deployments
+    from pipeline.executor.ray_serve import RayExecutor
+    from pipeline.upscaler import Upscaler, UpscaleRequest
+
+    settings = make_settings(**ray_overrides, UPSCALER_MODEL=str(tiny_upscaler_dir))
+    assert "upscale" in deployments.stages_for(settings)
+    assert "upscale" not in deployments.stages_for(make_settings(**ray_overrides))  # only when it is set
+    delay = 0.3  # per tile, so progress is read mid-way and Cancel lands between tiles
+    await asyncio.to_thread(deployments.deploy, settings, stages=("upscale",), step_delay_s=delay, redeploy=True)
+    executor = RayExecutor(settings, stage_timeout_s=180, step_delay_s=delay, stages=("upscale",))
+    await executor.start()
+    picture = Image.fromarray(np.random.default_rng(3).integers(0, 255, (160, 160, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    wanted = UpscaleRequest(buffer.getvalue(), (320, 320), prompt="a red apple", negative_prompt="", seed=5, steps=2)
+    try:
+        job = executor.admit("u1")
+        events: list[ProgressEvent] = []
+        job.listener = events.append
+        png, scale, tiles = await executor.upscale(job, wanted)
+        job.finish()
+        here = await asyncio.to_thread(Upscaler(str(tiny_upscaler_dir), "cpu").run, wanted)
+        assert (scale, tiles) == (here[1], here[2]) and tiles > 1
+        remote_pixels = np.asarray(Image.open(io.BytesIO(png)))
+        assert remote_pixels.shape == (320, 320, 3)
+        assert np.abs(remote_pixels.astype(int) - np.asarray(Image.open(io.BytesIO(here[0]))).astype(int)).max() <= 1
+        steps = [(e.step, e.total) for e in events if e.stage == "render" and e.total]
+        assert steps and all(total == tiles for _, total in steps), steps  # tile progress crossed over
+
+        stopped = executor.admit("u2")
+        seen: list[ProgressEvent] = []
+        stopped.listener = seen.append
+        running = asyncio.create_task(executor.upscale(stopped, wanted))
+        await wait_for(lambda: any(e.stage == "render" and e.step for e in seen), 60, "upscale progress")
+        stopped.cancel()
+        with pytest.raises(JobCancelled):
+            await running
+        stopped.finish()
+    finally:
+        await executor.shutdown(timeout_s=10)
+
+
 LOST_SCRIPT = """
 import asyncio, json, sys, time
 from pipeline.settings import Settings
