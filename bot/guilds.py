@@ -28,6 +28,7 @@ from pipeline.styles import (
     STYLES,
     StyleTemplate,
     check_style,
+    matching_styles,
     server_styles,
     style_from_dict,
     style_to_dict,
@@ -177,6 +178,11 @@ class Guilds:
                 log.warning("server %d: stored style %r is invalid; skipped", guild_id, name)
         self._styles[guild_id] = found
         return found
+
+    async def style_choices(self, guild_id: int | None, current: str) -> list[str]:
+        """The style names ``/imagine style:`` and the defaults offer for what is typed: this
+        server's own first, then the styles file's."""
+        return matching_styles(current, extra=list(await self.styles(guild_id)))
 
     async def add_style(self, guild_id: int, template: StyleTemplate, *, by: int | None) -> None:
         """Add (or replace) a server style; :class:`BadRequest` when the server has too many."""

@@ -18,7 +18,7 @@ from pipeline.images import check_image_bytes
 from pipeline.lora import lora_names
 from pipeline.registry import model_names
 from pipeline.studio import Idea
-from pipeline.styles import check_style, matching_styles
+from pipeline.styles import check_style
 
 if TYPE_CHECKING:
     from bot.client import VoxCanvasBot
@@ -137,8 +137,8 @@ class Imagine(commands.Cog):
     async def _style_autocomplete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        own = await self.bot.runner.guilds.styles(interaction.guild_id)  # this server's styles, offered first
-        return [app_commands.Choice(name=n, value=n) for n in matching_styles(current, extra=list(own))]
+        names = await self.bot.runner.guilds.style_choices(interaction.guild_id, current)
+        return [app_commands.Choice(name=n, value=n) for n in names]
 
     @imagine.autocomplete("model")
     async def _model_autocomplete(

@@ -17,7 +17,7 @@ from bot import i18n
 from bot.guilds import Preferences
 from pipeline.errors import BadRequest
 from pipeline.families import ASPECTS
-from pipeline.styles import check_style, matching_styles
+from pipeline.styles import check_style
 
 if TYPE_CHECKING:
     from bot.client import VoxCanvasBot
@@ -103,8 +103,8 @@ class UserPreferences(commands.GroupCog, group_name="preferences", group_descrip
     async def _style_autocomplete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        own = await self.bot.runner.guilds.styles(interaction.guild_id)  # this server's styles, offered first
-        return [app_commands.Choice(name=n, value=n) for n in matching_styles(current, extra=list(own))]
+        names = await self.bot.runner.guilds.style_choices(interaction.guild_id, current)
+        return [app_commands.Choice(name=n, value=n) for n in names]
 
     @app_commands.command(name="clear", description="Forget all your preferences")
     async def clear(self, interaction: discord.Interaction) -> None:

@@ -25,7 +25,6 @@ from pipeline.styles import (
     MAX_SERVER_STYLES,
     MAX_STYLE_DESCRIPTION_CHARS,
     check_style,
-    matching_styles,
     server_style,
     server_styles,
 )
@@ -161,8 +160,8 @@ class ServerSettings(commands.GroupCog, group_name="settings", group_description
     async def _defaults_style_autocomplete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        own = await self.bot.runner.guilds.styles(interaction.guild_id)
-        return [app_commands.Choice(name=n, value=n) for n in matching_styles(current, extra=list(own))]
+        names = await self.bot.runner.guilds.style_choices(interaction.guild_id, current)
+        return [app_commands.Choice(name=n, value=n) for n in names]
 
     @app_commands.command(name="quota", description="Daily pictures per member (0: no limit) and a cooldown")
     @app_commands.describe(per_member="Pictures per member per UTC day; 0 = no limit", cooldown="Seconds between jobs")

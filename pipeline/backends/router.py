@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from .. import families
-from ..errors import BadRequest, JobCancelled
+from ..errors import BadRequest, JobCancelled, StageTimeout
 from ..executor import policy
 from .base import (
     LABELS,
@@ -60,6 +60,7 @@ BATCH_WINDOW_S = 0.02
 if TYPE_CHECKING:
     from ..control import ControlSpec
     from ..executor.jobs import Job, ProgressEvent
+    from ..executor.metrics import MetricsRecorder
     from ..families import FamilyProfile, ModelDefaults
     from ..settings import Settings
     from ..synthesis import RenderedImage, RenderRequest
@@ -230,6 +231,31 @@ class RenderRouter:
                 image = await self._remote(Route(fallback, backend.default_model, route.profile), job, moved, emit)
             image.fallback_from = route.backend
             return image
+
+    async def render_as_stage(
+        self,
+        job: Job,
+        request: RenderRequest,
+        *,
+        emit: Emit,
+        local: LocalRender,
+        timeout_s: float,
+        metrics: MetricsRecorder,
+    ) -> RenderedImage:
+        """:meth:`render` as an executor's render stage (both executors call this for a remote
+        model): on the bot's event loop, refused for a cancelled job, bounded by the stage timeout
+        (which cancels the job), measured like any render."""
+        if job.cancelled:
+            raise JobCancelled()
+        began = time.monotonic()
+        try:
+            image = await asyncio.wait_for(self.render(job, request, emit=emit, local=local), timeout_s)
+        except TimeoutError:
+            job.cancel()
+            raise StageTimeout() from None
+        metrics.observe_batch(1)
+        metrics.observe_stage("render", time.monotonic() - began)
+        return image
 
     async def _remote(self, route: Route, job: Job, request: RenderRequest, emit: Emit) -> RenderedImage:
         from ..synthesis import RenderedImage

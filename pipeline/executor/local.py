@@ -250,21 +250,12 @@ class GPUExecutor:
             image: RenderedImage = await self._submit(job, "render", None, request=moved)
             return image
 
-        if job.cancelled:
-            raise JobCancelled()
-        began = time.monotonic()
         try:
-            image = await asyncio.wait_for(
-                self.router.render(job, request, emit=self._emit, local=local), self.stage_timeout_s
+            return await self.router.render_as_stage(
+                job, request, emit=self._emit, local=local, timeout_s=self.stage_timeout_s, metrics=self._metrics
             )
-        except TimeoutError:
-            job.cancel()
-            raise StageTimeout() from None
         finally:
             self._notify_positions()
-        self._metrics.observe_batch(1)
-        self._metrics.observe_stage("render", time.monotonic() - began)
-        return image
 
     async def review(self, job: Job, image: Image.Image, scene: Scene, prompt: str) -> QAReport:
         report: QAReport = await self._submit(

@@ -78,7 +78,8 @@ class RayUnreachable(VoxCanvasError):
 
 class RayClusterLost(ExecutorFailure):
     """The cluster was lost after start and did not return within RAY_RECONNECT_TIMEOUT_S: the
-    jobs that waited for it fail with this (a message for the user that names RAY_ADDRESS)."""
+    jobs that waited for it fail with this: a fixed, translated message for the user (the log and
+    /healthz name RAY_ADDRESS)."""
 
     default_message = "The GPU workers have been unreachable for too long — please try again later."
 
@@ -477,21 +478,12 @@ class RayExecutor:
         async def local(moved: RenderRequest) -> RenderedImage:
             return await self._render_on_cluster(job, moved)
 
-        if job.cancelled:
-            raise JobCancelled()
-        began = time.monotonic()
         try:
-            image = await asyncio.wait_for(
-                self.router.render(job, request, emit=self._emit, local=local), self.stage_timeout_s
+            return await self.router.render_as_stage(
+                job, request, emit=self._emit, local=local, timeout_s=self.stage_timeout_s, metrics=self._metrics
             )
-        except TimeoutError:
-            job.cancel()
-            raise StageTimeout() from None
         finally:
             self._notify_positions()
-        self._metrics.observe_batch(1)
-        self._metrics.observe_stage("render", time.monotonic() - began)
-        return image
 
     async def review(self, job: Job, image: Image.Image, scene: Scene, prompt: str) -> QAReport:
         return (await self.review_many(job, [image], scene, prompt))[0]
@@ -547,7 +539,7 @@ class RayExecutor:
         if self._stopping:
             raise ShuttingDown()
         if self._gave_up:
-            raise self._lost_error()
+            raise RayClusterLost()
         future: asyncio.Future[Any] = self._loop.create_future()
         call = _Call(job=job, kind=kind, seq=next(self._seq), send=send, future=future)
         self._pending.append(call)
@@ -649,11 +641,6 @@ class RayExecutor:
         current = time.monotonic() - self._lost_since if self._lost_since is not None else 0.0
         return self._lost_total + current
 
-    def _lost_error(self) -> RayClusterLost:
-        """For the user: a fixed, translated message (the address is for the operator's log and
-        /healthz, not for a Discord channel)."""
-        return RayClusterLost()
-
     async def _reachable(self) -> bool:
         """Whether the cluster's address accepts connections (twice refused: it does not)."""
         for check in (1, 2):
@@ -719,7 +706,7 @@ class RayExecutor:
             len(dropped),
         )
         for call in dropped:
-            _set_exception(call.future, self._lost_error())
+            _set_exception(call.future, RayClusterLost())
 
     async def _reconnect_loop(self) -> None:
         if self._owns_connection:
