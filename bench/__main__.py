@@ -29,7 +29,18 @@ from . import report  # noqa: E402
 
 log = logging.getLogger("bench")
 
-GPU_SECTIONS = ("sd", "options", "whisper", "clip", "loop", "burst", "compile", "whisper-compile", "families")
+GPU_SECTIONS = (
+    "sd",
+    "options",
+    "whisper",
+    "clip",
+    "loop",
+    "burst",
+    "compile",
+    "whisper-compile",
+    "families",
+    "family-options",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -59,7 +59,8 @@ async def _serial(executor: Any, n: int, steps: int, size: int) -> list[float]:
     return times
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+async def run(args: argparse.Namespace, path: Path) -> dict[str, Any]:
+    """The measurements, written to ``path`` after each phase (a run cut short keeps what it measured)."""
     import ray
 
     from devkit import builders
@@ -80,7 +81,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         DATA_DIR=work / "data", MAX_JOBS_PER_USER=1000, MAX_QUEUE=1000, EXECUTOR="ray", RAY_ADDRESS="auto",
         _env_file=None, **gpus,
     )  # fmt: skip
-    ray.init(num_cpus=16, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    # GPUs counted by torch, not left to Ray's detection: a replica asking for a GPU the cluster
+    # does not know about would wait for it forever.
+    gpus_seen = __import__("torch").cuda.device_count() if args.device == "cuda" else 0
+    ray.init(num_cpus=16, num_gpus=gpus_seen, include_dashboard=False, log_to_driver=args.device == "cuda",
+             _node_ip_address="127.0.0.1")  # fmt: skip
+    _say(f"ray up: {ray.cluster_resources()}")
     out: dict[str, Any] = {"machine": args.machine, "jobs": args.jobs, "steps": args.steps, "size": args.size,
                            "model": "SD 1.5 architecture, random weights" if args.model == "real" else "tiny SD",
                            **{k.lower(): v for k, v in gpus.items()}}  # fmt: skip
@@ -91,14 +97,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             executor = RayExecutor(settings, stages=("render",))
             began = time.perf_counter()
             await executor.start()
+            _say(f"{replicas} replica(s) deployed in {time.perf_counter() - began:.1f} s")
             await _burst(executor, 2 * replicas * settings.MAX_BATCH, args.steps, args.size, "warm")  # load, warm
             out[f"deploy_and_warm_s_{replicas}"] = time.perf_counter() - began
             wall, images = await _burst(executor, args.jobs, args.steps, args.size, "burst")
+            _say(f"{replicas} replica(s): burst of {args.jobs} in {wall:.2f} s")
             out[f"burst_wall_s_{replicas}_replicas"] = wall
             out[f"batch_sizes_{replicas}_replicas"] = sorted({r.batch_size for r in images})
+            _save(path, out)
             if replicas == 1:
                 out["ray_serial_job_s"] = await _serial(executor, 8, args.steps, args.size)
             await executor.shutdown()
+        _say("local executor")
         out["burst_speedup_2_vs_1"] = out["burst_wall_s_1_replicas"] / out["burst_wall_s_2_replicas"]
         local = GPUExecutor(Settings(**{**base, "EXECUTOR": "local"}))
         await local.start()
@@ -111,12 +121,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         out["ray_overhead_per_job_s"] = statistics.median(out["ray_serial_job_s"]) - statistics.median(
             out["local_serial_job_s"]
         )
+        _save(path, out)
     finally:
         from ray import serve
 
         serve.shutdown()
         ray.shutdown()
     return out
+
+
+def _save(path: Path, out: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+
+
+def _say(line: str) -> None:
+    print(f"[ray_burst {time.strftime('%H:%M:%S')}] {line}", flush=True)
 
 
 def main() -> None:
@@ -130,10 +150,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=RESULTS.parents[1] / ".cache" / "bench-models")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    out = asyncio.run(run(args))
-    args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"ray-{args.device}-{datetime.date.today().isoformat()}.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    out = asyncio.run(run(args, path))
     print(json.dumps(out, indent=2))
     print(f"→ {path}")
 

@@ -8,8 +8,9 @@ product as it runs, on its one GPU thread.
 
 Sections (``--only`` picks some; results of a day merge into one file), one module each: ``sd``,
 ``options``, ``whisper``, ``clip``, ``loop``, ``burst``, ``families`` (SDXL, SDXL-Turbo, SD3, FLUX at
-their native size and default steps), and ``torch_compile`` for ``compile`` and
-``whisper-compile`` (only with ``--compile``); their docstrings say what each measures. ``harness``
+their native size and default steps; ``family-options``: the speed options per family), and
+``torch_compile`` for ``compile`` and ``whisper-compile`` (only with ``--compile``); their
+docstrings say what each measures. ``harness``
 holds the plan, the timing helpers and :class:`~bench.gpu.harness.GpuBench` they all run on. A new
 measurement is a ``section_<name>(bench)`` function in its module, registered in ``SECTIONS`` below
 and named in ``bench.__main__.GPU_SECTIONS``.
@@ -38,7 +39,7 @@ from .. import report
 from ..models import WHISPER_TEXT_TOKENS, ensure_real_models, ensure_tiny_models
 from .burst import section_burst
 from .clip import section_clip
-from .families import section_families
+from .families import section_families, section_family_options
 from .harness import FULL, SMOKE, GpuBench, GpuPlan
 from .loop import section_loop
 from .options import section_options
@@ -59,11 +60,23 @@ SECTIONS: dict[str, Callable[[GpuBench], Awaitable[None]]] = {
     "compile": section_compile,
     "whisper-compile": section_whisper_compile,
     "families": section_families,
+    "family-options": section_family_options,
 }
 
 # ``--budget``: most important first (issue #19), and the seconds each is expected to take on an
 # H100-class GPU at the full plan (the compile warm-ups dominate theirs).
-IMPORTANCE = ("sd", "options", "compile", "burst", "whisper", "clip", "loop", "families", "whisper-compile")
+IMPORTANCE = (
+    "sd",
+    "options",
+    "compile",
+    "burst",
+    "whisper",
+    "clip",
+    "loop",
+    "families",
+    "family-options",
+    "whisper-compile",
+)
 ESTIMATE_S = {
     "sd": 45,
     "options": 60,
@@ -74,6 +87,7 @@ ESTIMATE_S = {
     "loop": 30,
     "whisper-compile": 90,
     "families": 420,  # four real-size models (FLUX 12 B) built once into the cache, then loaded and timed
+    "family-options": 400,  # the same four, each option at batch 1; compile ~1 min per family
 }
 
 
@@ -115,7 +129,7 @@ async def run(args, results: dict, *, path: Path, save: Callable[[], None]) -> N
             results["tables"] = prior.get("tables", [])
             results["notes"] = prior.get("notes", [])
     started = time.perf_counter()
-    base_models = any(name != "families" for name in sections)  # families builds and loads its own
+    base_models = any(name not in ("families", "family-options") for name in sections)  # they build their own
     models: dict[str, Path] = {}
     if args.models == "tiny":
         models = ensure_tiny_models(Path(args.cache)) if base_models else {}
@@ -140,6 +154,7 @@ async def run(args, results: dict, *, path: Path, save: Callable[[], None]) -> N
     save()
     with tempfile.TemporaryDirectory(prefix="voxcanvas-bench-gpu-") as tmp:
         bench = GpuBench(args, results, save, plan, models, Path(tmp))
+        bench.started = started
         if base_models:
             await bench.start()
         save()

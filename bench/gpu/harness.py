@@ -136,6 +136,7 @@ class GpuBench:
         self.models = models
         self.tmp = tmp
         self.repeats = args.repeats or plan.repeats
+        self.started = time.perf_counter()  # run() sets the run's start (what --budget counts from)
         self.executor = None
         self.engine = None
         self.settings = None

@@ -89,3 +89,27 @@ def test_families_section_smoke(tmp_path: Path):
     assert set(families) == {"sdxl", "sdxl-turbo", "sd3", "flux-schnell"}
     assert families["sdxl-turbo"]["family"] == "sdxl-few-step" and families["flux-schnell"]["size"] == [128, 128]
     assert all(results["metrics"][f"family_{name}_b1"]["value"] > 0 for name in families)
+
+
+@pytest.mark.timeout(300)
+def test_family_options_section_smoke(tmp_path: Path):
+    """Issue #12 item 8: every family with and without each speed option — the UNet's memory format
+    (UNet families only), the VAE's, fused QKV, fp32, and torch.compile of the repeated blocks (only
+    traced here: the smoke run compiles with the eager backend)."""
+    done, results = run_session(tmp_path, "--repeats", "1", "--only", "family-options", budget="480")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not results["errors"], results["errors"]
+    options = results["details"]["family_options"]
+    assert [name for name in options if name != "section_s"] == ["sdxl", "flux-schnell", "sd3", "sdxl-turbo"]
+    common = {"vae-channels-last", "fused-qkv", "fp32", "compile"}
+    for name in ("sdxl", "sdxl-turbo"):
+        assert common | {"unet-channels-last"} <= set(options[name])
+    for name in ("flux-schnell", "sd3"):  # transformers: no convolutions to reorder
+        assert common <= set(options[name]) and "unet-channels-last" not in options[name]
+    for name in ("sdxl", "flux-schnell", "sd3", "sdxl-turbo"):
+        measured = [options[name][key] for key in common]
+        assert all("error" not in m and m["speedup"] > 0 and len(m["variant_s"]) == 1 for m in measured), measured
+        assert options[name]["compile"]["compiled_blocks"] > 0  # regional: the repeated blocks, not the model
+        assert options[name]["fp32"]["steps"] == 2  # smoke: 2 steps, so min(2, 4)
+    table = next(t for t in results["tables"] if t["title"].startswith("Speed options per model family"))
+    assert len(table["rows"]) == 4 * 4 + 2
