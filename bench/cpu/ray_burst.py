@@ -62,9 +62,10 @@ async def _serial(executor: Any, n: int, steps: int, size: int) -> list[float]:
 async def run(args: argparse.Namespace, path: Path) -> dict[str, Any]:
     """The measurements, written to ``path`` after each phase (a run cut short keeps what it measured)."""
     import ray
+    from ray import serve
 
     from devkit import builders
-    from pipeline.executor import GPUExecutor
+    from pipeline.executor import GPUExecutor, deployments
     from pipeline.executor.ray_serve import RayExecutor
     from pipeline.settings import Settings
 
@@ -75,7 +76,8 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, Any]:
         sd = ensure_real_models(args.cache, names=("sd15",))["sd15"]
     else:
         sd = builders.build_tiny_stable_diffusion(work / "tiny-sd")
-    gpus = {"RAY_RENDER_GPUS": 0.5} if args.device == "cuda" else {}  # two replicas fit on one GPU
+    replica_gpus = args.replica_gpus if args.replica_gpus is not None else (0.5 if args.device == "cuda" else None)
+    gpus = {"RAY_RENDER_GPUS": replica_gpus} if replica_gpus is not None else {}  # 0.5: two replicas share one GPU
     base = dict(
         DIFFUSION_MODEL=str(sd), DEVICE=args.device, WIDTH=args.size, HEIGHT=args.size, GEMINI_API_KEY="",
         DATA_DIR=work / "data", MAX_JOBS_PER_USER=1000, MAX_QUEUE=1000, EXECUTOR="ray", RAY_ADDRESS="auto",
@@ -84,7 +86,8 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, Any]:
     # GPUs counted by torch, not left to Ray's detection: a replica asking for a GPU the cluster
     # does not know about would wait for it forever.
     gpus_seen = __import__("torch").cuda.device_count() if args.device == "cuda" else 0
-    ray.init(num_cpus=16, num_gpus=gpus_seen, include_dashboard=False, log_to_driver=args.device == "cuda",
+    declared = gpus_seen if args.ray_gpus is None else args.ray_gpus
+    ray.init(num_cpus=16, num_gpus=declared, include_dashboard=False, log_to_driver=args.device == "cuda",
              _node_ip_address="127.0.0.1")  # fmt: skip
     _say(f"ray up: {ray.cluster_resources()}")
     out: dict[str, Any] = {"machine": args.machine, "jobs": args.jobs, "steps": args.steps, "size": args.size,
@@ -108,6 +111,9 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, Any]:
             if replicas == 1:
                 out["ray_serial_job_s"] = await _serial(executor, 8, args.steps, args.size)
             await executor.shutdown()
+            # The executor leaves its deployments running (a restarted bot reuses them); the bench
+            # removes them, or this phase's replicas would keep their GPU share from the next one.
+            await asyncio.to_thread(serve.delete, deployments.app_name(settings.RAY_NAMESPACE, "render"))
         _say("local executor")
         out["burst_speedup_2_vs_1"] = out["burst_wall_s_1_replicas"] / out["burst_wall_s_2_replicas"]
         local = GPUExecutor(Settings(**{**base, "EXECUTOR": "local"}))
@@ -123,8 +129,6 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, Any]:
         )
         _save(path, out)
     finally:
-        from ray import serve
-
         serve.shutdown()
         ray.shutdown()
     return out
@@ -145,6 +149,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--ray-gpus",
+        type=float,
+        help="GPUs the local cluster declares (default: torch's count on cuda, else 0); with --replica-gpus "
+        "on a CPU machine this checks the GPU placement (replicas render on the CPU)",
+    )
+    parser.add_argument("--replica-gpus", type=float, help="RAY_RENDER_GPUS per replica (default 0.5 on cuda)")
     parser.add_argument("--machine", default="2-core CPU sandbox (shared)")
     parser.add_argument("--model", choices=("tiny", "real"), default="tiny")
     parser.add_argument("--cache", type=Path, default=RESULTS.parents[1] / ".cache" / "bench-models")

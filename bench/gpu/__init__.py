@@ -87,7 +87,7 @@ ESTIMATE_S = {
     "loop": 30,
     "whisper-compile": 90,
     "families": 420,  # four real-size models (FLUX 12 B) built once into the cache, then loaded and timed
-    "family-options": 400,  # the same four, each option at batch 1; compile ~1 min per family
+    "family-options": 60,  # at least one family; it budgets its options itself (skips what no longer fits)
 }
 
 

@@ -223,8 +223,10 @@ def _family_options(synth: Any, *, cuda: bool, smoke: bool) -> list[tuple[str, s
             denoiser.compile(backend=backend)
         return None
 
-    options.append(("compile", "torch.compile of the denoiser's repeated blocks (regional, default mode)", False,
-                    compile_denoiser))  # fmt: skip
+    regional = bool(getattr(denoiser, "_repeated_blocks", None))
+    what = ("torch.compile of the denoiser's repeated blocks (regional, default mode)" if regional else
+            "torch.compile of the whole denoiser (it declares no repeated blocks; default mode)")  # fmt: skip
+    options.append(("compile", what, False, compile_denoiser))
     return options
 
 
@@ -286,7 +288,7 @@ async def section_family_options(bench: GpuBench) -> None:
                 synth = await executor.call(None, "tool", executor.engine.models.use, name)
                 family = synth.family
                 steps = plan.steps if bench.args.smoke else None  # None: the family's own default
-                default_steps = steps or family.steps
+                default_steps = steps or family.default_steps
                 low_steps = min(default_steps, PRECISION_STEPS)
                 baseline = median(await timed(name, steps, repeats, plan.warmup))
                 record.update(family=family.key, steps=default_steps, baseline_s=baseline)
