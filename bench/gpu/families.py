@@ -207,23 +207,24 @@ def _family_options(synth: Any, *, cuda: bool, smoke: bool) -> list[tuple[str, s
         pipe.to(dtype=torch.float32)
         return lambda: pipe.to(dtype=before)
 
-    half = "bf16" if synth.load().text2img.dtype == torch.bfloat16 else "fp16"
+    half = "bf16" if pipe.dtype == torch.bfloat16 else "fp16"
     if cuda or smoke:
         options.append(("fp32", f"fp32 weights instead of {half} (TF32 off for matmuls: torch's default)",
                         True, precision))  # fmt: skip
+
+    regional = bool(getattr(denoiser, "_repeated_blocks", None))
 
     def compile_denoiser() -> Any:
         # Regional compilation (diffusers' compile_repeated_blocks): each repeated transformer block
         # is compiled once and reused, so compiling takes seconds to a minute instead of minutes
         # while keeping most of a whole-model compile's gain. The smoke run only traces (no inductor).
         backend = "eager" if smoke else "inductor"
-        if getattr(denoiser, "_repeated_blocks", None):
+        if regional:
             denoiser.compile_repeated_blocks(fullgraph=True, backend=backend)
         else:
             denoiser.compile(backend=backend)
         return None
 
-    regional = bool(getattr(denoiser, "_repeated_blocks", None))
     what = ("torch.compile of the denoiser's repeated blocks (regional, default mode)" if regional else
             "torch.compile of the whole denoiser (it declares no repeated blocks; default mode)")  # fmt: skip
     options.append(("compile", what, False, compile_denoiser))
