@@ -34,13 +34,13 @@ import logging
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ExecutorFailure, JobCancelled, OutOfMemory, ShuttingDown, StageTimeout
 from ..synthesis import RenderedImage, RenderInterrupted, RenderRequest
 from . import policy
+from .book import JobBook
 from .device import free_cuda_cache_if_oom, is_out_of_memory, leave_a_core_for_the_event_loop, user_facing
 from .engine import Engine
 from .jobs import BatchKey, Job, ProgressEvent, WorkItem, WorkKind
@@ -74,18 +74,16 @@ class GPUExecutor:
         self.max_batch = settings.MAX_BATCH if settings.DYNAMIC_BATCHING else 1
         self.batch_window_s = settings.BATCH_WINDOW_MS / 1000.0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._cond = threading.Condition()  # guards _pending, _running, _jobs and _ring
+        self._cond = threading.Condition()  # guards _pending, _running and the book's jobs and ring
         self._pending: list[WorkItem] = []
         self._running: list[WorkItem] = []
-        self._jobs: dict[str, Job] = {}
-        self._ring = policy.UserRing()
         self._seq = itertools.count()
-        self._job_seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._accepting = True
         self._generation = 0
         self._metrics = MetricsRecorder()
+        self._book = JobBook(self, settings, self._metrics, lock=self._cond)
         self._interleaving = False  # the GPU thread is running other work between two music steps
         self._interleaved_s = 0.0  # seconds of such work during the current item (not its own time)
         self._lora_fit_cache: dict[tuple[str, float], bool] = {}
@@ -139,53 +137,32 @@ class GPUExecutor:
             if thread.is_alive():
                 # Out of patience: interrupt running renders at their next step.
                 log.warning("GPU thread still busy after %.0fs at shutdown; interrupting", timeout_s)
-                for job in list(self._jobs.values()):
+                for job in self._book:
                     job.cancelled = True
                 await asyncio.to_thread(thread.join, 10)
                 if thread.is_alive():
                     log.error("GPU thread did not stop")
         await self.router.close()
-        return [job.id for job in self._jobs.values() if not job.finished]
+        return self._book.unfinished_ids()
 
     # --- jobs --------------------------------------------------------------------------------
     def admit(self, user_id: str | int, job_id: str | None = None, *, force: bool = False) -> Job:
         """Take a slot for a user's job or raise a user-facing error.
 
         ``force`` skips the caps: for jobs already accepted before a restart."""
-        user = str(user_id)
         if not self._accepting:
             raise ShuttingDown()
-        if not force:
-            policy.check_admission(
-                self._jobs.values(),
-                user,
-                max_jobs_per_user=self.settings.MAX_JOBS_PER_USER,
-                max_queue=self.settings.MAX_QUEUE,
-            )
-        if job_id is not None and job_id in self._jobs:
-            raise ValueError(f"job {job_id} is already admitted")
-        job = Job(self, job_id or uuid.uuid4().hex[:12], user, next(self._job_seq))
-        with self._cond:
-            self._jobs[job.id] = job
-            self._ring.join(user)
-        return job
+        return self._book.admit(user_id, job_id, force=force)
 
     def get_job(self, job_id: str) -> Job | None:
-        return self._jobs.get(job_id)
+        return self._book.get(job_id)
 
     def jobs_of(self, user_id: str | int) -> list[Job]:
-        return [j for j in self._jobs.values() if j.user_id == str(user_id) and not j.finished]
+        return self._book.of_user(user_id)
 
     def finish(self, job: Job, outcome: str = "done") -> None:
-        if job.finished:
-            return
-        job.finished = True
-        with self._cond:
-            self._jobs.pop(job.id, None)
-            if not any(j.user_id == job.user_id for j in self._jobs.values()):
-                self._ring.leave(job.user_id)
-        self._metrics.job_finished(time.monotonic() - job.admitted_at, outcome, cancelled=job.cancelled)
-        self._notify_positions()
+        if self._book.close(job, outcome):
+            self._notify_positions()
 
     def cancel(self, job: Job) -> None:
         job.cancelled = True
@@ -198,21 +175,11 @@ class GPUExecutor:
         self._notify_positions()
 
     def position_of(self, job: Job) -> int | None:
-        if job.started or job.finished:
-            return None
-        return policy.queue_position(job, policy.service_order(self._jobs.values(), self._ring))
+        return self._book.position_of(job)
 
     def eta_of(self, job: Job) -> float | None:
         pos = self.position_of(job)
-        return None if pos is None else self._eta_at(pos)
-
-    def _eta_at(self, position: int) -> float:
-        return policy.eta_at(
-            position,
-            running_jobs=sum(1 for j in self._jobs.values() if j.started and not j.finished),
-            mean_job_s=self._metrics.mean_job_seconds(),
-            mean_batch_size=self._metrics.mean_batch_size(),
-        )
+        return None if pos is None else self._book.eta_at(pos)
 
     @property
     def recorder(self) -> MetricsRecorder:
@@ -220,12 +187,7 @@ class GPUExecutor:
         return self._metrics
 
     def metrics(self) -> MetricsSnapshot:
-        active = [j for j in self._jobs.values() if not j.finished]
-        return self._metrics.snapshot(
-            queue_depth=sum(1 for j in active if not j.started),
-            running_jobs=sum(1 for j in active if j.started),
-            pending_items=len(self._pending),
-        )
+        return self._book.snapshot(pending_items=len(self._pending))
 
     # --- submission --------------------------------------------------------------------------
     async def transcribe(self, job: Job, audio: NDArray[np.float32], task: Task = "auto") -> Transcript:
@@ -322,11 +284,11 @@ class GPUExecutor:
                 ]
                 if not waiting:
                     return time.monotonic() - began
-                order = policy.priority_order(waiting, self._ring)
+                order = policy.priority_order(waiting, self._book.ring)
                 batch = policy.pick_batch(order, max_batch=self.max_batch, key_of=self._batch_key)
                 for it in batch:
                     self._pending.remove(it)
-                self._ring.served(batch)
+                self._book.ring.served(batch)
                 self._running = [*self._running, *batch]
                 for it in batch:
                     if it.job is not None:
@@ -479,7 +441,7 @@ class GPUExecutor:
 
     def _ordered(self) -> list[WorkItem]:
         """Pending work in service order, work for loaded models first (bounded). Condition held."""
-        order = policy.priority_order(self._pending, self._ring)
+        order = policy.priority_order(self._pending, self._book.ring)
         return policy.prefer_loaded(
             order,
             needs_load=self._needs_load,
@@ -529,7 +491,7 @@ class GPUExecutor:
 
     def _take_work(self) -> list[WorkItem]:
         """Take the next item and its batch mates off the queue. Called with the condition held."""
-        order = policy.priority_order(self._pending, self._ring)
+        order = policy.priority_order(self._pending, self._book.ring)
         original_head = order[0]
         order = self._ordered()
         if order[0] is not original_head:
@@ -547,7 +509,7 @@ class GPUExecutor:
         batch = policy.pick_batch(order, max_batch=self.max_batch, key_of=self._batch_key)
         for it in batch:
             self._pending.remove(it)
-        self._ring.served(batch)
+        self._book.ring.served(batch)
         return batch
 
     def _batch_key(self, item: WorkItem) -> BatchKey | None:
@@ -660,9 +622,9 @@ class GPUExecutor:
 
     def _notify_positions(self) -> None:
         """Tell waiting jobs their new place in the queue (the order is computed once)."""
-        for pos, job in enumerate(policy.service_order(self._jobs.values(), self._ring), start=1):
+        for pos, job in enumerate(self._book.service_order(), start=1):
             if job.listener is not None:
-                self._emit(job, ProgressEvent(job.id, "queued", position=pos, eta_s=self._eta_at(pos)))
+                self._emit(job, ProgressEvent(job.id, "queued", position=pos, eta_s=self._book.eta_at(pos)))
 
 
 def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:

@@ -42,7 +42,6 @@ import itertools
 import logging
 import socket
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -50,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from ..backends.router import RenderRouter
 from ..errors import ExecutorFailure, JobCancelled, ShuttingDown, StageTimeout, VoxCanvasError
 from . import policy
+from .book import JobBook
 from .jobs import Job, ProgressEvent, WorkKind
 from .metrics import MetricsRecorder, MetricsSnapshot
 
@@ -230,10 +230,7 @@ class RayExecutor:
         self._board: Any = None
         self._pending: list[_Call] = []
         self._out: dict[_Call, asyncio.Task[None]] = {}
-        self._jobs: dict[str, Job] = {}
-        self._ring = policy.UserRing()
         self._seq = itertools.count()
-        self._job_seq = itertools.count()
         self._wake = asyncio.Event()
         self._accepting = True
         self._stopping = False
@@ -241,6 +238,7 @@ class RayExecutor:
         self._dispatcher: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._metrics = MetricsRecorder()
+        self._book = JobBook(self, settings, self._metrics)
         self._shown: dict[str, tuple[int, int]] = {}
         self.retries = 0  # calls sent again after their replica died
         # The cluster lost after start (see the module docs).
@@ -340,7 +338,7 @@ class RayExecutor:
             import ray
 
             await asyncio.to_thread(ray.shutdown)
-        return [job.id for job in self._jobs.values() if not job.finished]
+        return self._book.unfinished_ids()
 
     def health(self) -> tuple[bool, str]:
         """For /healthz: the dispatcher runs and the cluster is reachable (the replicas have Serve's
@@ -364,40 +362,22 @@ class RayExecutor:
             f"Ray Serve ({self.settings.RAY_NAMESPACE}): {len(self._out)} calls out, {len(self._pending)} waiting",
         )
 
-    # --- jobs (as GPUExecutor, with the same policy) --------------------------------------------
+    # --- jobs (the JobBook both executors share) -------------------------------------------------
     def admit(self, user_id: str | int, job_id: str | None = None, *, force: bool = False) -> Job:
-        user = str(user_id)
         if not self._accepting:
             raise ShuttingDown()
-        if not force:
-            policy.check_admission(
-                self._jobs.values(),
-                user,
-                max_jobs_per_user=self.settings.MAX_JOBS_PER_USER,
-                max_queue=self.settings.MAX_QUEUE,
-            )
-        if job_id is not None and job_id in self._jobs:
-            raise ValueError(f"job {job_id} is already admitted")
-        job = Job(self, job_id or uuid.uuid4().hex[:12], user, next(self._job_seq))
-        self._jobs[job.id] = job
-        self._ring.join(user)
-        return job
+        return self._book.admit(user_id, job_id, force=force)
 
     def get_job(self, job_id: str) -> Job | None:
-        return self._jobs.get(job_id)
+        return self._book.get(job_id)
 
     def jobs_of(self, user_id: str | int) -> list[Job]:
-        return [j for j in self._jobs.values() if j.user_id == str(user_id) and not j.finished]
+        return self._book.of_user(user_id)
 
     def finish(self, job: Job, outcome: str = "done") -> None:
-        if job.finished:
+        if not self._book.close(job, outcome):
             return
-        job.finished = True
-        self._jobs.pop(job.id, None)
         self._shown.pop(job.id, None)
-        if not any(j.user_id == job.user_id for j in self._jobs.values()):
-            self._ring.leave(job.user_id)
-        self._metrics.job_finished(time.monotonic() - job.admitted_at, outcome, cancelled=job.cancelled)
         self._tell_board("forget", [job.id])
         self._notify_positions()
 
@@ -420,34 +400,21 @@ class RayExecutor:
             log.debug("progress board %s failed", method, exc_info=True)
 
     def position_of(self, job: Job) -> int | None:
-        if job.started or job.finished:
-            return None
-        return policy.queue_position(job, policy.service_order(self._jobs.values(), self._ring))
+        return self._book.position_of(job)
 
     def eta_of(self, job: Job) -> float | None:
         pos = self.position_of(job)
         return None if pos is None else self._eta_at(pos)
 
     def _eta_at(self, position: int) -> float:
-        replicas = max(1, self.settings.RAY_MIN_REPLICAS)
-        return policy.eta_at(
-            position,
-            running_jobs=sum(1 for j in self._jobs.values() if j.started and not j.finished),
-            mean_job_s=self._metrics.mean_job_seconds(),
-            mean_batch_size=self._metrics.mean_batch_size() * replicas,
-        )
+        return self._book.eta_at(position, parallel=self.settings.RAY_MIN_REPLICAS)  # replicas serve side by side
 
     @property
     def recorder(self) -> MetricsRecorder:
         return self._metrics
 
     def metrics(self) -> MetricsSnapshot:
-        active = [j for j in self._jobs.values() if not j.finished]
-        return self._metrics.snapshot(
-            queue_depth=sum(1 for j in active if not j.started),
-            running_jobs=sum(1 for j in active if j.started),
-            pending_items=len(self._pending),
-        )
+        return self._book.snapshot(pending_items=len(self._pending))
 
     # --- model stages --------------------------------------------------------------------------
     async def transcribe(self, job: Job, audio: NDArray[np.float32], task: Task = "auto") -> Transcript:
@@ -572,9 +539,9 @@ class RayExecutor:
             await self._wake.wait()
             self._wake.clear()
             while self._pending and len(self._out) < self.capacity and self._lost_since is None:
-                call = policy.priority_order(self._pending, self._ring)[0]
+                call = policy.priority_order(self._pending, self._book.ring)[0]
                 self._pending.remove(call)
-                self._ring.served([call])
+                self._book.ring.served([call])
                 if call.job is not None:
                     call.job.started = True
                 call.attempt += 1
@@ -783,11 +750,11 @@ class RayExecutor:
         if self._lost_since is not None:
             # Cluster lost: every job waiting for it (not begun, or with a call taken back) says so.
             waiting = {c.job.id for c in self._pending if c.job is not None}
-            for job in list(self._jobs.values()):
+            for job in self._book:
                 if job.listener is not None and not job.finished and (not job.started or job.id in waiting):
                     self._emit(job, ProgressEvent(job.id, "waiting"))
             return
-        for pos, job in enumerate(policy.service_order(self._jobs.values(), self._ring), start=1):
+        for pos, job in enumerate(self._book.service_order(), start=1):
             if job.listener is not None:
                 self._emit(job, ProgressEvent(job.id, "queued", position=pos, eta_s=self._eta_at(pos)))
 

@@ -34,7 +34,7 @@ def threaded_api(web_settings):
     yield url.rstrip("/")
 
     async def stop() -> None:
-        for job in list(runtime.executor._jobs.values()):
+        for job in list(runtime.executor._book):
             job.cancel()
         await server.stop()
         await runtime.close(grace_s=5)
