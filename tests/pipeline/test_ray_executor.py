@@ -215,10 +215,11 @@ async def test_upscaler_model_on_its_replica_matches_the_local_one(make_settings
     await asyncio.to_thread(deployments.deploy, settings, stages=("upscale",), step_delay_s=delay, redeploy=True)
     executor = RayExecutor(settings, stage_timeout_s=180, step_delay_s=delay, stages=("upscale",))
     await executor.start()
-    picture = Image.fromarray(np.random.default_rng(3).integers(0, 255, (160, 160, 3), dtype=np.uint8))
+    # 232×64: three 128×64 tiles in a row (the least picture that leaves Cancel a tile to stop)
+    picture = Image.fromarray(np.random.default_rng(3).integers(0, 255, (64, 232, 3), dtype=np.uint8))
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
-    wanted = UpscaleRequest(buffer.getvalue(), (320, 320), prompt="a red apple", negative_prompt="", seed=5, steps=2)
+    wanted = UpscaleRequest(buffer.getvalue(), (464, 128), prompt="a red apple", negative_prompt="", seed=5, steps=2)
     try:
         job = executor.admit("u1")
         events: list[ProgressEvent] = []
@@ -226,9 +227,9 @@ async def test_upscaler_model_on_its_replica_matches_the_local_one(make_settings
         png, scale, tiles = await executor.upscale(job, wanted)
         job.finish()
         here = await asyncio.to_thread(Upscaler(str(tiny_upscaler_dir), "cpu").run, wanted)
-        assert (scale, tiles) == (here[1], here[2]) and tiles > 1
+        assert (scale, tiles) == (here[1], here[2]) and tiles == 3
         remote_pixels = np.asarray(Image.open(io.BytesIO(png)))
-        assert remote_pixels.shape == (320, 320, 3)
+        assert remote_pixels.shape == (128, 464, 3)
         assert np.abs(remote_pixels.astype(int) - np.asarray(Image.open(io.BytesIO(here[0]))).astype(int)).max() <= 1
         steps = [(e.step, e.total) for e in events if e.stage == "render" and e.total]
         assert steps and all(total == tiles for _, total in steps), steps  # tile progress crossed over
