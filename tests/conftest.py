@@ -49,21 +49,26 @@ def tiny_upscaler_dir(models_dir: Path) -> Path:
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, tiny_sd_dir: Path, tiny_clip_dir: Path):
+def tiny_settings_values(tiny_sd_dir: Path, tiny_clip_dir: Path) -> dict:
+    """The settings every test shares (the tiny models on the CPU at 64², no Gemini key), as JSON
+    values: what a test hands to a child process, and what :func:`make_settings` starts from."""
+    return dict(
+        DIFFUSION_MODEL=str(tiny_sd_dir),
+        CLIP_MODEL=str(tiny_clip_dir),
+        DEVICE="cpu",
+        WIDTH=64,
+        HEIGHT=64,
+        GEMINI_API_KEY="",
+    )
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, tiny_settings_values: dict):
     """Settings pointing at the tiny models, no Gemini key, data in a temporary directory."""
     from pipeline.settings import Settings
 
     def factory(**overrides):
-        values = dict(
-            DIFFUSION_MODEL=str(tiny_sd_dir),
-            CLIP_MODEL=str(tiny_clip_dir),
-            DEVICE="cpu",
-            WIDTH=64,
-            HEIGHT=64,
-            GEMINI_API_KEY="",
-            DATA_DIR=tmp_path / "data",
-            _env_file=None,
-        )
+        values = dict(tiny_settings_values, DATA_DIR=tmp_path / "data", _env_file=None)
         values.update(overrides)
         return Settings(**values)
 

@@ -291,7 +291,7 @@ asyncio.run(main())
 """
 
 
-async def test_cluster_lost_for_longer_than_the_bound_fails_waiting_jobs(tiny_sd_dir, tiny_clip_dir):
+async def test_cluster_lost_for_longer_than_the_bound_fails_waiting_jobs(tiny_settings_values):
     """A real cluster (its own ``ray start`` head) killed mid-render, RAY_RECONNECT_TIMEOUT_S=4: the
     job shows "waiting", /healthz's check is unhealthy, and after the bound the render fails
     with a message for the user (/healthz names RAY_ADDRESS); a call made after that fails at
@@ -306,16 +306,11 @@ async def test_cluster_lost_for_longer_than_the_bound_fails_waiting_jobs(tiny_sd
     try:
         await asyncio.to_thread(head.start)
         settings = dict(
+            tiny_settings_values,
             EXECUTOR="ray",
             RAY_ADDRESS=head.address,
             RAY_NAMESPACE="voxcanvas-bound",
             RAY_RECONNECT_TIMEOUT_S=4,
-            DIFFUSION_MODEL=str(tiny_sd_dir),
-            CLIP_MODEL=str(tiny_clip_dir),
-            DEVICE="cpu",
-            WIDTH=64,
-            HEIGHT=64,
-            GEMINI_API_KEY="",
             DYNAMIC_BATCHING=False,
         )
         proc = await asyncio.create_subprocess_exec(
