@@ -13,9 +13,10 @@ What crosses the wire is data: render requests (dataclasses of str/int/bytes), p
 bytes, transcripts, reports and samples. Pipelines never leave their replica.
 
 Progress and cancellation cross processes through one small named actor, the
-:class:`ProgressBoard`: a replica reports each denoising (or decoder) step there and gets back which
-of its jobs were cancelled, so a cancelled render stops at its next step; the bot polls the board
-for the steps to show ("Rendering 12/25") and posts cancellations to it.
+:class:`ProgressBoard`: a replica reports its denoising (or decoder) step there, at most every
+``REPORT_EVERY_S`` and without waiting, and reads back, as the answers come in, which of its jobs
+were cancelled, so a cancelled render stops within ~0.1 s and a step; the bot polls the board for
+the steps to show ("Rendering 12/25") and posts cancellations to it.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BOARD_NAME = "voxcanvas-progress"
+# How often a replica tells the board its step (the bot reads the board every 0.25 s).
+REPORT_EVERY_S = 0.1
 STAGES = ("render", "transcribe", "review", "music")
 # Settings a replica must never see: credentials of the bot and its web API.
 _PRIVATE = {"DISCORD_TOKEN", "GEMINI_API_KEY", "API_KEYS"}
@@ -117,7 +120,7 @@ class _Replica:
 
         self.settings = Settings(**settings, _env_file=None)
         self.engine: Engine = Engine(self.settings)
-        self.board = ray.get_actor(BOARD_NAME, namespace=namespace)
+        self.board: Any = ray.get_actor(BOARD_NAME, namespace=namespace)  # (Any: Ray types .remote as Never)
         self.step_delay_s = step_delay_s  # tests and benchmarks: make a tiny model's steps last
         self.name = ray.get_runtime_context().get_actor_name() or "replica"
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model")
@@ -128,11 +131,24 @@ class _Replica:
     def _stepper(self, job_ids: list[str]) -> tuple[Callable[[int, int], None], Callable[[], bool]]:
         """``progress`` and ``should_stop`` callbacks for a model call serving ``job_ids``."""
         cancelled: set[str] = set()
+        replies: list[Any] = []  # the board's answers to reports not read yet
+        reported = [-REPORT_EVERY_S]
 
         def progress(step: int, total: int) -> None:
+            # Reports are neither waited for nor sent every step: each one holds the model thread
+            # (bench/notes/cpu.md (g)). The board is told at most every REPORT_EVERY_S (and of the
+            # last step); the answers of earlier reports are read as they come in, so a cancelled
+            # render stops within ~0.1 s and a step.
             if self.step_delay_s:
                 time.sleep(self.step_delay_s)
-            cancelled.update(ray.get(self.board.step.remote(job_ids, step, total, self.name)))
+            now = time.monotonic()
+            if 0 < step < total and now - reported[0] < REPORT_EVERY_S:
+                return
+            reported[0] = now
+            replies.append(self.board.step.remote(job_ids, step, total, self.name))
+            answered, replies[:] = ray.wait(replies, num_returns=len(replies), timeout=0)
+            for reply in answered:
+                cancelled.update(ray.get(reply))
 
         def should_stop() -> bool:
             return bool(job_ids) and cancelled >= set(job_ids)

@@ -387,7 +387,7 @@ class RayExecutor:
         for call in dropped:
             self._pending.remove(call)
             _set_exception(call.future, JobCancelled())
-        self._tell_board("cancel", job.id)  # the replica stops at its next step
+        self._tell_board("cancel", job.id)  # the replica stops a step or two later
         self._notify_positions()
 
     def _tell_board(self, method: str, *args: Any) -> None:
