@@ -62,6 +62,7 @@ async def _serial(executor: Any, n: int, steps: int, size: int) -> list[float]:
 async def run(args: argparse.Namespace, path: Path) -> dict[str, Any]:
     """The measurements, written to ``path`` after each phase (a run cut short keeps what it measured)."""
     import ray
+    import torch
     from ray import serve
 
     from devkit import builders
@@ -85,7 +86,7 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, Any]:
     )  # fmt: skip
     # GPUs counted by torch, not left to Ray's detection: a replica asking for a GPU the cluster
     # does not know about would wait for it forever.
-    gpus_seen = __import__("torch").cuda.device_count() if args.device == "cuda" else 0
+    gpus_seen = torch.cuda.device_count() if args.device == "cuda" else 0
     declared = gpus_seen if args.ray_gpus is None else args.ray_gpus
     ray.init(num_cpus=16, num_gpus=declared, include_dashboard=False, log_to_driver=args.device == "cuda",
              _node_ip_address="127.0.0.1")  # fmt: skip

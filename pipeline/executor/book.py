@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import policy
-from .jobs import Job
+from .jobs import Job, ProgressEvent
 from .metrics import MetricsRecorder, MetricsSnapshot
 
 if TYPE_CHECKING:
@@ -35,8 +35,10 @@ class JobBook:
         metrics: MetricsRecorder,
         *,
         lock: contextlib.AbstractContextManager[Any] | None = None,
+        parallel: int = 1,
     ) -> None:
         self._executor = executor
+        self.parallel = max(1, parallel)  # model workers serving batches side by side (render replicas)
         self.settings = settings
         self.metrics = metrics
         self._lock = lock if lock is not None else contextlib.nullcontext()
@@ -96,15 +98,28 @@ class JobBook:
             return None
         return policy.queue_position(job, self.service_order())
 
-    def eta_at(self, position: int, *, parallel: int = 1) -> float:
+    def eta_at(self, position: int, *, parallel: int | None = None) -> float:
         """Seconds until the job at ``position`` starts; ``parallel``: model workers serving batches
-        side by side (render replicas)."""
+        side by side (default: the book's)."""
         return policy.eta_at(
             position,
             running_jobs=sum(1 for j in self.jobs.values() if j.started and not j.finished),
             mean_job_s=self.metrics.mean_job_seconds(),
-            mean_batch_size=self.metrics.mean_batch_size() * max(1, parallel),
+            mean_batch_size=self.metrics.mean_batch_size() * max(1, parallel or self.parallel),
         )
+
+    def eta_of(self, job: Job) -> float | None:
+        position = self.position_of(job)
+        return None if position is None else self.eta_at(position)
+
+    def queue_events(self) -> list[tuple[Job, ProgressEvent]]:
+        """Each waiting job that has a listener, with its place in the queue and ETA (the order is
+        computed once)."""
+        return [
+            (job, ProgressEvent(job.id, "queued", position=pos, eta_s=self.eta_at(pos)))
+            for pos, job in enumerate(self.service_order(), start=1)
+            if job.listener is not None
+        ]
 
     def snapshot(self, *, pending_items: int) -> MetricsSnapshot:
         active = [j for j in self.jobs.values() if not j.finished]

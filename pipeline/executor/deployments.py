@@ -132,9 +132,10 @@ class _Replica:
         """``progress`` and ``should_stop`` callbacks for a model call serving ``job_ids``."""
         cancelled: set[str] = set()
         replies: list[Any] = []  # the board's answers to reports not read yet
-        reported = [-REPORT_EVERY_S]
+        reported_at = -REPORT_EVERY_S
 
         def progress(step: int, total: int) -> None:
+            nonlocal replies, reported_at
             # Reports are neither waited for nor sent every step: each one holds the model thread
             # (bench/notes/cpu.md (g)). The board is told at most every REPORT_EVERY_S (and of the
             # last step); the answers of earlier reports are read as they come in, so a cancelled
@@ -142,11 +143,11 @@ class _Replica:
             if self.step_delay_s:
                 time.sleep(self.step_delay_s)
             now = time.monotonic()
-            if 0 < step < total and now - reported[0] < REPORT_EVERY_S:
+            if 0 < step < total and now - reported_at < REPORT_EVERY_S:
                 return
-            reported[0] = now
+            reported_at = now
             replies.append(self.board.step.remote(job_ids, step, total, self.name))
-            answered, replies[:] = ray.wait(replies, num_returns=len(replies), timeout=0)
+            answered, replies = ray.wait(replies, num_returns=len(replies), timeout=0)
             for reply in answered:
                 cancelled.update(ray.get(reply))
 

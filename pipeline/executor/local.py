@@ -178,8 +178,7 @@ class GPUExecutor:
         return self._book.position_of(job)
 
     def eta_of(self, job: Job) -> float | None:
-        pos = self.position_of(job)
-        return None if pos is None else self._book.eta_at(pos)
+        return self._book.eta_of(job)
 
     @property
     def recorder(self) -> MetricsRecorder:
@@ -621,10 +620,9 @@ class GPUExecutor:
             self._loop.call_soon_threadsafe(self._notify_positions)
 
     def _notify_positions(self) -> None:
-        """Tell waiting jobs their new place in the queue (the order is computed once)."""
-        for pos, job in enumerate(self._book.service_order(), start=1):
-            if job.listener is not None:
-                self._emit(job, ProgressEvent(job.id, "queued", position=pos, eta_s=self._book.eta_at(pos)))
+        """Tell waiting jobs their new place in the queue."""
+        for job, event in self._book.queue_events():
+            self._emit(job, event)
 
 
 def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:

@@ -238,7 +238,8 @@ class RayExecutor:
         self._dispatcher: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._metrics = MetricsRecorder()
-        self._book = JobBook(self, settings, self._metrics)
+        # Render replicas serve batches side by side: the ETA counts at least RAY_MIN_REPLICAS.
+        self._book = JobBook(self, settings, self._metrics, parallel=settings.RAY_MIN_REPLICAS)
         self._shown: dict[str, tuple[int, int]] = {}
         self.retries = 0  # calls sent again after their replica died
         # The cluster lost after start (see the module docs).
@@ -403,11 +404,7 @@ class RayExecutor:
         return self._book.position_of(job)
 
     def eta_of(self, job: Job) -> float | None:
-        pos = self.position_of(job)
-        return None if pos is None else self._eta_at(pos)
-
-    def _eta_at(self, position: int) -> float:
-        return self._book.eta_at(position, parallel=self.settings.RAY_MIN_REPLICAS)  # replicas serve side by side
+        return self._book.eta_of(job)
 
     @property
     def recorder(self) -> MetricsRecorder:
@@ -754,9 +751,8 @@ class RayExecutor:
                 if job.listener is not None and not job.finished and (not job.started or job.id in waiting):
                     self._emit(job, ProgressEvent(job.id, "waiting"))
             return
-        for pos, job in enumerate(self._book.service_order(), start=1):
-            if job.listener is not None:
-                self._emit(job, ProgressEvent(job.id, "queued", position=pos, eta_s=self._eta_at(pos)))
+        for job, event in self._book.queue_events():
+            self._emit(job, event)
 
 
 def _set_result(future: asyncio.Future[Any], value: Any) -> None:
